@@ -1,0 +1,283 @@
+"""The ``intermodal`` command: thin wrappers that parse, call the library, and summarise.
+
+Heavy imports (torch, SimpleITK) happen inside the commands so that ``--help`` is instant.
+Any :class:`~intermodal.errors.IntermodalError` ends the command with one line on stderr and
+exit code 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from intermodal import __version__
+
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 1
+
+
+class _Reporter:
+    """Progress on stderr: a line per stage and a bar for refinement; silent with --quiet."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar = None
+
+    def __call__(self, stage: str, step: int, total: int) -> None:
+        if self.quiet:
+            return
+        if total == 0:
+            self.close()
+            print(f"intermodal: {stage}", file=sys.stderr, flush=True)
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=f"intermodal: {stage}", file=sys.stderr, leave=False)
+        self.bar.update(step - self.bar.n)
+        if step >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+
+
+def _add_registration_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default="none", help="model weights (.safetensors) or 'none' (default: none)"
+    )
+    parser.add_argument(
+        "--refine", type=int, default=None, metavar="N", help="test-time optimisation steps"
+    )
+    parser.add_argument("--init", default="affine", choices=("none", "moments", "rigid", "affine"))
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--spacing", type=float, default=None, help="working spacing in mm")
+    parser.add_argument("--similarity", default="mind", choices=("mind", "ngf"))
+    parser.add_argument("--fixed-modality", default="auto", choices=("ct", "mr", "auto"))
+    parser.add_argument("--moving-modality", default="auto", choices=("ct", "mr", "auto"))
+    parser.add_argument(
+        "--hu-window", type=float, nargs=2, default=(-1000.0, 1000.0), metavar=("LOW", "HIGH")
+    )
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _settings(args: argparse.Namespace):
+    from intermodal.registration import Settings
+
+    model = None if args.model.lower() == "none" else args.model
+    refine = args.refine if args.refine is not None else Settings.refine
+    return Settings(
+        model=model,
+        refine=refine,
+        init=args.init,
+        device=args.device,
+        spacing=args.spacing,
+        fixed_modality=args.fixed_modality,
+        moving_modality=args.moving_modality,
+        hu_window=tuple(args.hu_window),
+        similarity=args.similarity,
+        seed=args.seed,
+    )
+
+
+def _check_output_dir(path: Path, overwrite: bool) -> None:
+    from intermodal.errors import OutputExistsError
+
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path}: output directory exists; pass --overwrite to replace it")
+
+
+def _summary(report: dict, out: Path) -> str:
+    nmi = report["nmi"]
+    jac = report["jacobian"]
+    return (
+        f"registered in {report['timings_s']['total']:.1f} s: NMI {nmi['before']:.3f} -> "
+        f"{nmi['after_initial']:.3f} (initial) -> {nmi['after']:.3f}; "
+        f"non-positive Jacobian {100 * jac['nonpositive_fraction']:.3f}%, "
+        f"SDlogJ {jac['sdlogj']:.3f}; outputs in {out}"
+    )
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from intermodal.io import read_image, read_points
+    from intermodal.registration import register
+    from intermodal.report import save_result
+
+    out = Path(args.out)
+    _check_output_dir(out, args.overwrite)
+    settings = _settings(args)
+    settings.validate()
+    fixed = read_image(args.fixed, series=args.fixed_series)
+    moving = read_image(args.moving, series=args.moving_series)
+    labels = read_image(args.labels) if args.labels else None
+    points = read_points(args.points) if args.points else None
+    reporter = _Reporter(args.quiet)
+    result = register(fixed, moving, settings, progress=reporter)
+    reporter.close()
+    extra = {"inputs_paths": {"fixed": str(args.fixed), "moving": str(args.moving),
+                              "labels": args.labels, "points": args.points}}
+    save_result(result, out, overwrite=args.overwrite, labels=labels, points=points,
+                extra_report=extra)
+    print(_summary(result.report, out))
+    return 0
+
+
+def cmd_warp(args: argparse.Namespace) -> int:
+    import SimpleITK as sitk
+
+    from intermodal.errors import IntermodalError
+    from intermodal.io import read_image, write_image
+    from intermodal.registration import apply_transform
+
+    transform_path = Path(args.transform)
+    if not transform_path.is_file():
+        raise IntermodalError(f"{transform_path}: transform file not found")
+    fixed = read_image(args.fixed)
+    image = read_image(args.image)
+    try:
+        transform = sitk.ReadTransform(str(transform_path))
+    except RuntimeError:
+        raise IntermodalError(f"{transform_path}: not a readable ITK transform file") from None
+    if transform.GetDimension() != fixed.GetDimension():
+        raise IntermodalError(
+            f"{transform_path}: transform is {transform.GetDimension()}D, "
+            f"fixed image is {fixed.GetDimension()}D"
+        )
+    if args.labels:
+        image = sitk.Cast(image, sitk.sitkInt32)
+    warped = apply_transform(transform, fixed, image, labels=args.labels)
+    path = write_image(warped, args.out, overwrite=args.overwrite)
+    print(f"warped {args.image} onto {args.fixed}: {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import SimpleITK as sitk
+
+    from intermodal.data.phantom import LABELS, ORGANS, make_phantom_pair
+    from intermodal.metrics import dice_per_label
+    from intermodal.registration import Settings, register
+    from intermodal.report import save_result
+
+    out = Path(args.out)
+    _check_output_dir(out, args.overwrite)
+    start = time.perf_counter()
+    pair = make_phantom_pair(seed=args.seed)
+    settings = Settings(spacing=2.5, refine=args.refine if args.refine is not None else 150,
+                        seed=args.seed, device=args.device)
+    reporter = _Reporter(args.quiet)
+    result = register(pair.ct, pair.mr, settings, progress=reporter)
+    reporter.close()
+    organs = {name: LABELS[name] for name in ORGANS}
+    identity = sitk.Transform(3, sitk.sitkIdentity)
+    unregistered = sitk.Resample(pair.mr_labels, pair.ct, identity, sitk.sitkNearestNeighbor, 0)
+    affine_only = sitk.Resample(pair.mr_labels, pair.ct, result.affine, sitk.sitkNearestNeighbor, 0)
+    warped_labels = result.warp_image(pair.mr_labels, labels=True)
+    dice = {
+        "before": dice_per_label(pair.ct_labels, unregistered, organs),
+        "affine": dice_per_label(pair.ct_labels, affine_only, organs),
+        "after": dice_per_label(pair.ct_labels, warped_labels, organs),
+    }
+    save_result(result, out, overwrite=args.overwrite, labels=pair.mr_labels,
+                extra_report={"demo": {"dice": dice}},
+                extra_images={"fixed_ct.nii.gz": pair.ct, "moving_mr.nii.gz": pair.mr,
+                              "fixed_labels.nii.gz": pair.ct_labels,
+                              "moving_labels.nii.gz": pair.mr_labels})
+    elapsed = time.perf_counter() - start
+    for stage, scores in dice.items():
+        line = "  ".join(f"{name} {value:.3f}" for name, value in scores.items())
+        mean = sum(scores.values()) / len(scores)
+        print(f"Dice {stage:>6}: mean {mean:.3f}   {line}")
+    print(f"demo finished in {elapsed:.1f} s; outputs in {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="intermodal",
+        description="Deformable CT/MR registration supervised by intra-modality similarity.",
+    )
+    parser.add_argument("--version", action="version", version=f"intermodal {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    register = commands.add_parser("register", help="register a moving image onto a fixed one")
+    register.add_argument("--fixed", required=True, help="fixed image (file or DICOM directory)")
+    register.add_argument("--moving", required=True, help="moving image (file or DICOM directory)")
+    register.add_argument("--out", required=True, help="output directory")
+    register.add_argument("--labels", help="label map in the moving image's space")
+    register.add_argument("--points", help="CSV of fixed-space points (x,y[,z] in mm)")
+    register.add_argument("--fixed-series", help="DICOM SeriesInstanceUID for --fixed")
+    register.add_argument("--moving-series", help="DICOM SeriesInstanceUID for --moving")
+    register.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _add_registration_options(register)
+    _add_common(register)
+    register.set_defaults(handler=cmd_register)
+
+    warp = commands.add_parser("warp", help="apply a saved transform.h5 to another image")
+    warp.add_argument("--transform", required=True, help="transform.h5 written by register")
+    warp.add_argument("--fixed", required=True, help="the fixed image that defines the grid")
+    warp.add_argument("--image", required=True, help="image in the moving image's space")
+    warp.add_argument("--labels", action="store_true", help="nearest-neighbour for label maps")
+    warp.add_argument("--out", required=True, help="output image (.nii.gz, .mha, .nrrd)")
+    warp.add_argument("--overwrite", action="store_true")
+    _add_common(warp)
+    warp.set_defaults(handler=cmd_warp)
+
+    demo = commands.add_parser("demo", help="register a synthetic CT/MR pair and report Dice")
+    demo.add_argument("--out", default="intermodal-demo", help="output directory")
+    demo.add_argument("--overwrite", action="store_true")
+    demo.add_argument("--refine", type=int, default=None, metavar="N")
+    demo.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    demo.add_argument("--seed", type=int, default=0)
+    _add_common(demo)
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``intermodal`` console command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="intermodal: %(message)s",
+        stream=sys.stderr,
+    )
+    from intermodal.errors import IntermodalError
+
+    try:
+        return args.handler(args)
+    except IntermodalError as error:
+        if args.debug:
+            raise
+        print(f"intermodal: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("intermodal: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug of ours: still one line unless --debug
+        if args.debug:
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        print(
+            f"intermodal: internal error: {type(error).__name__}: {message} "
+            "(run again with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

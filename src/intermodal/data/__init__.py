@@ -1,0 +1,1 @@
+"""Synthetic data: the phantom used by the demo and the tests."""

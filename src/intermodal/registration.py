@@ -1,0 +1,452 @@
+"""register(fixed, moving) -> RegistrationResult: the one high-level entry.
+
+The contract: for every fixed physical point ``p`` (mm), ``T(p) = A(p + d(p))`` is the matching
+point of the moving image, where ``A`` is the initial affine and ``d`` the deformable
+displacement field on the fixed grid. ``warped = moving ∘ T`` sampled on the fixed grid.
+
+Stages: intensity scaling per modality; global alignment by Mattes MI; resampling onto a working
+grid (the fixed extent at the working spacing); a stationary velocity field from the network
+(or zero) refined by test-time Adam on a modality-independent similarity; integration by
+scaling and squaring; conversion of the voxel displacement to millimetres on the fixed grid.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from intermodal import __version__, classical, preprocess
+from intermodal.errors import IntermodalError
+from intermodal.io import displacement_to_image, geometry, image_to_tensor
+from intermodal.losses import diffusion, mind_descriptor_loss, mind_ssc, ngf, nmi
+from intermodal.spatial import integrate_velocity, resize_displacement, voxel_to_physical, warp
+
+logger = logging.getLogger(__name__)
+
+SIMILARITY_CHOICES = ("mind", "ngf")
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+# Progress callback: (stage, step, total). total is 0 for a stage without steps.
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class Settings:
+    """Everything that decides a registration; recorded in ``report.json``.
+
+    Attributes:
+        model: path of a ``.safetensors`` model, or ``None`` for refinement alone.
+        refine: test-time optimisation steps on the velocity field (0 disables it).
+        init: initial alignment, one of :data:`intermodal.classical.INIT_CHOICES`.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        spacing: working spacing in mm (``None``: 2 mm in 3D, native in 2D).
+        fixed_modality: ``"ct"``, ``"mr"`` or ``"auto"``.
+        moving_modality: ``"ct"``, ``"mr"`` or ``"auto"``.
+        hu_window: CT clipping window in HU.
+        mr_percentiles: MR percentiles mapped to 0 and 1.
+        similarity: refinement similarity, ``"mind"`` (MIND-SSC) or ``"ngf"``.
+        smoothness: weight of the diffusion regulariser on the displacement (voxels^2).
+        learning_rate: Adam step on the velocity, in coarse-grid voxels.
+        velocity_stride: the velocity lives on the working grid subsampled by this factor.
+        integration_steps: scaling-and-squaring steps.
+        seed: seed for every random choice (metric sampling, torch).
+    """
+
+    model: str | None = None
+    refine: int = 150
+    init: str = "affine"
+    device: str = "auto"
+    spacing: float | None = None
+    fixed_modality: str = "auto"
+    moving_modality: str = "auto"
+    hu_window: tuple[float, float] = preprocess.DEFAULT_HU_WINDOW
+    mr_percentiles: tuple[float, float] = preprocess.DEFAULT_MR_PERCENTILES
+    similarity: str = "mind"
+    smoothness: float = 1.0
+    learning_rate: float = 0.1
+    velocity_stride: int = 2
+    integration_steps: int = 7
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise :class:`IntermodalError` for any setting out of range."""
+        if self.refine < 0:
+            raise IntermodalError(f"--refine must be 0 or more steps, not {self.refine}")
+        if self.init not in classical.INIT_CHOICES:
+            raise IntermodalError(f"--init must be one of {classical.INIT_CHOICES}, not {self.init!r}")
+        if self.device not in DEVICE_CHOICES:
+            raise IntermodalError(f"--device must be one of {DEVICE_CHOICES}, not {self.device!r}")
+        if self.similarity not in SIMILARITY_CHOICES:
+            raise IntermodalError(
+                f"similarity must be one of {SIMILARITY_CHOICES}, not {self.similarity!r}"
+            )
+        if self.spacing is not None and not self.spacing > 0:
+            raise IntermodalError(f"--spacing must be positive (mm), not {self.spacing}")
+        if self.velocity_stride not in (1, 2, 4):
+            raise IntermodalError(f"velocity stride must be 1, 2 or 4, not {self.velocity_stride}")
+        if self.model is None and self.refine == 0:
+            raise IntermodalError("--model none with --refine 0 would do no deformable step")
+
+
+@dataclass
+class RegistrationResult:
+    """What :func:`register` returns. Every image is on the fixed image's own grid.
+
+    Attributes:
+        fixed: the fixed image as read.
+        moving: the moving image as read.
+        affine: the initial transform, fixed -> moving physical points.
+        displacement: deformable part, a float64 vector image of LPS mm on the fixed grid.
+        inverse_displacement: its inverse (negated velocity), same layout.
+        transform: ``affine`` after ``displacement``, as one ITK composite transform.
+        warped: the moving image resampled through ``transform``.
+        jacobian: determinant of the deformable part's Jacobian on the fixed grid.
+        report: inputs, settings, timings and quality figures (JSON-serialisable).
+    """
+
+    fixed: sitk.Image
+    moving: sitk.Image
+    affine: sitk.Transform
+    displacement: sitk.Image
+    inverse_displacement: sitk.Image
+    transform: sitk.CompositeTransform
+    warped: sitk.Image
+    jacobian: sitk.Image
+    report: dict[str, Any] = field(default_factory=dict)
+    fixed_normalized: sitk.Image | None = None
+    moving_normalized: sitk.Image | None = None
+
+    def warp_image(self, image: sitk.Image, *, labels: bool = False) -> sitk.Image:
+        """Apply the transform to another image defined in the moving image's space."""
+        return apply_transform(self.transform, self.fixed, image, labels=labels)
+
+    def map_points(self, points: np.ndarray) -> np.ndarray:
+        """Map fixed-space points ``(N, ndim)`` in mm to moving-space points in mm."""
+        return map_points(self.transform, points)
+
+
+def apply_transform(
+    transform: sitk.Transform, reference: sitk.Image, image: sitk.Image, *, labels: bool = False
+) -> sitk.Image:
+    """Resample ``image`` onto ``reference``'s grid through ``transform`` (fixed -> moving).
+
+    Linear interpolation with the image's minimum outside the field of view, or nearest
+    neighbour with background 0 for label maps (``labels=True``, integer values kept).
+    """
+    if image.GetDimension() != reference.GetDimension():
+        raise IntermodalError(
+            f"image is {image.GetDimension()}D but the transform's fixed image is "
+            f"{reference.GetDimension()}D"
+        )
+    if labels:
+        return sitk.Resample(image, reference, transform, sitk.sitkNearestNeighbor, 0.0)
+    low = float(sitk.GetArrayViewFromImage(image).min())
+    return sitk.Resample(image, reference, transform, sitk.sitkLinear, low, image.GetPixelID())
+
+
+def map_points(transform: sitk.Transform, points: np.ndarray) -> np.ndarray:
+    """Map points ``(N, ndim)`` (mm) through ``transform``; returns the same shape."""
+    points = np.asarray(points, dtype=np.float64)
+    return np.array([transform.TransformPoint(tuple(p)) for p in points]).reshape(points.shape)
+
+
+def choose_device(requested: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without it is an error."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise IntermodalError("--device cuda was asked for, but no CUDA device is available")
+    return torch.device(requested)
+
+
+def jacobian_statistics(jacobian: sitk.Image, mask: sitk.Image | None = None) -> dict[str, float]:
+    """Folding and smoothness of a Jacobian determinant image.
+
+    Returns:
+        ``nonpositive_fraction`` (share of voxels with det <= 0), ``sdlogj`` (standard deviation
+        of log det, determinants clipped at 1e-9 as Learn2Reg does), and min/max/mean.
+    """
+    values = sitk.GetArrayViewFromImage(jacobian).astype(np.float64)
+    if mask is not None:
+        values = values[sitk.GetArrayViewFromImage(mask) > 0]
+    values = values.ravel()
+    if values.size == 0:
+        raise IntermodalError("the Jacobian mask selects no voxel")
+    log_det = np.log(np.clip(values, 1e-9, None))
+    return {
+        "nonpositive_fraction": float(np.mean(values <= 0)),
+        "sdlogj": float(np.std(log_det)),
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "mean": float(values.mean()),
+    }
+
+
+def _similarity_loss(
+    similarity: str, fixed: torch.Tensor, moving: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function of the displacement that scores how well ``moving`` warped matches ``fixed``.
+
+    MIND descriptors are computed once and the moving *descriptor* is warped, which gives the
+    same optimum as re-describing the warped image at a fraction of the cost.
+    """
+    if similarity == "mind":
+        fixed_desc = mind_ssc(fixed)
+        moving_desc = mind_ssc(moving)
+        return lambda u: mind_descriptor_loss(fixed_desc, warp(moving_desc, u))
+    return lambda u: ngf(fixed, warp(moving, u))
+
+
+def refine_velocity(
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    velocity: torch.Tensor,
+    *,
+    steps: int,
+    similarity: str = "mind",
+    smoothness: float = 1.0,
+    learning_rate: float = 0.1,
+    integration_steps: int = 7,
+    progress: Progress | None = None,
+) -> torch.Tensor:
+    """Instance optimisation: Adam on a stationary velocity field.
+
+    Minimises ``similarity(fixed, moving ∘ (id + exp(v))) + smoothness * diffusion(exp(v))``,
+    everything evaluated on the coarse grid where ``velocity`` lives (images are downsampled by
+    average pooling to it), which is what keeps test-time optimisation fast.
+
+    Args:
+        fixed: ``(1, 1, *spatial)`` fixed image in ``[0, 1]`` on the working grid.
+        moving: ``(1, 1, *spatial)`` moving image in ``[0, 1]`` on the same grid.
+        velocity: ``(1, ndim, *coarse)`` starting velocity in coarse-grid voxels.
+        steps: Adam iterations.
+        similarity: ``"mind"`` or ``"ngf"``.
+        smoothness: diffusion regulariser weight.
+        learning_rate: Adam learning rate (coarse voxels per step, roughly).
+        integration_steps: scaling-and-squaring steps.
+        progress: callback ``("refine", step, steps)``.
+
+    Returns:
+        The refined velocity, same shape as ``velocity``, detached.
+    """
+    coarse = tuple(velocity.shape[2:])
+    if tuple(fixed.shape[2:]) != coarse:
+        fixed = torch.nn.functional.interpolate(fixed, size=coarse, mode="area")
+        moving = torch.nn.functional.interpolate(moving, size=coarse, mode="area")
+    score = _similarity_loss(similarity, fixed, moving)
+    velocity = velocity.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([velocity], lr=learning_rate)
+    for step in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        displacement = integrate_velocity(velocity, integration_steps)
+        loss = score(displacement) + smoothness * diffusion(displacement)
+        loss.backward()
+        optimizer.step()
+        if progress:
+            progress("refine", step + 1, steps)
+    return velocity.detach()
+
+
+def _physical_field_on(
+    displacement: torch.Tensor, grid: sitk.Image, target: sitk.Image
+) -> sitk.Image:
+    """Voxel displacement on ``grid`` -> LPS mm vector image resampled onto ``target``."""
+    physical = voxel_to_physical(displacement, grid.GetSpacing(), grid.GetDirection())
+    field_on_grid = displacement_to_image(physical.cpu(), grid)
+    identity = sitk.Transform(grid.GetDimension(), sitk.sitkIdentity)
+    return sitk.Resample(
+        field_on_grid, target, identity, sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64
+    )
+
+
+def _nmi_on(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor) -> float:
+    return float(nmi(fixed.cpu().numpy(), moving.cpu().numpy(), mask=mask.cpu().numpy() > 0))
+
+
+def register(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    settings: Settings | None = None,
+    *,
+    progress: Progress | None = None,
+) -> RegistrationResult:
+    """Deformably register ``moving`` (e.g. an MR) onto ``fixed`` (e.g. a CT).
+
+    Args:
+        fixed: the fixed image, as read by :func:`intermodal.io.read_image`.
+        moving: the moving image, same dimension (2D or 3D).
+        settings: a :class:`Settings`; defaults when ``None``.
+        progress: optional ``(stage, step, total)`` callback.
+
+    Returns:
+        A :class:`RegistrationResult` whose images lie on ``fixed``'s own grid.
+
+    Raises:
+        IntermodalError: mismatched dimensions, bad settings, or a model that does not fit.
+    """
+    settings = settings or Settings()
+    settings.validate()
+    if fixed.GetDimension() != moving.GetDimension():
+        raise IntermodalError(
+            f"fixed image is {fixed.GetDimension()}D but moving image is "
+            f"{moving.GetDimension()}D; both must be 2D or both 3D"
+        )
+    ndim = fixed.GetDimension()
+    device = choose_device(settings.device)
+    torch.manual_seed(settings.seed)
+    timings: dict[str, float] = {}
+
+    def stage(name: str) -> None:
+        if progress:
+            progress(name, 0, 0)
+
+    start = time.perf_counter()
+    stage("preprocess")
+    fixed_modality = preprocess.detect_modality(fixed, settings.fixed_modality)
+    moving_modality = preprocess.detect_modality(moving, settings.moving_modality)
+    scale = {"hu_window": settings.hu_window, "percentiles": settings.mr_percentiles}
+    fixed_n = preprocess.normalize_intensity(fixed, fixed_modality, **scale)
+    moving_n = preprocess.normalize_intensity(moving, moving_modality, **scale)
+
+    model, card = None, None
+    spacing = settings.spacing
+    multiple = settings.velocity_stride
+    if settings.model is not None:
+        from intermodal.checkpoint import load_model
+
+        model, card = load_model(settings.model, device=str(device))
+        if card["network"].get("ndim") != ndim:
+            raise IntermodalError(
+                f"{settings.model}: model is for {card['network'].get('ndim')}D images, "
+                f"the inputs are {ndim}D"
+            )
+        trained = card.get("preprocessing", {})
+        spacing = spacing if spacing is not None else trained.get("spacing")
+        multiple = math.lcm(multiple, model.required_multiple)
+    timings["preprocess"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    stage(f"init:{settings.init}")
+    affine = classical.initial_alignment(fixed_n, moving_n, settings.init, seed=settings.seed)
+    timings["initial_alignment"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    grid = preprocess.working_grid(fixed, spacing, multiple)
+    fixed_w = image_to_tensor(preprocess.resample(fixed_n, grid)).to(device)
+    moving_w = image_to_tensor(preprocess.resample(moving_n, grid, affine)).to(device)
+    moving_raw = image_to_tensor(preprocess.resample(moving_n, grid)).to(device)
+    mask = image_to_tensor(preprocess.field_of_view_mask(fixed, grid)).to(device)
+    timings["resample"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    coarse = [n // settings.velocity_stride for n in grid.GetSize()[::-1]]
+    if model is not None:
+        stage("network")
+        with torch.no_grad():
+            velocity = model.predict_velocity(fixed_w, moving_w)
+        velocity = resize_displacement(velocity, coarse)
+    else:
+        velocity = torch.zeros((1, ndim, *coarse), device=device)
+    timings["network"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    if settings.refine > 0:
+        velocity = refine_velocity(
+            fixed_w,
+            moving_w,
+            velocity,
+            steps=settings.refine,
+            similarity=settings.similarity,
+            smoothness=settings.smoothness,
+            learning_rate=settings.learning_rate,
+            integration_steps=settings.integration_steps,
+            progress=progress,
+        )
+    timings["refine"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    stage("output")
+    working_shape = list(grid.GetSize()[::-1])
+    with torch.no_grad():
+        forward = resize_displacement(
+            integrate_velocity(velocity, settings.integration_steps), working_shape
+        )
+        backward = resize_displacement(
+            integrate_velocity(-velocity, settings.integration_steps), working_shape
+        )
+        warped_w = warp(moving_w, forward)
+    displacement = _physical_field_on(forward, grid, fixed)
+    inverse_displacement = _physical_field_on(backward, grid, fixed)
+    transform = sitk.CompositeTransform(ndim)
+    transform.AddTransform(affine)
+    transform.AddTransform(sitk.DisplacementFieldTransform(sitk.Image(displacement)))
+    warped = apply_transform(transform, fixed, moving)
+    jacobian = sitk.DisplacementFieldJacobianDeterminant(displacement)
+    timings["output"] = time.perf_counter() - start
+
+    fov = preprocess.field_of_view_mask(fixed, fixed)
+    report = {
+        "intermodal_version": __version__,
+        "inputs": {
+            "fixed": {"modality": fixed_modality, **geometry(fixed)},
+            "moving": {"modality": moving_modality, **geometry(moving)},
+        },
+        "settings": asdict(settings),
+        "model_card": card,
+        "device": str(device),
+        "working_grid": geometry(grid),
+        "initial_transform": {
+            "type": affine.GetName(),
+            "parameters": list(affine.GetParameters()),
+            "fixed_parameters": list(affine.GetFixedParameters()),
+        },
+        "nmi": {
+            "before": _nmi_on(fixed_w, moving_raw, mask),
+            "after_initial": _nmi_on(fixed_w, moving_w, mask),
+            "after": _nmi_on(fixed_w, warped_w, mask),
+        },
+        "jacobian": jacobian_statistics(jacobian, fov),
+        "timings_s": {name: round(value, 4) for name, value in timings.items()},
+    }
+    report["timings_s"]["total"] = round(sum(timings.values()), 4)
+    return RegistrationResult(
+        fixed=fixed,
+        moving=moving,
+        affine=affine,
+        displacement=displacement,
+        inverse_displacement=inverse_displacement,
+        transform=transform,
+        warped=warped,
+        jacobian=jacobian,
+        report=report,
+        fixed_normalized=fixed_n,
+        moving_normalized=moving_n,
+    )
+
+
+def settings_from_mapping(values: dict[str, Any]) -> Settings:
+    """Build :class:`Settings` from a mapping, refusing unknown keys by name."""
+    known = set(Settings.__dataclass_fields__)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise IntermodalError(f"unknown setting(s) {unknown}; valid settings are {sorted(known)}")
+    return Settings(**values)
+
+
+__all__: Sequence[str] = [
+    "Settings",
+    "RegistrationResult",
+    "register",
+    "refine_velocity",
+    "apply_transform",
+    "map_points",
+    "jacobian_statistics",
+]

@@ -1,0 +1,203 @@
+"""Quality-control figure and the written outputs of a registration."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from intermodal.errors import IntermodalError, OutputExistsError
+
+if TYPE_CHECKING:
+    from intermodal.registration import RegistrationResult
+
+PLANES = ("axial", "coronal", "sagittal")
+
+
+def _slices(volume: np.ndarray, centre: tuple[int, ...]) -> list[np.ndarray]:
+    """Tri-planar slices of a ``(z, y, x)`` array through ``centre``; a 2D array is one view."""
+    if volume.ndim == 2:
+        return [volume]
+    z, y, x = centre
+    return [volume[z], volume[:, y, :][::-1], volume[:, :, x][::-1]]
+
+
+def checkerboard(a: np.ndarray, b: np.ndarray, tiles: int = 8) -> np.ndarray:
+    """Alternate square tiles of ``a`` and ``b`` (same 2D shape), ``tiles`` along the long side."""
+    size = max(1, max(a.shape) // tiles)
+    rows = (np.arange(a.shape[0]) // size)[:, None]
+    cols = (np.arange(a.shape[1]) // size)[None, :]
+    return np.where((rows + cols) % 2 == 0, a, b)
+
+
+def _edges(image: np.ndarray) -> np.ndarray:
+    gy, gx = np.gradient(image.astype(np.float64))
+    magnitude = np.hypot(gx, gy)
+    threshold = np.percentile(magnitude, 92) if magnitude.any() else 1.0
+    return magnitude > max(threshold, 1e-6)
+
+
+def qc_figure(result: RegistrationResult, path: str | os.PathLike) -> None:
+    """Save tri-planar views of the fixed image with the moving one before and after.
+
+    Rows: checkerboard before, outline overlay before, checkerboard after, outline overlay
+    after. "Before" is the moving image on the fixed grid with no transform at all.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fixed = result.fixed_normalized
+    moving = result.moving_normalized
+    if fixed is None or moving is None:
+        raise IntermodalError("the result holds no normalised images for the QC figure")
+    identity = sitk.Transform(fixed.GetDimension(), sitk.sitkIdentity)
+    before = sitk.Resample(moving, fixed, identity, sitk.sitkLinear, 0.0)
+    after = sitk.Resample(moving, fixed, result.transform, sitk.sitkLinear, 0.0)
+    fixed_a, before_a, after_a = (sitk.GetArrayFromImage(i) for i in (fixed, before, after))
+    centre = tuple(n // 2 for n in fixed_a.shape)
+    spacing = fixed.GetSpacing()[::-1]
+    views = list(zip(_slices(fixed_a, centre), _slices(before_a, centre), _slices(after_a, centre)))
+    aspects = [1.0] if fixed_a.ndim == 2 else [
+        spacing[1] / spacing[2], spacing[0] / spacing[2], spacing[0] / spacing[1]
+    ]
+    if fixed_a.ndim == 2:
+        aspects = [spacing[0] / spacing[1]]
+    rows = ("checkerboard, before", "outlines, before", "checkerboard, after", "outlines, after")
+    figure, axes = plt.subplots(
+        len(rows), len(views), figsize=(3.2 * len(views), 3.2 * len(rows)), squeeze=False
+    )
+    for column, ((f, b, a), aspect) in enumerate(zip(views, aspects)):
+        for row, (title, moved) in enumerate(zip(rows, (b, b, a, a))):
+            axis = axes[row, column]
+            if "checkerboard" in title:
+                axis.imshow(checkerboard(f, moved), cmap="gray", vmin=0, vmax=1, aspect=aspect)
+            else:
+                axis.imshow(f, cmap="gray", vmin=0, vmax=1, aspect=aspect)
+                outline = np.ma.masked_where(~_edges(moved), np.ones_like(moved))
+                axis.imshow(outline, cmap="autumn", alpha=0.9, aspect=aspect)
+            plane = PLANES[column] if fixed_a.ndim == 3 else "slice"
+            axis.set_title(f"{plane}: {title}", fontsize=8)
+            axis.axis("off")
+    nmi = result.report.get("nmi", {})
+    figure.suptitle(
+        f"fixed with moving (outlines: moving) — NMI {nmi.get('before', float('nan')):.3f} "
+        f"-> {nmi.get('after', float('nan')):.3f}",
+        fontsize=9,
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    return str(value)
+
+
+def write_json(data: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write ``data`` as indented JSON."""
+    Path(path).write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+class OutputDirectory:
+    """An output folder that appears complete or not at all.
+
+    Files are written into a hidden sibling folder; :meth:`commit` renames it into place (and
+    only then removes an older folder when ``overwrite`` was asked for). On any error before
+    that, the partial folder is deleted and the destination is left as it was.
+
+    Example:
+        >>> with OutputDirectory("out", overwrite=False) as staging:   # doctest: +SKIP
+        ...     sitk.WriteImage(image, str(staging / "warped.nii.gz"))
+    """
+
+    def __init__(self, destination: str | os.PathLike, *, overwrite: bool = False) -> None:
+        self.destination = Path(destination)
+        self.overwrite = overwrite
+        if self.destination.exists() and not overwrite:
+            raise OutputExistsError(
+                f"{self.destination}: output directory exists; pass --overwrite to replace it"
+            )
+        if self.destination.exists() and not self.destination.is_dir():
+            raise IntermodalError(f"{self.destination}: exists and is not a directory")
+        self.staging: Path | None = None
+
+    def __enter__(self) -> Path:
+        parent = self.destination.absolute().parent
+        if not parent.is_dir():
+            raise IntermodalError(f"{self.destination}: parent directory {parent} does not exist")
+        self.staging = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.", dir=parent))
+        return self.staging
+
+    def __exit__(self, kind, value, traceback) -> None:
+        assert self.staging is not None
+        if kind is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            return
+        os.chmod(self.staging, 0o755)
+        if self.destination.exists():
+            retired = self.staging.with_name(self.staging.name + ".old")
+            os.replace(self.destination, retired)
+            os.replace(self.staging, self.destination)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(self.staging, self.destination)
+
+
+def save_result(
+    result: RegistrationResult,
+    out_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    labels: sitk.Image | None = None,
+    points: np.ndarray | None = None,
+    extra_report: dict[str, Any] | None = None,
+    extra_images: dict[str, sitk.Image] | None = None,
+) -> Path:
+    """Write every output of a registration into ``out_dir``, all or nothing.
+
+    Files: ``warped.nii.gz``, ``displacement.nii.gz``, ``inverse_displacement.nii.gz``,
+    ``jacobian.nii.gz``, ``transform.h5``, ``report.json``, ``qc.png``, and
+    ``warped_labels.nii.gz`` / ``points.csv`` when labels or points are given.
+
+    Returns:
+        The output directory.
+    """
+    from intermodal.io import write_points
+
+    with OutputDirectory(out_dir, overwrite=overwrite) as staging:
+        sitk.WriteImage(result.warped, str(staging / "warped.nii.gz"), useCompression=True)
+        for name, image in (
+            ("displacement", result.displacement),
+            ("inverse_displacement", result.inverse_displacement),
+            ("jacobian", result.jacobian),
+        ):
+            sitk.WriteImage(image, str(staging / f"{name}.nii.gz"), useCompression=True)
+        sitk.WriteTransform(result.transform, str(staging / "transform.h5"))
+        outputs = ["warped.nii.gz", "displacement.nii.gz", "inverse_displacement.nii.gz",
+                   "jacobian.nii.gz", "transform.h5", "qc.png", "report.json"]
+        if labels is not None:
+            warped_labels = result.warp_image(labels, labels=True)
+            sitk.WriteImage(warped_labels, str(staging / "warped_labels.nii.gz"), useCompression=True)
+            outputs.append("warped_labels.nii.gz")
+        if points is not None:
+            write_points(staging / "points.csv", result.map_points(points))
+            outputs.append("points.csv")
+        for name, image in (extra_images or {}).items():
+            sitk.WriteImage(image, str(staging / name), useCompression=True)
+            outputs.append(name)
+        qc_figure(result, staging / "qc.png")
+        report = {**result.report, **(extra_report or {}), "outputs": sorted(outputs)}
+        write_json(report, staging / "report.json")
+    return Path(out_dir)
