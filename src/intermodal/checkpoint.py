@@ -61,7 +61,9 @@ def save_model(model: Any, path: str | os.PathLike, card: dict[str, Any]) -> Pat
     path = Path(path)
     if path.suffix != ".safetensors":
         raise IntermodalError(f"{path}: model weights must end in .safetensors")
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    state = {
+        name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()
+    }
     _atomic_write_bytes(path, save(state))
     full_card = {
         "format": CARD_FORMAT,
@@ -129,5 +131,7 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[Any, dict[
         model.load_state_dict(state)
     except (SafetensorError, RuntimeError, TypeError, KeyError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error)
-        raise IntermodalError(f"{path}: weights do not fit the card's network ({first_line})") from None
+        raise IntermodalError(
+            f"{path}: weights do not fit the card's network ({first_line})"
+        ) from None
     return model.to(device).eval(), card

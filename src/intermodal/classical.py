@@ -97,7 +97,9 @@ def initial_alignment(
     if method != "moments":
         if progress:
             progress("rigid")
-        registration = _mattes_method(seed=seed)
+        # A denser sample than the affine stage: with 10% the rotation stalls short of the
+        # answer on the phantom (measured 10 of 15 degrees), with 25% it reaches it.
+        registration = _mattes_method(seed=seed, sampling=0.25)
         registration.SetInitialTransform(rigid, inPlace=True)
         registration.Execute(fixed, moving)
     affine.SetCenter(rigid.GetCenter())
@@ -159,7 +161,9 @@ def bspline_registration(
     bspline = sitk.BSplineTransformInitializer(fixed, mesh, order=3)
     registration = _mattes_method(seed=seed, shrink=(2, 1), smooth=(1.0, 0.0))
     registration.SetOptimizerAsLBFGSB(
-        gradientConvergenceTolerance=1e-5, numberOfIterations=iterations, maximumNumberOfCorrections=5
+        gradientConvergenceTolerance=1e-5,
+        numberOfIterations=iterations,
+        maximumNumberOfCorrections=5,
     )
     registration.SetMovingInitialTransform(initial)
     registration.SetInitialTransform(bspline, inPlace=True)

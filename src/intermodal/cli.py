@@ -125,10 +125,17 @@ def cmd_register(args: argparse.Namespace) -> int:
     reporter = _Reporter(args.quiet)
     result = register(fixed, moving, settings, progress=reporter)
     reporter.close()
-    extra = {"inputs_paths": {"fixed": str(args.fixed), "moving": str(args.moving),
-                              "labels": args.labels, "points": args.points}}
-    save_result(result, out, overwrite=args.overwrite, labels=labels, points=points,
-                extra_report=extra)
+    extra = {
+        "inputs_paths": {
+            "fixed": str(args.fixed),
+            "moving": str(args.moving),
+            "labels": args.labels,
+            "points": args.points,
+        }
+    }
+    save_result(
+        result, out, overwrite=args.overwrite, labels=labels, points=points, extra_report=extra
+    )
     print(_summary(result.report, out))
     return 0
 
@@ -174,8 +181,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _check_output_dir(out, args.overwrite)
     start = time.perf_counter()
     pair = make_phantom_pair(seed=args.seed)
-    settings = Settings(spacing=2.5, refine=args.refine if args.refine is not None else 150,
-                        seed=args.seed, device=args.device)
+    settings = Settings(
+        spacing=2.5,
+        refine=args.refine if args.refine is not None else 150,
+        seed=args.seed,
+        device=args.device,
+    )
     reporter = _Reporter(args.quiet)
     result = register(pair.ct, pair.mr, settings, progress=reporter)
     reporter.close()
@@ -189,11 +200,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "affine": dice_per_label(pair.ct_labels, affine_only, organs),
         "after": dice_per_label(pair.ct_labels, warped_labels, organs),
     }
-    save_result(result, out, overwrite=args.overwrite, labels=pair.mr_labels,
-                extra_report={"demo": {"dice": dice}},
-                extra_images={"fixed_ct.nii.gz": pair.ct, "moving_mr.nii.gz": pair.mr,
-                              "fixed_labels.nii.gz": pair.ct_labels,
-                              "moving_labels.nii.gz": pair.mr_labels})
+    save_result(
+        result,
+        out,
+        overwrite=args.overwrite,
+        labels=pair.mr_labels,
+        extra_report={"demo": {"dice": dice}},
+        extra_images={
+            "fixed_ct.nii.gz": pair.ct,
+            "moving_mr.nii.gz": pair.mr,
+            "fixed_labels.nii.gz": pair.ct_labels,
+            "moving_labels.nii.gz": pair.mr_labels,
+        },
+    )
     elapsed = time.perf_counter() - start
     for stage, scores in dice.items():
         line = "  ".join(f"{name} {value:.3f}" for name, value in scores.items())

@@ -36,5 +36,7 @@ def dice_per_label(
     for name, value in labels.items():
         in_a, in_b = a == value, b == value
         total = int(in_a.sum() + in_b.sum())
-        scores[name] = float(2 * np.logical_and(in_a, in_b).sum() / total) if total else float("nan")
+        scores[name] = (
+            float(2 * np.logical_and(in_a, in_b).sum() / total) if total else float("nan")
+        )
     return scores

@@ -81,7 +81,9 @@ class Settings:
         if self.refine < 0:
             raise IntermodalError(f"--refine must be 0 or more steps, not {self.refine}")
         if self.init not in classical.INIT_CHOICES:
-            raise IntermodalError(f"--init must be one of {classical.INIT_CHOICES}, not {self.init!r}")
+            raise IntermodalError(
+                f"--init must be one of {classical.INIT_CHOICES}, not {self.init!r}"
+            )
         if self.device not in DEVICE_CHOICES:
             raise IntermodalError(f"--device must be one of {DEVICE_CHOICES}, not {self.device!r}")
         if self.similarity not in SIMILARITY_CHOICES:
@@ -351,7 +353,7 @@ def register(
     if model is not None:
         stage("network")
         with torch.no_grad():
-            velocity = model.predict_velocity(fixed_w, moving_w)
+            velocity = model.unet(fixed_w, moving_w)
         velocity = resize_displacement(velocity, coarse)
     else:
         velocity = torch.zeros((1, ndim, *coarse), device=device)

@@ -65,9 +65,11 @@ def qc_figure(result: RegistrationResult, path: str | os.PathLike) -> None:
     centre = tuple(n // 2 for n in fixed_a.shape)
     spacing = fixed.GetSpacing()[::-1]
     views = list(zip(_slices(fixed_a, centre), _slices(before_a, centre), _slices(after_a, centre)))
-    aspects = [1.0] if fixed_a.ndim == 2 else [
-        spacing[1] / spacing[2], spacing[0] / spacing[2], spacing[0] / spacing[1]
-    ]
+    aspects = (
+        [1.0]
+        if fixed_a.ndim == 2
+        else [spacing[1] / spacing[2], spacing[0] / spacing[2], spacing[0] / spacing[1]]
+    )
     if fixed_a.ndim == 2:
         aspects = [spacing[0] / spacing[1]]
     rows = ("checkerboard, before", "outlines, before", "checkerboard, after", "outlines, after")
@@ -185,11 +187,20 @@ def save_result(
         ):
             sitk.WriteImage(image, str(staging / f"{name}.nii.gz"), useCompression=True)
         sitk.WriteTransform(result.transform, str(staging / "transform.h5"))
-        outputs = ["warped.nii.gz", "displacement.nii.gz", "inverse_displacement.nii.gz",
-                   "jacobian.nii.gz", "transform.h5", "qc.png", "report.json"]
+        outputs = [
+            "warped.nii.gz",
+            "displacement.nii.gz",
+            "inverse_displacement.nii.gz",
+            "jacobian.nii.gz",
+            "transform.h5",
+            "qc.png",
+            "report.json",
+        ]
         if labels is not None:
             warped_labels = result.warp_image(labels, labels=True)
-            sitk.WriteImage(warped_labels, str(staging / "warped_labels.nii.gz"), useCompression=True)
+            sitk.WriteImage(
+                warped_labels, str(staging / "warped_labels.nii.gz"), useCompression=True
+            )
             outputs.append("warped_labels.nii.gz")
         if points is not None:
             write_points(staging / "points.csv", result.map_points(points))

@@ -17,10 +17,26 @@ LABELS = {"body": 1, "bone": 2, "bladder": 3, "prostate": 4, "rectum": 5}
 ORGANS = ("bone", "bladder", "prostate", "rectum")
 
 # Tissue values. CT in HU; MR in arbitrary T2-like units (urine and fat bright, bone dark).
-_CT = {"air": -1000.0, "fat": -100.0, "body": 40.0, "bone": 700.0, "bladder": 10.0,
-       "prostate": 45.0, "rectum": 35.0, "gas": -900.0}
-_MR = {"air": 0.0, "fat": 800.0, "body": 300.0, "bone": 120.0, "bladder": 1000.0,
-       "prostate": 550.0, "rectum": 250.0, "gas": 0.0}
+_CT = {
+    "air": -1000.0,
+    "fat": -100.0,
+    "body": 40.0,
+    "bone": 700.0,
+    "bladder": 10.0,
+    "prostate": 45.0,
+    "rectum": 35.0,
+    "gas": -900.0,
+}
+_MR = {
+    "air": 0.0,
+    "fat": 800.0,
+    "body": 300.0,
+    "bone": 120.0,
+    "bladder": 1000.0,
+    "prostate": 550.0,
+    "rectum": 250.0,
+    "gas": 0.0,
+}
 
 
 @dataclass

@@ -1,0 +1,30 @@
+"""Similarity losses (LNCC, MIND-SSC, NGF, MI) and smoothness regularisers; torch only.
+
+Every loss returns a scalar tensor to minimise, the mean over the batch, and
+works on 2D ``(B, C, H, W)`` and 3D ``(B, C, D, H, W)`` tensors alike.
+"""
+
+from intermodal.losses._checks import ShapeError
+from intermodal.losses.regularisers import bending_energy, diffusion
+from intermodal.losses.similarity import (
+    lncc,
+    mind_descriptor_loss,
+    mind_loss,
+    mind_ssc,
+    mutual_information,
+    ngf,
+    nmi,
+)
+
+__all__ = [
+    "ShapeError",
+    "bending_energy",
+    "diffusion",
+    "lncc",
+    "mind_descriptor_loss",
+    "mind_loss",
+    "mind_ssc",
+    "mutual_information",
+    "ngf",
+    "nmi",
+]

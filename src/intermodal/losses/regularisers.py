@@ -1,0 +1,88 @@
+"""Smoothness regularisers for displacement and velocity fields.
+
+Fields are ``(B, ndim, *spatial)`` in voxels (see ``docs/conventions.md``); the
+penalties use finite differences on the voxel grid, so they are in squared
+voxels per voxel (unitless for a displacement in voxels).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from torch import Tensor
+
+from intermodal.losses._checks import ShapeError, check_displacement
+
+__all__ = ["bending_energy", "diffusion"]
+
+
+def _axis_slice(ndim: int, axis: int, index: slice) -> tuple[slice, ...]:
+    parts = [slice(None)] * (ndim + 2)
+    parts[axis + 2] = index
+    return tuple(parts)
+
+
+def _forward_difference(field: Tensor, axis: int) -> Tensor:
+    ndim = field.ndim - 2
+    return (
+        field[_axis_slice(ndim, axis, slice(1, None))]
+        - field[_axis_slice(ndim, axis, slice(None, -1))]
+    )
+
+
+def diffusion(displacement: Tensor) -> Tensor:
+    """Diffusion regulariser: mean squared forward difference of the field.
+
+    ``(1 / ndim) * sum_k mean_{b, c, x} (u_c(x + e_k) - u_c(x))^2``: for each axis
+    ``k`` the mean over batch, channels and voxel pairs, then the mean over axes.
+    For example a field whose channel 0 is ``a * x_0`` and whose other channels
+    are constant gives ``a^2 / ndim^2``; the uniform scaling ``u_c = a * x_c``
+    gives ``a^2 / ndim``; a constant field gives 0.
+
+    Args:
+        displacement: ``(B, ndim, H, W)`` or ``(B, ndim, D, H, W)``, in voxels.
+
+    Returns:
+        Scalar tensor, ``>= 0``.
+
+    Raises:
+        ValueError: (an :class:`~intermodal.errors.IntermodalError`) if the field is
+            not 4D/5D or its channel count is not its spatial ndim.
+    """
+    ndim = check_displacement("displacement", displacement)
+    terms = [_forward_difference(displacement, axis).pow(2).mean() for axis in range(ndim)]
+    return sum(terms) / ndim
+
+
+def bending_energy(displacement: Tensor) -> Tensor:
+    """Bending energy: mean squared second derivatives of the field.
+
+    ``mean_c [ sum_k mean(d_kk u_c)^2 + 2 sum_{k<l} mean(d_kl u_c)^2 ]`` with the
+    second differences ``d_kk u(x) = u(x + e_k) - 2 u(x) + u(x - e_k)`` and
+    ``d_kl u = forward difference along l of the forward difference along k``,
+    each averaged over the voxels where it is defined and over the batch.
+    Affine fields give 0; ``u_0 = a * x_0^2`` (other channels 0) gives
+    ``4 a^2 / ndim``.
+
+    Args:
+        displacement: ``(B, ndim, H, W)`` or ``(B, ndim, D, H, W)``, in voxels.
+
+    Returns:
+        Scalar tensor, ``>= 0``.
+
+    Raises:
+        ValueError: (an :class:`~intermodal.errors.IntermodalError`) if the field is
+            not 4D/5D, its channel count is not its spatial ndim, or a spatial size
+            is below 3.
+    """
+    ndim = check_displacement("displacement", displacement)
+    if min(displacement.shape[2:]) < 3:
+        raise ShapeError(
+            "bending_energy needs at least 3 voxels along every spatial axis, not "
+            f"{tuple(displacement.shape[2:])}"
+        )
+    first = [_forward_difference(displacement, axis) for axis in range(ndim)]
+    energy = sum(_forward_difference(first[k], k).pow(2).mean() for k in range(ndim))
+    for k, l in itertools.combinations(range(ndim), 2):
+        energy = energy + 2 * _forward_difference(first[k], l).pow(2).mean()
+    return energy

@@ -1,0 +1,29 @@
+"""Pure tensor operations on images and displacement fields (2D and 3D).
+
+Displacements are ``(B, ndim, *spatial)`` in voxels, channel ``i`` along array axis ``i``,
+and warp backwards: ``warped(x) = moving(x + u(x))``. See ``docs/conventions.md``.
+"""
+
+from intermodal.spatial.functional import (
+    SpatialArgumentError,
+    compose,
+    identity_grid,
+    integrate_velocity,
+    jacobian_det,
+    physical_to_voxel,
+    resize_displacement,
+    voxel_to_physical,
+    warp,
+)
+
+__all__ = [
+    "SpatialArgumentError",
+    "compose",
+    "identity_grid",
+    "integrate_velocity",
+    "jacobian_det",
+    "physical_to_voxel",
+    "resize_displacement",
+    "voxel_to_physical",
+    "warp",
+]

@@ -1,0 +1,503 @@
+"""Pure tensor operations on displacement fields, for 2D and 3D through the same code.
+
+Layouts follow ``docs/conventions.md``:
+
+* images are ``(B, C, *spatial)`` with the spatial axes in array order
+  (``(D, H, W)`` = ``(z, y, x)`` in 3D, ``(H, W)`` = ``(y, x)`` in 2D);
+* a displacement or velocity is ``(B, ndim, *spatial)`` in **voxels**, channel ``i``
+  along array axis ``i``; it describes ``phi(x) = x + u(x)`` and the warped image is
+  ``warped(x) = moving(x + u(x))`` (backward warping);
+* voxel centres sit at the integers ``0 .. n - 1`` (``align_corners=True``).
+
+Nothing here reads files, keeps global state or chooses a device: every output is on
+the device, and in the floating dtype, of its inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from intermodal.errors import IntermodalError
+
+__all__ = [
+    "SpatialArgumentError",
+    "compose",
+    "identity_grid",
+    "integrate_velocity",
+    "jacobian_det",
+    "physical_to_voxel",
+    "resize_displacement",
+    "voxel_to_physical",
+    "warp",
+]
+
+_WARP_MODES = ("bilinear", "nearest")
+_PADDING_MODES = ("border", "zeros")
+
+
+class SpatialArgumentError(IntermodalError, ValueError):
+    """A tensor or argument given to a spatial function has the wrong shape or value.
+
+    It is a :class:`ValueError` too, so callers that expect the usual Python exception
+    for a bad argument value catch it.
+    """
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_field(name: str, field: Tensor) -> int:
+    """Check a ``(B, ndim, *spatial)`` floating field with ndim 2 or 3; return ndim."""
+    if not isinstance(field, Tensor):
+        raise SpatialArgumentError(f"{name} must be a torch.Tensor, not {type(field).__name__}")
+    if field.ndim not in (4, 5):
+        raise SpatialArgumentError(
+            f"{name} must be (B, 2, H, W) or (B, 3, D, H, W), not a tensor of shape "
+            f"{tuple(field.shape)} ({field.ndim} dimensions)"
+        )
+    ndim = field.ndim - 2
+    if field.shape[1] != ndim:
+        raise SpatialArgumentError(
+            f"{name} must have {ndim} channels (one per spatial axis) for a {ndim}D field, "
+            f"but its shape is {tuple(field.shape)} ({field.shape[1]} channels)"
+        )
+    if not field.is_floating_point():
+        raise SpatialArgumentError(f"{name} must be a floating-point tensor, not {field.dtype}")
+    return ndim
+
+
+def _check_shape(name: str, shape: Sequence[int], ndim: int | None = None) -> tuple[int, ...]:
+    """Check a spatial shape of positive ints (of length ``ndim`` if given)."""
+    try:
+        shape = tuple(int(n) for n in shape)
+    except (TypeError, ValueError):
+        raise SpatialArgumentError(
+            f"{name} must be a sequence of positive ints, not {shape!r}"
+        ) from None
+    if ndim is not None and len(shape) != ndim:
+        raise SpatialArgumentError(
+            f"{name} must have {ndim} entries (one per spatial axis), not {len(shape)}: {shape}"
+        )
+    if len(shape) == 0 or any(n < 1 for n in shape):
+        raise SpatialArgumentError(f"{name} must be non-empty and positive, not {shape}")
+    return shape
+
+
+def _check_batch(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
+    """Check that two batch sizes are equal or that one of them is 1 (broadcast)."""
+    if a.shape[0] != b.shape[0] and 1 not in (a.shape[0], b.shape[0]):
+        raise SpatialArgumentError(
+            f"{name_a} and {name_b} must have the same batch size, or one of them 1, but "
+            f"{name_a} is {tuple(a.shape)} and {name_b} is {tuple(b.shape)}"
+        )
+
+
+def _check_spatial_match(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
+    if a.shape[2:] != b.shape[2:]:
+        raise SpatialArgumentError(
+            f"{name_a} and {name_b} must have the same spatial shape: expected "
+            f"{tuple(a.shape[2:])} (from {name_a} of shape {tuple(a.shape)}), got "
+            f"{tuple(b.shape[2:])} (from {name_b} of shape {tuple(b.shape)})"
+        )
+
+
+# --------------------------------------------------------------------------- grids and warping
+
+
+def identity_grid(
+    shape: Sequence[int],
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Voxel coordinates of every voxel of a grid, in array order.
+
+    Not cached: a fresh tensor each call, so callers may modify it in place.
+
+    Args:
+        shape: Spatial shape in array order, ``(H, W)`` or ``(D, H, W)``.
+        device: Device of the result (default: torch's default device).
+        dtype: Floating dtype of the result.
+
+    Returns:
+        ``(ndim, *shape)`` tensor, in voxels: channel ``i`` holds the index along array
+        axis ``i`` (``grid[i][x] == x[i]``), voxel centres at ``0 .. n - 1``.
+
+    Raises:
+        ValueError: (a :class:`SpatialArgumentError`) if ``shape`` is empty or not positive.
+
+    Example:
+        >>> identity_grid((2, 3))[1]
+        tensor([[0., 1., 2.],
+                [0., 1., 2.]])
+    """
+    shape = _check_shape("shape", shape)
+    axes = [torch.arange(n, device=device, dtype=dtype) for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
+
+
+def _sampling_grid(positions: Tensor) -> Tensor:
+    """Turn ``(B, ndim, *spatial)`` voxel positions into a ``grid_sample`` grid.
+
+    ``grid_sample`` wants ``(B, *spatial, ndim)`` with the last axis in ``(x, y, z)``
+    order (the reverse of array order), normalised so that voxel ``0`` is ``-1`` and
+    voxel ``n - 1`` is ``+1`` (``align_corners=True``). An axis of size 1 has no
+    extent, so its coordinate is pinned to its only voxel instead of dividing by 0.
+    """
+    sizes = positions.shape[2:]
+    scale = [2.0 / (n - 1) if n > 1 else 0.0 for n in sizes]
+    scale = torch.tensor(scale, device=positions.device, dtype=positions.dtype)
+    scale = scale.view(1, -1, *([1] * len(sizes)))
+    normalised = positions * scale - 1.0
+    return normalised.movedim(1, -1).flip(-1)
+
+
+def warp(
+    image: Tensor,
+    displacement: Tensor,
+    *,
+    mode: str = "bilinear",
+    padding_mode: str = "border",
+) -> Tensor:
+    """Warp an image by a voxel displacement: ``warped(x) = image(x + u(x))``.
+
+    Backward warping: for every voxel ``x`` of the output grid the image is sampled at
+    ``x + u(x)`` (so a field of ``+1`` along an axis moves content by ``-1`` voxel along
+    that axis). Differentiable with respect to both inputs in ``"bilinear"`` mode.
+
+    Args:
+        image: ``(B, C, H, W)`` or ``(B, C, D, H, W)``. Any dtype; integer images are
+            sampled as floats.
+        displacement: ``(B, ndim, *spatial)``, in voxels, channel ``i`` along array axis
+            ``i``; same spatial shape as ``image``. Its batch size may be 1 (one field
+            for every image) or the image's may be 1 (one image, several fields).
+        mode: ``"bilinear"`` (linear in each axis: trilinear in 3D) or ``"nearest"``
+            (for label maps: values are copied, never mixed, and the result has the
+            image's dtype, so integer labels stay exact).
+        padding_mode: Value outside the image: ``"border"`` repeats the edge voxel,
+            ``"zeros"`` uses 0.
+
+    Returns:
+        ``(max(B_image, B_displacement), C, *spatial)``. In ``"nearest"`` mode it has
+        the image's dtype; in ``"bilinear"`` mode a floating image keeps its dtype and
+        an integer image gives the displacement's dtype.
+
+    Raises:
+        ValueError: (a :class:`SpatialArgumentError`) if the shapes do not match (the
+            message gives the expected and the actual shape), the displacement has not
+            ``ndim`` channels, or ``mode`` / ``padding_mode`` is unknown.
+
+    Example:
+        >>> image = torch.arange(4.0).view(1, 1, 2, 2)
+        >>> shift = torch.zeros(1, 2, 2, 2)
+        >>> shift[:, 1] = 1.0  # sample one voxel to the right (+x)
+        >>> warp(image, shift)[0, 0]
+        tensor([[1., 1.],
+                [3., 3.]])
+    """
+    if mode not in _WARP_MODES:
+        raise SpatialArgumentError(f"mode must be one of {_WARP_MODES}, not {mode!r}")
+    if padding_mode not in _PADDING_MODES:
+        raise SpatialArgumentError(
+            f"padding_mode must be one of {_PADDING_MODES}, not {padding_mode!r}"
+        )
+    if not isinstance(image, Tensor) or image.ndim not in (4, 5):
+        shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise SpatialArgumentError(f"image must be (B, C, H, W) or (B, C, D, H, W), not {shape}")
+    ndim = _check_field("displacement", displacement)
+    if image.ndim - 2 != ndim:
+        raise SpatialArgumentError(
+            f"image and displacement must have the same number of spatial axes, but image "
+            f"is {tuple(image.shape)} ({image.ndim - 2}D) and displacement is "
+            f"{tuple(displacement.shape)} ({ndim}D)"
+        )
+    _check_spatial_match("image", image, "displacement", displacement)
+    _check_batch("image", image, "displacement", displacement)
+
+    batch = max(image.shape[0], displacement.shape[0])
+    grid_positions = identity_grid(
+        displacement.shape[2:], device=displacement.device, dtype=displacement.dtype
+    )
+    grid = _sampling_grid(grid_positions.unsqueeze(0) + displacement)
+
+    if image.is_floating_point():
+        sample_dtype = image.dtype
+    elif mode == "nearest" and image.dtype in (torch.int32, torch.int64):
+        # float32 holds integers exactly only up to 2**24; wide label types go through float64.
+        sample_dtype = torch.float64
+    else:
+        sample_dtype = displacement.dtype
+    grid = grid.to(sample_dtype)
+    source = image.to(sample_dtype)
+
+    if source.shape[0] != batch:
+        source = source.expand(batch, *source.shape[1:])
+    if grid.shape[0] != batch:
+        grid = grid.expand(batch, *grid.shape[1:])
+
+    warped = F.grid_sample(source, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    if mode == "nearest":
+        return warped.to(image.dtype)
+    return warped
+
+
+# --------------------------------------------------------------------------- field algebra
+
+
+def integrate_velocity(velocity: Tensor, steps: int = 7) -> Tensor:
+    """Exponentiate a stationary velocity field by scaling and squaring.
+
+    ``u = v / 2**steps``, then ``steps`` times ``u <- u + warp(u, u)`` (that is
+    ``phi <- phi o phi``), with border padding. The result approximates the
+    displacement of ``exp(v)``, a diffeomorphism when ``v`` is smooth; ``exp(-v)`` is
+    its inverse. A constant velocity ``c`` gives the translation ``c`` exactly.
+
+    Args:
+        velocity: ``(B, ndim, *spatial)``, in voxels (per unit time), channel ``i``
+            along array axis ``i``.
+        steps: Number of squarings, ``>= 0``; ``0`` returns ``velocity`` unchanged.
+
+    Returns:
+        ``(B, ndim, *spatial)`` displacement, in voxels.
+
+    Raises:
+        ValueError: (a :class:`SpatialArgumentError`) if the field is ill-shaped or
+            ``steps`` is not a non-negative int.
+    """
+    _check_field("velocity", velocity)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise SpatialArgumentError(f"steps must be a non-negative int, not {steps!r}")
+    displacement = velocity / (2**steps)
+    for _ in range(steps):
+        displacement = displacement + warp(displacement, displacement)
+    return displacement
+
+
+def compose(outer: Tensor, inner: Tensor) -> Tensor:
+    """Compose two displacements: the field of ``phi_outer o phi_inner``.
+
+    With ``phi(x) = x + u(x)``, the result is
+    ``w(x) = inner(x) + outer(x + inner(x))``, so ``phi_w(x) = phi_outer(phi_inner(x))``:
+    ``inner`` is applied to the point first. For warping this means
+    ``warp(image, w) == warp(warp(image, outer), inner)`` (up to interpolation): the image
+    is warped by ``outer`` first and the result by ``inner``. ``outer`` is sampled with
+    linear interpolation and border padding.
+
+    Args:
+        outer: ``(B, ndim, *spatial)``, in voxels.
+        inner: ``(B, ndim, *spatial)``, in voxels, same spatial shape as ``outer``.
+            Either batch size may be 1 (broadcast).
+
+    Returns:
+        ``(max(B_outer, B_inner), ndim, *spatial)``, in voxels.
+
+    Raises:
+        ValueError: (a :class:`SpatialArgumentError`) if either field is ill-shaped or
+            the two do not match.
+    """
+    ndim_outer = _check_field("outer", outer)
+    ndim_inner = _check_field("inner", inner)
+    if ndim_outer != ndim_inner:
+        raise SpatialArgumentError(
+            f"outer and inner must both be 2D or both 3D, but outer is {tuple(outer.shape)} "
+            f"and inner is {tuple(inner.shape)}"
+        )
+    _check_spatial_match("outer", outer, "inner", inner)
+    _check_batch("outer", outer, "inner", inner)
+    return inner + warp(outer, inner.to(outer.dtype))
+
+
+def jacobian_det(displacement: Tensor, spacing: Sequence[float] | None = None) -> Tensor:
+    """Jacobian determinant of ``phi(x) = x + u(x)``: ``det(I + grad u)`` at every voxel.
+
+    Derivatives are central differences inside and one-sided at the borders
+    (``torch.gradient``), so a linear field gives its exact determinant everywhere.
+    Values ``<= 0`` mark folding. The determinant is unitless: it is the same for a
+    field in voxels on an isotropic grid and for that field in millimetres. For an
+    anisotropic grid the field and the grid must be in consistent units: either a
+    field in voxels with ``spacing=None``, or a field in millimetres (channel ``i``
+    along array axis ``i``) with ``spacing`` giving the voxel size of each array axis.
+
+    Args:
+        displacement: ``(B, ndim, *spatial)``, channel ``i`` along array axis ``i``: in
+            voxels when ``spacing`` is None, in millimetres otherwise. Every spatial
+            axis needs at least 2 voxels.
+        spacing: Voxel size in millimetres per array axis (``(z, y, x)`` order in 3D, the
+            reverse of ``image.GetSpacing()``), or None for unit spacing.
+
+    Returns:
+        ``(B, 1, *spatial)``, unitless.
+
+    Raises:
+        ValueError: (a :class:`SpatialArgumentError`) if the field is ill-shaped, an axis
+            has fewer than 2 voxels, or ``spacing`` has the wrong length or is not positive.
+    """
+    ndim = _check_field("displacement", displacement)
+    sizes = tuple(displacement.shape[2:])
+    if any(n < 2 for n in sizes):
+        raise SpatialArgumentError(
+            f"displacement needs at least 2 voxels along every spatial axis for finite "
+            f"differences, but its spatial shape is {sizes}"
+        )
+    if spacing is None:
+        step: list[float] = [1.0] * ndim
+    else:
+        step = [float(s) for s in spacing]
+        if len(step) != ndim or any(not s > 0 for s in step):
+            raise SpatialArgumentError(
+                f"spacing must be {ndim} positive numbers in array order, not {tuple(spacing)}"
+            )
+    spatial_dims = tuple(range(2, 2 + ndim))
+    # derivatives[j][:, i] = d u_i / d x_j
+    derivatives = torch.gradient(displacement, spacing=step, dim=spatial_dims, edge_order=1)
+    jac = [
+        [derivatives[j][:, i] + (1.0 if i == j else 0.0) for j in range(ndim)] for i in range(ndim)
+    ]
+    if ndim == 2:
+        det = jac[0][0] * jac[1][1] - jac[0][1] * jac[1][0]
+    else:
+        det = (
+            jac[0][0] * (jac[1][1] * jac[2][2] - jac[1][2] * jac[2][1])
+            - jac[0][1] * (jac[1][0] * jac[2][2] - jac[1][2] * jac[2][0])
+            + jac[0][2] * (jac[1][0] * jac[2][1] - jac[1][1] * jac[2][0])
+        )
+    return det.unsqueeze(1)
+
+
+def resize_displacement(displacement: Tensor, shape: Sequence[int]) -> Tensor:
+    """Resample a voxel displacement onto a grid of another size covering the same extent.
+
+    The field is interpolated (bilinear in 2D, trilinear in 3D, ``align_corners=True``,
+    so the corner voxels of both grids coincide) and channel ``i`` is multiplied by
+    ``(new_n_i - 1) / (old_n_i - 1)`` because a voxel of the new grid is a different
+    physical length. A constant shift of ``s`` voxels on ``n`` becomes
+    ``s * (m - 1) / (n - 1)`` on ``m``; ``u = a * x`` stays ``u = a * x``.
+
+    Args:
+        displacement: ``(B, ndim, *spatial)``, in voxels of its own grid; every spatial
+            axis needs at least 2 voxels.
+        shape: New spatial shape, in array order, ``ndim`` entries each ``>= 2``.
+
+    Returns:
+        ``(B, ndim, *shape)``, in voxels of the new grid.
+
+    Raises:
+        ValueError: (a :class:`SpatialArgumentError`) if the field is ill-shaped or
+            ``shape`` has the wrong length or an axis with fewer than 2 voxels.
+    """
+    ndim = _check_field("displacement", displacement)
+    new_shape = _check_shape("shape", shape, ndim)
+    old_shape = tuple(displacement.shape[2:])
+    if any(n < 2 for n in old_shape) or any(n < 2 for n in new_shape):
+        raise SpatialArgumentError(
+            f"resize_displacement needs at least 2 voxels along every axis of both grids, "
+            f"but the field is {old_shape} and shape is {new_shape}"
+        )
+    if new_shape == old_shape:
+        return displacement
+    mode = "bilinear" if ndim == 2 else "trilinear"
+    resized = F.interpolate(displacement, size=new_shape, mode=mode, align_corners=True)
+    factors = [(m - 1) / (n - 1) for m, n in zip(new_shape, old_shape, strict=True)]
+    factors = torch.tensor(factors, device=resized.device, dtype=resized.dtype)
+    return resized * factors.view(1, ndim, *([1] * ndim))
+
+
+# --------------------------------------------------------------------------- voxel <-> physical
+
+
+def _index_to_physical_matrix(
+    ndim: int, spacing: Sequence[float], direction: Sequence[float]
+) -> Tensor:
+    """``Direction @ diag(spacing)`` in float64, ``(ndim, ndim)``, ITK ``(x, y, z)`` order."""
+    spacing_t = torch.as_tensor([float(s) for s in spacing], dtype=torch.float64)
+    direction_t = torch.as_tensor([float(d) for d in direction], dtype=torch.float64)
+    if spacing_t.numel() != ndim or not bool((spacing_t > 0).all()):
+        raise SpatialArgumentError(
+            f"spacing must be {ndim} positive numbers in (x, y, z) order (as from "
+            f"image.GetSpacing()), not {tuple(spacing)}"
+        )
+    if direction_t.numel() != ndim * ndim:
+        raise SpatialArgumentError(
+            f"direction must be the {ndim}x{ndim} matrix flattened row by row ({ndim * ndim} "
+            f"numbers, as from image.GetDirection()), not {len(direction_t)} numbers: "
+            f"{tuple(direction)}"
+        )
+    direction_m = direction_t.view(ndim, ndim)
+    if abs(float(torch.linalg.det(direction_m))) < 1e-6:
+        raise SpatialArgumentError(
+            f"direction must be an invertible (normally orthonormal) matrix, but "
+            f"{tuple(direction)} is singular"
+        )
+    return direction_m @ torch.diag(spacing_t)
+
+
+def _apply_channel_matrix(matrix: Tensor, field: Tensor) -> Tensor:
+    """``out[:, i] = sum_j matrix[i, j] * field[:, j]`` at every voxel."""
+    matrix = matrix.to(device=field.device, dtype=field.dtype)
+    return torch.einsum("ij,bj...->bi...", matrix, field)
+
+
+def voxel_to_physical(
+    displacement: Tensor, spacing: Sequence[float], direction: Sequence[float]
+) -> Tensor:
+    """Convert a voxel displacement (array order) to an ITK physical one (``x, y, z`` mm).
+
+    ``d = Direction @ diag(spacing) @ u_xyz`` at every voxel, where ``u_xyz`` is the voxel
+    displacement with its channels reversed into ``(x, y, z)`` order. This is the vector
+    ``TransformContinuousIndexToPhysicalPoint(idx + u_xyz) -
+    TransformContinuousIndexToPhysicalPoint(idx)`` of SimpleITK; the origin cancels. The
+    result is what SimpleITK's ``DisplacementFieldTransform`` expects (after moving the
+    channel axis last).
+
+    Args:
+        displacement: ``(B, ndim, *spatial)``, in voxels, channel ``i`` along array axis
+            ``i`` (``(z, y, x)`` in 3D).
+        spacing: Voxel size in millimetres in ``(x, y, z)`` order, as from
+            ``image.GetSpacing()``.
+        direction: Direction cosines, the ``ndim x ndim`` matrix flattened row by row,
+            as from ``image.GetDirection()``.
+
+    Returns:
+        ``(B, ndim, *spatial)``, in millimetres, channels ``(x, y, z)`` in LPS.
+
+    Raises:
+        ValueError: (a :class:`SpatialArgumentError`) if the field is ill-shaped,
+            ``spacing`` is not ``ndim`` positive numbers, or ``direction`` is not an
+            invertible ``ndim x ndim`` matrix.
+    """
+    ndim = _check_field("displacement", displacement)
+    matrix = _index_to_physical_matrix(ndim, spacing, direction)
+    return _apply_channel_matrix(matrix, displacement.flip(1))
+
+
+def physical_to_voxel(
+    displacement: Tensor, spacing: Sequence[float], direction: Sequence[float]
+) -> Tensor:
+    """Convert an ITK physical displacement (``x, y, z`` mm) to a voxel one (array order).
+
+    The inverse of :func:`voxel_to_physical`:
+    ``u_xyz = (Direction @ diag(spacing))^-1 @ d``, then the channels are reversed into
+    array order.
+
+    Args:
+        displacement: ``(B, ndim, *spatial)``, in millimetres, channels ``(x, y, z)`` in LPS.
+        spacing: Voxel size in millimetres in ``(x, y, z)`` order, as from
+            ``image.GetSpacing()``.
+        direction: Direction cosines, the ``ndim x ndim`` matrix flattened row by row,
+            as from ``image.GetDirection()``.
+
+    Returns:
+        ``(B, ndim, *spatial)``, in voxels, channel ``i`` along array axis ``i``.
+
+    Raises:
+        ValueError: (a :class:`SpatialArgumentError`) if the field is ill-shaped,
+            ``spacing`` is not ``ndim`` positive numbers, or ``direction`` is not an
+            invertible ``ndim x ndim`` matrix.
+    """
+    ndim = _check_field("displacement", displacement)
+    matrix = _index_to_physical_matrix(ndim, spacing, direction)
+    return _apply_channel_matrix(torch.linalg.inv(matrix), displacement).flip(1)

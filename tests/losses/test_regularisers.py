@@ -1,0 +1,77 @@
+"""Regularisers: constant, linear and quadratic fields with answers worked out by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from intermodal.losses import bending_energy, diffusion
+
+SHAPES = {2: (12, 10), 3: (8, 9, 10)}
+
+
+def coordinates(ndim: int) -> torch.Tensor:
+    """``(1, ndim, *spatial)`` with channel ``i`` equal to the voxel index along axis ``i``."""
+    axes = [torch.arange(size, dtype=torch.float64) for size in SHAPES[ndim]]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"))[None]
+
+
+def single_channel(ndim: int, values: torch.Tensor, channel: int = 0) -> torch.Tensor:
+    field = torch.zeros(1, ndim, *SHAPES[ndim], dtype=torch.float64)
+    field[:, channel] = values
+    return field
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize(
+    ("make_field", "expected"),
+    [
+        (lambda n, x: torch.full_like(x, 3.5), lambda n, a: 0.0),
+        (lambda n, x: 1.5 * x, lambda n, a: 1.5**2 / n),
+        (lambda n, x: single_channel(n, -2.0 * x[:, 0]), lambda n, a: 4.0 / n**2),
+        (lambda n, x: single_channel(n, 0.5 * x[:, n - 1], channel=1), lambda n, a: 0.25 / n**2),
+    ],
+    ids=["constant", "scaling", "stretch", "shear"],
+)
+def test_diffusion_known_values(ndim, make_field, expected):
+    field = make_field(ndim, coordinates(ndim))
+    assert diffusion(field).item() == pytest.approx(expected(ndim, None), rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize(
+    ("make_field", "expected"),
+    [
+        (lambda n, x: 2.0 * x + 1.0, lambda n: 0.0),
+        (lambda n, x: single_channel(n, 0.3 * x[:, 0] ** 2), lambda n: 4 * 0.09 / n),
+        (
+            lambda n, x: single_channel(n, 0.5 * x[:, 0] * x[:, 1]),
+            lambda n: 2 * 0.25 / n,
+        ),
+    ],
+    ids=["affine", "quadratic", "mixed"],
+)
+def test_bending_energy_known_values(ndim, make_field, expected):
+    field = make_field(ndim, coordinates(ndim))
+    assert bending_energy(field).item() == pytest.approx(expected(ndim), rel=1e-9, abs=1e-12)
+
+
+@pytest.mark.parametrize("regulariser", [diffusion, bending_energy])
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_regulariser_gradients_flow(regulariser, ndim):
+    field = torch.randn(2, ndim, *SHAPES[ndim], requires_grad=True)
+    regulariser(field).backward()
+    assert torch.isfinite(field.grad).all()
+    assert field.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("regulariser", [diffusion, bending_energy])
+@pytest.mark.parametrize("shape", [(1, 3, 8, 8), (1, 2, 8, 8, 8), (2, 8, 8), (1, 3, 4, 4, 4, 4)])
+def test_bad_field_shape(regulariser, shape):
+    with pytest.raises(ValueError, match=r"must be \(B"):
+        regulariser(torch.zeros(shape))
+
+
+def test_bad_bending_energy_too_small():
+    with pytest.raises(ValueError, match="3 voxels"):
+        bending_energy(torch.zeros(1, 2, 2, 8))

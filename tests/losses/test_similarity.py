@@ -1,0 +1,289 @@
+"""Similarity losses: tables of cases with known answers, gradients and bad inputs."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from loss_images import noise_image, ramp, smooth_image
+
+from intermodal.errors import IntermodalError
+from intermodal.losses import (
+    lncc,
+    mind_descriptor_loss,
+    mind_loss,
+    mind_ssc,
+    mutual_information,
+    ngf,
+    nmi,
+)
+
+# ----------------------------------------------------------------------------- LNCC
+
+
+@pytest.mark.parametrize(
+    ("make_pair", "expected", "tolerance"),
+    [
+        (lambda n: (ramp(n), ramp(n)), -1.0, 0.03),
+        (lambda n: (smooth_image(n, 0), smooth_image(n, 0)), -1.0, 0.02),
+        (lambda n: (smooth_image(n, 0), 3.0 * smooth_image(n, 0) + 2.0), -1.0, 0.02),
+        (lambda n: (smooth_image(n, 0), 0.5 * smooth_image(n, 0) - 1.0), -1.0, 0.03),
+        (lambda n: (smooth_image(n, 0), noise_image(n, 1)), 0.0, 0.03),
+    ],
+    ids=["ramps", "identical", "affine-up", "affine-down", "noise"],
+)
+def test_lncc_known_values(ndim, make_pair, expected, tolerance):
+    fixed, warped = make_pair(ndim)
+    assert lncc(fixed, warped).item() == pytest.approx(expected, abs=tolerance)
+
+
+def test_lncc_is_symmetric_and_bounded(ndim):
+    fixed, warped = smooth_image(ndim, 0), smooth_image(ndim, 1)
+    forward, backward = lncc(fixed, warped), lncc(warped, fixed)
+    assert forward.item() == pytest.approx(backward.item(), abs=1e-6)
+    assert -1.0 <= forward.item() <= 0.0
+
+
+def test_lncc_constant_images_are_finite(ndim):
+    constant = torch.full_like(smooth_image(ndim, 0), 0.5)
+    assert lncc(constant, constant).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("window", [0, 4, -3])
+def test_bad_lncc_window(window):
+    image = smooth_image(2, 0)
+    with pytest.raises(IntermodalError, match="window"):
+        lncc(image, image, window=window)
+
+
+# ----------------------------------------------------------------------------- MIND
+
+
+def test_mind_ssc_shape_and_range(ndim):
+    image = smooth_image(ndim, 0)
+    descriptor = mind_ssc(image)
+    channels = {2: 4, 3: 12}[ndim]
+    assert descriptor.shape == (1, channels, *image.shape[2:])
+    assert descriptor.min() > 0
+    # Each voxel's descriptor is normalised so its largest entry is exactly 1.
+    assert torch.allclose(descriptor.amax(1), torch.ones(()))
+
+
+def test_mind_loss_identical_is_zero(ndim):
+    image = smooth_image(ndim, 0)
+    assert mind_loss(image, image).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_mind_loss_prefers_inverted_contrast_to_unrelated_image(ndim):
+    image = smooth_image(ndim, 0)
+    inverted = mind_loss(image, 1 - image).item()
+    unrelated = mind_loss(image, smooth_image(ndim, 1)).item()
+    shuffled = image.flatten()[torch.randperm(image.numel())].view_as(image)
+    assert inverted < 1e-6
+    assert inverted < unrelated
+    assert inverted < mind_loss(image, shuffled).item()
+
+
+def test_mind_descriptor_loss_matches_mind_loss(ndim):
+    fixed, warped = smooth_image(ndim, 0), smooth_image(ndim, 1)
+    precomputed = mind_descriptor_loss(mind_ssc(fixed), mind_ssc(warped))
+    assert precomputed.item() == pytest.approx(mind_loss(fixed, warped).item(), rel=1e-6)
+
+
+def test_mind_ssc_of_constant_image_is_finite(ndim):
+    descriptor = mind_ssc(torch.zeros(1, 1, *smooth_image(ndim, 0).shape[2:]))
+    assert torch.isfinite(descriptor).all()
+
+
+@pytest.mark.parametrize(("radius", "dilation"), [(-1, 2), (1, 0)])
+def test_bad_mind_parameters(radius, dilation):
+    with pytest.raises(IntermodalError, match="radius|dilation"):
+        mind_ssc(smooth_image(2, 0), radius=radius, dilation=dilation)
+
+
+# ----------------------------------------------------------------------------- NGF
+
+
+@pytest.mark.parametrize(
+    ("transform", "expected", "tolerance"),
+    [
+        (lambda image: image, 0.0, 0.03),
+        (lambda image: 1 - image, 0.0, 0.03),
+        (lambda image: 0.5 * image + 0.25, 0.0, 0.05),
+    ],
+    ids=["identical", "inverted", "affine"],
+)
+def test_ngf_aligned_edges(ndim, transform, expected, tolerance):
+    image = smooth_image(ndim, 0)
+    assert ngf(image, transform(image), eps=1e-3).item() == pytest.approx(expected, abs=tolerance)
+
+
+def test_ngf_inversion_is_exactly_invariant(ndim):
+    image = smooth_image(ndim, 0)
+    assert ngf(image, 1 - image).item() == pytest.approx(ngf(image, image).item(), abs=1e-6)
+
+
+def test_ngf_misaligned_is_worse(ndim):
+    image = smooth_image(ndim, 0)
+    assert ngf(image, smooth_image(ndim, 1)).item() > 0.5
+    assert ngf(image, noise_image(ndim, 2)).item() > 0.5
+
+
+def test_bad_ngf_too_small():
+    image = torch.rand(1, 1, 2, 8)
+    with pytest.raises(ValueError, match="3 voxels"):
+        ngf(image, image)
+
+
+# ----------------------------------------------------------------------------- MI
+
+
+def test_mi_identical_beats_noise(ndim):
+    image = smooth_image(ndim, 0)
+    same = mutual_information(image, image).item()
+    noise = mutual_information(image, noise_image(ndim, 1)).item()
+    assert same < noise
+    assert noise == pytest.approx(0.0, abs=0.1)
+
+
+def test_mi_is_invariant_to_affine_and_roughly_to_monotone_remapping(ndim):
+    image = smooth_image(ndim, 0)
+    same = mutual_information(image, image).item()
+    affine = mutual_information(image, 4 * image - 1).item()
+    monotone = mutual_information(image, image.sqrt()).item()
+    unrelated = mutual_information(image, smooth_image(ndim, 1)).item()
+    assert affine == pytest.approx(same, rel=1e-4)
+    assert monotone == pytest.approx(same, rel=0.15)
+    assert monotone < unrelated
+
+
+def test_mi_subsampling_is_deterministic_with_a_seed(ndim):
+    fixed, warped = smooth_image(ndim, 0), smooth_image(ndim, 1)
+    first = mutual_information(fixed, warped, num_samples=2000, seed=7)
+    second = mutual_information(fixed, warped, num_samples=2000, seed=7)
+    full = mutual_information(fixed, warped)
+    assert first.item() == second.item()
+    assert first.item() == pytest.approx(full.item(), abs=0.1)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"bins": 1}, {"sigma": 0.0}, {"num_samples": 0}], ids=["bins", "sigma", "samples"]
+)
+def test_bad_mi_parameters(kwargs):
+    image = smooth_image(2, 0)
+    with pytest.raises(IntermodalError):
+        mutual_information(image, image, **kwargs)
+
+
+# ----------------------------------------------------------------------------- NMI
+
+
+def test_nmi_identical_and_independent():
+    rng = np.random.default_rng(0)
+    image = rng.random((40, 40, 40))
+    assert nmi(image, image) == pytest.approx(2.0, abs=1e-9)
+    assert nmi(image, rng.random((40, 40, 40))) == pytest.approx(1.0, abs=0.02)
+
+
+def test_nmi_accepts_tensors_any_shape_and_a_mask():
+    image = smooth_image(3, 0)
+    mask = torch.zeros(image.shape, dtype=torch.bool)
+    mask[..., 8:24, 8:24, 8:24] = True
+    assert nmi(image, image, mask=mask) == pytest.approx(2.0, abs=1e-9)
+    assert nmi(image[0, 0].numpy().ravel(), 1 - image[0, 0].numpy().ravel()) == pytest.approx(
+        2.0, abs=1e-9
+    )
+
+
+def test_nmi_constant_images():
+    assert nmi(np.ones((4, 4)), np.ones((4, 4))) == 1.0
+
+
+def test_bad_nmi_inputs():
+    with pytest.raises(ValueError, match=r"\(4, 4\).*\(4, 5\)"):
+        nmi(np.ones((4, 4)), np.ones((4, 5)))
+    with pytest.raises(ValueError, match="mask"):
+        nmi(np.ones((4, 4)), np.ones((4, 4)), mask=np.ones((3, 3), dtype=bool))
+    with pytest.raises(IntermodalError, match="no voxel"):
+        nmi(np.ones((4, 4)), np.ones((4, 4)), mask=np.zeros((4, 4), dtype=bool))
+
+
+# ----------------------------------------------------------------------------- all losses
+
+LOSSES = {
+    "lncc": lncc,
+    "mind": mind_loss,
+    "ngf": ngf,
+    "mi": mutual_information,
+}
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_gradients_flow(ndim, name):
+    fixed = smooth_image(ndim, 0).repeat(2, 1, *([1] * ndim))
+    warped = (0.7 * smooth_image(ndim, 1) + 0.1).repeat(2, 1, *([1] * ndim))
+    warped.requires_grad_(True)
+    loss = LOSSES[name](fixed, warped)
+    assert loss.ndim == 0
+    loss.backward()
+    assert warped.grad is not None
+    assert torch.isfinite(warped.grad).all()
+    assert warped.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_bad_shape_mismatch_names_both_shapes(name):
+    with pytest.raises(ValueError, match=r"\(1, 1, 16, 16\).*\(1, 1, 16, 17\)"):
+        LOSSES[name](torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 17))
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("shape", [(16, 16), (1, 16, 16), (1, 1, 4, 4, 4, 4)])
+def test_bad_ndim(name, shape):
+    with pytest.raises(ValueError, match="must be"):
+        LOSSES[name](torch.rand(shape), torch.rand(shape))
+
+
+def test_bad_mind_descriptor_shapes():
+    with pytest.raises(ValueError, match="fixed_desc"):
+        mind_descriptor_loss(torch.rand(1, 12, 8, 8, 8), torch.rand(1, 4, 8, 8, 8))
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_mind_ssc_matches_hand_computation_at_an_interior_voxel(ndim):
+    generator = torch.Generator().manual_seed(3)
+    image = torch.rand(1, 1, *([13] * ndim), generator=generator, dtype=torch.float64)
+    radius, dilation, centre = 1, 2, (6,) * ndim
+    neighbours = []
+    for axis in range(ndim):
+        for sign in (-1, 1):
+            step = [0] * ndim
+            step[axis] = sign * dilation
+            neighbours.append(step)
+    pairs = [
+        (p, q)
+        for i, p in enumerate(neighbours)
+        for q in neighbours[i + 1 :]
+        if any(a + b != 0 for a, b in zip(p, q, strict=True))
+    ]
+    patch = list(itertools.product(range(-radius, radius + 1), repeat=ndim))
+
+    def value(position):
+        return image[(0, 0, *position)].item()
+
+    distances = []
+    for p, q in pairs:
+        total = 0.0
+        for z in patch:
+            at_p = [c + a + b for c, a, b in zip(centre, p, z, strict=True)]
+            at_q = [c + a + b for c, a, b in zip(centre, q, z, strict=True)]
+            total += (value(at_p) - value(at_q)) ** 2
+        distances.append(total / len(patch))
+    variance = sum(distances) / len(distances)
+    expected = [math.exp(-(d - min(distances)) / variance) for d in distances]
+    descriptor = mind_ssc(image, radius=radius, dilation=dilation, eps=0.0)
+    actual = descriptor[(0, slice(None), *centre)].tolist()
+    assert actual == pytest.approx(expected, rel=1e-5)

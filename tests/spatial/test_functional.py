@@ -1,0 +1,583 @@
+"""Tests of the spatial core with answers worked out by hand, in 2D and 3D."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from intermodal.errors import IntermodalError
+from intermodal.spatial import (
+    SpatialArgumentError,
+    compose,
+    identity_grid,
+    integrate_velocity,
+    jacobian_det,
+    physical_to_voxel,
+    resize_displacement,
+    voxel_to_physical,
+    warp,
+)
+
+# Non-square on purpose, so that an axis mix-up changes shapes or answers.
+SHAPES = {2: (7, 9), 3: (5, 7, 9)}
+
+
+def constant_field(shape: tuple[int, ...], values: list[float], batch: int = 1) -> torch.Tensor:
+    """``(batch, ndim, *shape)`` field equal to ``values[i]`` in channel ``i``."""
+    field = torch.zeros(batch, len(shape), *shape, dtype=torch.float64)
+    for axis, value in enumerate(values):
+        field[:, axis] = value
+    return field
+
+
+def smooth_bump(shape: tuple[int, ...], amplitude: list[float], sigma: float) -> torch.Tensor:
+    """``(1, ndim, *shape)`` Gaussian bump centred on the grid, channel ``i`` scaled by ``a_i``."""
+    grid = identity_grid(shape, dtype=torch.float64)
+    centre = torch.tensor([(n - 1) / 2 for n in shape], dtype=torch.float64)
+    r2 = ((grid - centre.view(-1, *([1] * len(shape)))) ** 2).sum(0)
+    bump = torch.exp(-r2 / (2 * sigma**2))
+    return torch.stack([a * bump for a in amplitude]).unsqueeze(0)
+
+
+def interior(ndim: int, margin: int) -> tuple[slice, ...]:
+    return (slice(None), slice(None)) + (slice(margin, -margin),) * ndim
+
+
+# --------------------------------------------------------------------------- identity_grid
+
+
+def test_identity_grid_is_array_order_voxel_indices(ndim: int) -> None:
+    shape = SHAPES[ndim]
+    grid = identity_grid(shape, dtype=torch.float64)
+    assert grid.shape == (ndim, *shape)
+    assert grid.dtype == torch.float64
+    index = tuple(n - 2 for n in shape)
+    assert grid[(slice(None), *index)].tolist() == [float(i) for i in index]
+
+
+# --------------------------------------------------------------------------- warp
+
+
+@pytest.mark.parametrize(
+    ("mode", "dtype", "atol"),
+    [
+        # grid_sample normalises voxel positions to [-1, 1] and back, which costs a few
+        # float ulps of position, so bilinear is exact only to rounding; nearest is exact.
+        ("bilinear", torch.float32, 1e-6),
+        ("bilinear", torch.float64, 1e-12),
+        ("nearest", torch.float32, 0.0),
+        ("nearest", torch.float64, 0.0),
+    ],
+)
+def test_warp_zero_displacement_is_identity(
+    ndim: int, mode: str, dtype: torch.dtype, atol: float
+) -> None:
+    shape = SHAPES[ndim]
+    image = torch.rand(2, 3, *shape, dtype=dtype)
+    warped = warp(image, torch.zeros(1, ndim, *shape, dtype=dtype), mode=mode)
+    assert warped.shape == image.shape
+    assert warped.dtype == dtype
+    torch.testing.assert_close(warped, image, atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+def test_warp_unit_shift_on_every_axis_moves_voxel_back_by_one(ndim: int, mode: str) -> None:
+    # warped(x) = image(x + 1): the bright voxel at q shows up at q - 1 on every axis.
+    shape = SHAPES[ndim]
+    bright = tuple(n // 2 for n in shape)
+    image = torch.zeros(1, 1, *shape, dtype=torch.float64)
+    image[(0, 0, *bright)] = 1.0
+    warped = warp(image, constant_field(shape, [1.0] * ndim), mode=mode, padding_mode="zeros")
+    expected = torch.zeros_like(image)
+    expected[(0, 0, *(q - 1 for q in bright))] = 1.0
+    torch.testing.assert_close(warped, expected, atol=1e-9, rtol=0)
+
+
+def test_warp_unit_shift_along_one_axis(ndim: int) -> None:
+    shape = SHAPES[ndim]
+    bright = tuple(n // 2 for n in shape)
+    image = torch.zeros(1, 1, *shape, dtype=torch.float64)
+    image[(0, 0, *bright)] = 1.0
+    for axis in range(ndim):
+        values = [0.0] * ndim
+        values[axis] = 1.0
+        warped = warp(image, constant_field(shape, values), padding_mode="zeros")
+        moved = list(bright)
+        moved[axis] -= 1
+        assert torch.nonzero(warped[0, 0] > 0.5).tolist() == [moved]
+        assert warped.sum().item() == pytest.approx(1.0)
+
+
+def test_warp_half_voxel_shift_interpolates_linearly(ndim: int) -> None:
+    # A ramp along the last axis sampled half a voxel further along it.
+    shape = SHAPES[ndim]
+    ramp = identity_grid(shape, dtype=torch.float64)[-1][None, None]
+    values = [0.0] * ndim
+    values[-1] = 0.5
+    warped = warp(ramp, constant_field(shape, values))
+    torch.testing.assert_close(warped[..., :-1], ramp[..., :-1] + 0.5)
+    # border padding: past the last voxel the edge value repeats
+    torch.testing.assert_close(warped[..., -1], ramp[..., -1])
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int64])
+def test_warp_nearest_keeps_labels_exactly(ndim: int, dtype: torch.dtype) -> None:
+    shape = SHAPES[ndim]
+    labels = torch.tensor([0, 3, 7, 120], dtype=dtype)
+    generator = torch.Generator().manual_seed(0)
+    image = labels[torch.randint(0, 4, (1, 1, *shape), generator=generator)]
+    # Less than half a voxel everywhere: nearest picks the same voxel, so nothing changes.
+    small = 0.4 * (2 * torch.rand(1, ndim, *shape, generator=generator) - 1)
+    warped = warp(image, small, mode="nearest")
+    assert warped.dtype == dtype
+    assert torch.equal(warped, image)
+    # A large smooth field moves labels around but never invents or blends values.
+    large = smooth_bump(shape, [2.3] * ndim, sigma=2.0).float()
+    warped = warp(image, large, mode="nearest")
+    assert warped.dtype == dtype
+    assert set(warped.unique().tolist()) <= set(labels.tolist())
+    assert not torch.equal(warped, image)
+
+
+def test_warp_nearest_keeps_large_int64_labels() -> None:
+    # 2**24 + 1 is not representable in float32; the int64 path must still be exact.
+    image = torch.full((1, 1, 4, 4), 2**24 + 1, dtype=torch.int64)
+    image[0, 0, 0, 0] = 5
+    warped = warp(image, torch.full((1, 2, 4, 4), 0.2), mode="nearest")
+    assert torch.equal(warped, image)
+
+
+def test_warp_rotation_by_90_degrees_turns_horizontal_into_vertical(ndim: int) -> None:
+    # Rotate in the (y, x) plane about the centre c: sample image at (y', x') = (x, 2c - y).
+    # A horizontal line (row y = c) in 2D, or the slab y = c in 3D, becomes the
+    # vertical line x = c (the slab x = c in 3D).
+    n = 9
+    c = n // 2
+    shape = (5,) * (ndim - 2) + (n, n)
+    image = torch.zeros(1, 1, *shape, dtype=torch.float64)
+    image[..., c, :] = 1.0
+    grid = identity_grid(shape, dtype=torch.float64)
+    y, x = grid[-2], grid[-1]
+    displacement = torch.zeros(1, ndim, *shape, dtype=torch.float64)
+    displacement[0, -2] = x - y
+    displacement[0, -1] = (2 * c - y) - x
+    expected = torch.zeros_like(image)
+    expected[..., :, c] = 1.0
+    for mode in ("bilinear", "nearest"):
+        warped = warp(image, displacement, mode=mode, padding_mode="zeros")
+        torch.testing.assert_close(warped, expected, atol=1e-9, rtol=0)
+
+
+def test_warp_broadcasts_batch_of_one(ndim: int) -> None:
+    shape = SHAPES[ndim]
+    images = torch.rand(3, 2, *shape, dtype=torch.float64)
+    field = smooth_bump(shape, [1.0] * ndim, sigma=2.0)
+    warped = warp(images, field)
+    assert warped.shape == images.shape
+    for b in range(3):
+        torch.testing.assert_close(warped[b : b + 1], warp(images[b : b + 1], field))
+    fields = torch.cat([field, -field, 2 * field])
+    warped = warp(images[:1], fields)
+    assert warped.shape == (3, 2, *shape)
+    torch.testing.assert_close(warped[1:2], warp(images[:1], -field))
+
+
+def test_warp_is_differentiable(ndim: int) -> None:
+    shape = SHAPES[ndim]
+    generator = torch.Generator().manual_seed(1)
+    image = torch.rand(1, 1, *shape, generator=generator, requires_grad=True)
+    target = torch.rand(1, 1, *shape, generator=generator)
+    displacement = (0.3 * torch.randn(1, ndim, *shape, generator=generator)).requires_grad_()
+    loss = (warp(image, displacement) - target).pow(2).mean()
+    loss.backward()
+    assert displacement.grad is not None
+    assert displacement.grad.abs().sum() > 0
+    assert torch.isfinite(displacement.grad).all()
+    assert image.grad is not None
+    assert image.grad.abs().sum() > 0
+
+
+def test_warp_handles_axis_of_size_one() -> None:
+    # A single-slice volume: no division by zero, the slice is sampled as is.
+    image = torch.rand(1, 1, 1, 6, 5)
+    warped = warp(image, torch.zeros(1, 3, 1, 6, 5))
+    assert torch.isfinite(warped).all()
+    torch.testing.assert_close(warped, image)
+
+
+# --------------------------------------------------------------------------- integrate_velocity
+
+
+def test_integrate_zero_velocity_is_zero(ndim: int) -> None:
+    zero = torch.zeros(2, ndim, *SHAPES[ndim])
+    assert torch.equal(integrate_velocity(zero), zero)
+
+
+def test_integrate_zero_steps_returns_velocity(ndim: int) -> None:
+    velocity = smooth_bump(SHAPES[ndim], [1.0] * ndim, sigma=2.0)
+    assert torch.equal(integrate_velocity(velocity, steps=0), velocity)
+
+
+@pytest.mark.parametrize("steps", [1, 4, 7])
+def test_integrate_constant_velocity_is_translation(ndim: int, steps: int) -> None:
+    values = [1.5, -0.75, 2.25][:ndim]
+    velocity = constant_field(SHAPES[ndim], values)
+    torch.testing.assert_close(integrate_velocity(velocity, steps=steps), velocity)
+
+
+def test_integrate_velocity_and_its_negative_compose_to_identity(ndim: int) -> None:
+    # exp(-v) o exp(v) = id; tolerance 0.05 voxel in the interior for a smooth field
+    # whose largest value is 1.5 voxels.
+    shape = (32, 32) if ndim == 2 else (24, 24, 24)
+    velocity = smooth_bump(shape, [1.5, -1.0, 0.8][:ndim], sigma=5.0)
+    forward = integrate_velocity(velocity)
+    backward = integrate_velocity(-velocity)
+    assert forward.abs().max() > 1.0  # the test means something
+    for outer, inner in ((backward, forward), (forward, backward)):
+        residual = compose(outer, inner)[interior(ndim, 4)]
+        assert residual.abs().max() < 0.05
+
+
+# --------------------------------------------------------------------------- compose
+
+
+def test_compose_constant_shifts_add(ndim: int) -> None:
+    shape = SHAPES[ndim]
+    a = constant_field(shape, [1.0, -2.0, 0.5][:ndim])
+    b = constant_field(shape, [0.25, 3.0, -1.5][:ndim])
+    torch.testing.assert_close(compose(a, b), a + b)
+    torch.testing.assert_close(compose(b, a), a + b)
+
+
+def test_compose_with_zero_is_identity_on_either_side(ndim: int) -> None:
+    field = smooth_bump(SHAPES[ndim], [1.2, -0.7, 0.4][:ndim], sigma=2.0)
+    zero = torch.zeros_like(field)
+    torch.testing.assert_close(compose(field, zero), field)
+    torch.testing.assert_close(compose(zero, field), field)
+
+
+def test_compose_order_inner_is_applied_first(ndim: int) -> None:
+    # outer(x) = a * x_0 along axis 0, inner = constant shift s along axis 0:
+    # w(x) = s + a * (x_0 + s), whereas the other order gives a * x_0 + s.
+    shape = SHAPES[ndim]
+    a, s = 0.1, 1.0
+    outer = torch.zeros(1, ndim, *shape, dtype=torch.float64)
+    outer[0, 0] = a * identity_grid(shape, dtype=torch.float64)[0]
+    inner = constant_field(shape, [s] + [0.0] * (ndim - 1))
+    expected = inner + outer + a * s * (torch.arange(ndim) == 0).double().view(1, -1, *[1] * ndim)
+    inside = (slice(None), slice(None), slice(0, -1))  # x_0 + s stays on the grid
+    torch.testing.assert_close(compose(outer, inner)[inside], expected[inside])
+    torch.testing.assert_close(compose(inner, outer), inner + outer)
+
+
+def test_compose_matches_successive_warps(ndim: int) -> None:
+    # warp(image, compose(outer, inner)) == warp(warp(image, outer), inner) for a
+    # smooth image and small fields (up to interpolation error).
+    shape = (20, 20) if ndim == 2 else (16, 16, 16)
+    grid = identity_grid(shape, dtype=torch.float64)
+    image = torch.sin(grid.sum(0) / 6.0)[None, None]
+    outer = smooth_bump(shape, [0.8, -0.5, 0.3][:ndim], sigma=4.0)
+    inner = smooth_bump(shape, [-0.4, 0.6, 0.5][:ndim], sigma=3.0)
+    direct = warp(image, compose(outer, inner))
+    successive = warp(warp(image, outer), inner)
+    assert (direct - successive)[interior(ndim, 3)].abs().max() < 0.03
+
+
+# --------------------------------------------------------------------------- jacobian_det
+
+
+def test_jacobian_of_zero_is_one(ndim: int) -> None:
+    det = jacobian_det(torch.zeros(2, ndim, *SHAPES[ndim]))
+    assert det.shape == (2, 1, *SHAPES[ndim])
+    assert torch.equal(det, torch.ones_like(det))
+
+
+@pytest.mark.parametrize("a", [0.3, -0.5])
+def test_jacobian_of_linear_field_along_one_axis(ndim: int, a: float) -> None:
+    shape = SHAPES[ndim]
+    grid = identity_grid(shape, dtype=torch.float64)
+    for axis in range(ndim):
+        field = torch.zeros(1, ndim, *shape, dtype=torch.float64)
+        field[0, axis] = a * grid[axis]
+        det = jacobian_det(field)
+        torch.testing.assert_close(det, torch.full_like(det, 1 + a))
+
+
+def test_jacobian_of_two_axis_scaling_is_product(ndim: int) -> None:
+    a, b = 0.2, -0.4
+    shape = SHAPES[ndim]
+    grid = identity_grid(shape, dtype=torch.float64)
+    field = torch.zeros(1, ndim, *shape, dtype=torch.float64)
+    field[0, -2] = a * grid[-2]
+    field[0, -1] = b * grid[-1]
+    det = jacobian_det(field)
+    torch.testing.assert_close(det, torch.full_like(det, (1 + a) * (1 + b)))
+
+
+def test_jacobian_of_shear_is_one(ndim: int) -> None:
+    # u_0 = k * x_1 only has an off-diagonal derivative: volume is preserved.
+    shape = SHAPES[ndim]
+    field = torch.zeros(1, ndim, *shape, dtype=torch.float64)
+    field[0, 0] = 0.7 * identity_grid(shape, dtype=torch.float64)[1]
+    det = jacobian_det(field)
+    torch.testing.assert_close(det, torch.ones_like(det))
+
+
+def test_jacobian_of_rotation_is_one(ndim: int) -> None:
+    # The 90 degree rotation of the warp test is rigid: det = 1.
+    shape = SHAPES[ndim]
+    grid = identity_grid(shape, dtype=torch.float64)
+    field = torch.zeros(1, ndim, *shape, dtype=torch.float64)
+    field[0, -2] = grid[-1] - grid[-2]
+    field[0, -1] = -grid[-2] - grid[-1]
+    det = jacobian_det(field)
+    torch.testing.assert_close(det, torch.ones_like(det))
+
+
+def test_jacobian_spacing_scales_derivatives(ndim: int) -> None:
+    # A field in mm, u_0 = a * z_mm with z_mm = index * spacing_0: det = 1 + a with the
+    # spacing given, and 1 + a * spacing_0 if the field is (wrongly) read as voxels.
+    a = 0.1
+    spacing = [2.5, 0.5, 1.5][:ndim]
+    shape = SHAPES[ndim]
+    field = torch.zeros(1, ndim, *shape, dtype=torch.float64)
+    field[0, 0] = a * identity_grid(shape, dtype=torch.float64)[0] * spacing[0]
+    det = jacobian_det(field, spacing=spacing)
+    torch.testing.assert_close(det, torch.full_like(det, 1 + a))
+    det = jacobian_det(field)
+    torch.testing.assert_close(det, torch.full_like(det, 1 + a * spacing[0]))
+
+
+def test_jacobian_of_velocity_exponential_is_positive(ndim: int) -> None:
+    shape = (32, 32) if ndim == 2 else (24, 24, 24)
+    velocity = smooth_bump(shape, [3.0, -2.0, 2.0][:ndim], sigma=4.0)
+    assert jacobian_det(integrate_velocity(velocity)).min() > 0
+
+
+# --------------------------------------------------------------------------- resize_displacement
+
+
+@pytest.mark.parametrize("factor", [2.0, 0.5])
+def test_resize_constant_shift_is_rescaled(ndim: int, factor: float) -> None:
+    old = SHAPES[ndim]
+    new = tuple(int(round((n - 1) * factor)) + 1 for n in old)
+    values = [1.0, -2.0, 3.0][:ndim]
+    resized = resize_displacement(constant_field(old, values), new)
+    expected = constant_field(new, [v * (m - 1) / (n - 1) for v, m, n in zip(values, new, old)])
+    assert resized.shape == (1, ndim, *new)
+    torch.testing.assert_close(resized, expected)
+
+
+def test_resize_to_unequal_factors(ndim: int) -> None:
+    old = SHAPES[ndim]
+    new = (11, 4, 6)[:ndim]
+    values = [1.0, 1.0, 1.0][:ndim]
+    resized = resize_displacement(constant_field(old, values), new)
+    for axis in range(ndim):
+        expected = (new[axis] - 1) / (old[axis] - 1)
+        torch.testing.assert_close(resized[:, axis], torch.full_like(resized[:, axis], expected))
+
+
+def test_resize_linear_field_stays_linear(ndim: int) -> None:
+    # u = a * x on the old grid is the physical stretch that reads u = a * x on any grid.
+    a = [0.1, -0.2, 0.3][:ndim]
+    old = SHAPES[ndim]
+    new = (13, 5, 17)[:ndim]
+    old_grid = identity_grid(old, dtype=torch.float64)
+    new_grid = identity_grid(new, dtype=torch.float64)
+    field = torch.stack([a[i] * old_grid[i] for i in range(ndim)]).unsqueeze(0)
+    expected = torch.stack([a[i] * new_grid[i] for i in range(ndim)]).unsqueeze(0)
+    torch.testing.assert_close(resize_displacement(field, new), expected)
+
+
+def test_resize_to_same_shape_is_identity(ndim: int) -> None:
+    field = smooth_bump(SHAPES[ndim], [1.0] * ndim, sigma=2.0)
+    assert torch.equal(resize_displacement(field, SHAPES[ndim]), field)
+
+
+# --------------------------------------------------------------------------- voxel <-> physical
+
+
+def identity_direction(ndim: int) -> list[float]:
+    return np.eye(ndim).ravel().tolist()
+
+
+def rotation_about_z(ndim: int, angle: float) -> list[float]:
+    matrix = np.eye(ndim)
+    matrix[:2, :2] = [[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]
+    return matrix.ravel().tolist()
+
+
+def test_voxel_to_physical_identity_direction(ndim: int) -> None:
+    spacing = [2.0, 3.0, 4.0][:ndim]  # (x, y, z)
+    shape = SHAPES[ndim]
+    unit = constant_field(shape, [1.0] + [0.0] * (ndim - 1))  # array axis 0: z in 3D, y in 2D
+    physical = voxel_to_physical(unit, spacing, identity_direction(ndim))
+    expected = [0.0, 0.0, 4.0] if ndim == 3 else [0.0, 3.0]
+    torch.testing.assert_close(physical, constant_field(shape, expected))
+    unit_x = constant_field(shape, [0.0] * (ndim - 1) + [1.0])  # last array axis is x
+    physical = voxel_to_physical(unit_x, spacing, identity_direction(ndim))
+    torch.testing.assert_close(physical, constant_field(shape, [2.0] + [0.0] * (ndim - 1)))
+
+
+def test_voxel_to_physical_rotated_direction(ndim: int) -> None:
+    # Direction rotates x onto y: a voxel step along x (2 mm) points along +y.
+    spacing = [2.0, 3.0, 4.0][:ndim]
+    shape = SHAPES[ndim]
+    direction = rotation_about_z(ndim, math.pi / 2)
+    unit_x = constant_field(shape, [0.0] * (ndim - 1) + [1.0])
+    expected = [0.0, 2.0] + [0.0] * (ndim - 2)
+    physical = voxel_to_physical(unit_x, spacing, direction)
+    torch.testing.assert_close(physical, constant_field(shape, expected))
+    unit_y = constant_field(shape, [0.0] * (ndim - 2) + [1.0, 0.0])
+    expected = [-3.0, 0.0] + [0.0] * (ndim - 2)
+    physical = voxel_to_physical(unit_y, spacing, direction)
+    torch.testing.assert_close(physical, constant_field(shape, expected))
+
+
+def test_physical_to_voxel_round_trip(ndim: int) -> None:
+    spacing = [0.8, 1.7, 2.9][:ndim]
+    direction = rotation_about_z(ndim, 0.4)
+    field = torch.randn(2, ndim, *SHAPES[ndim], dtype=torch.float64)
+    physical = voxel_to_physical(field, spacing, direction)
+    torch.testing.assert_close(physical_to_voxel(physical, spacing, direction), field)
+    torch.testing.assert_close(
+        voxel_to_physical(physical_to_voxel(field, spacing, direction), spacing, direction), field
+    )
+
+
+def test_voxel_to_physical_matches_simpleitk(ndim: int) -> None:
+    shape = SHAPES[ndim]  # array order
+    spacing = [0.7, 1.3, 2.1][:ndim]
+    if ndim == 3:
+        angle_z, angle_x = 0.3, -0.5
+        rz = np.array(rotation_about_z(3, angle_z)).reshape(3, 3)
+        rx = np.array(
+            [
+                [1, 0, 0],
+                [0, math.cos(angle_x), -math.sin(angle_x)],
+                [0, math.sin(angle_x), math.cos(angle_x)],
+            ]
+        )
+        direction = (rz @ rx).ravel().tolist()
+    else:
+        direction = rotation_about_z(2, 0.6)
+    image = sitk.Image(list(reversed(shape)), sitk.sitkFloat32)
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
+    image.SetOrigin([12.0, -4.0, 7.5][:ndim])
+
+    generator = torch.Generator().manual_seed(3)
+    field = torch.randn(1, ndim, *shape, generator=generator, dtype=torch.float64)
+    physical = voxel_to_physical(field, image.GetSpacing(), image.GetDirection())
+    for index in [tuple(0 for _ in shape), tuple(n // 2 for n in shape), (1, 3, 2)[:ndim]]:
+        du_xyz = field[(0, slice(None), *index)].tolist()[::-1]
+        idx_xyz = [float(i) for i in index[::-1]]
+        moved = [i + d for i, d in zip(idx_xyz, du_xyz)]
+        expected = np.subtract(
+            image.TransformContinuousIndexToPhysicalPoint(moved),
+            image.TransformContinuousIndexToPhysicalPoint(idx_xyz),
+        )
+        np.testing.assert_allclose(physical[(0, slice(None), *index)].numpy(), expected, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_bad_warp_spatial_shape_mismatch_names_both_shapes(ndim: int) -> None:
+    shape = SHAPES[ndim]
+    other = tuple(n + 1 for n in shape)
+    with pytest.raises(ValueError, match="spatial shape") as info:
+        warp(torch.zeros(1, 1, *shape), torch.zeros(1, ndim, *other))
+    assert str(shape) in str(info.value)
+    assert str(other) in str(info.value)
+    assert isinstance(info.value, IntermodalError)
+    assert isinstance(info.value, SpatialArgumentError)
+
+
+def test_bad_warp_channel_count(ndim: int) -> None:
+    shape = SHAPES[ndim]
+    with pytest.raises(ValueError, match=f"{ndim} channels"):
+        warp(torch.zeros(1, 1, *shape), torch.zeros(1, ndim + 1, *shape))
+
+
+def test_bad_warp_dimension_mismatch() -> None:
+    with pytest.raises(ValueError, match="same number of spatial axes"):
+        warp(torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 2, 4, 4))
+
+
+def test_bad_warp_image_not_4d_or_5d() -> None:
+    with pytest.raises(ValueError, match="image must be"):
+        warp(torch.zeros(4, 4), torch.zeros(1, 2, 4, 4))
+
+
+def test_bad_warp_batch_mismatch() -> None:
+    with pytest.raises(ValueError, match="batch size"):
+        warp(torch.zeros(2, 1, 4, 4), torch.zeros(3, 2, 4, 4))
+
+
+def test_bad_warp_integer_displacement() -> None:
+    with pytest.raises(ValueError, match="floating-point"):
+        warp(torch.zeros(1, 1, 4, 4), torch.zeros(1, 2, 4, 4, dtype=torch.int64))
+
+
+def test_bad_warp_mode() -> None:
+    with pytest.raises(ValueError, match="mode must be one of"):
+        warp(torch.zeros(1, 1, 4, 4), torch.zeros(1, 2, 4, 4), mode="bicubic")
+
+
+def test_bad_warp_padding_mode() -> None:
+    with pytest.raises(ValueError, match="padding_mode"):
+        warp(torch.zeros(1, 1, 4, 4), torch.zeros(1, 2, 4, 4), padding_mode="reflection")
+
+
+@pytest.mark.parametrize("steps", [-1, 2.5, True])
+def test_bad_integrate_steps(steps: object) -> None:
+    with pytest.raises(ValueError, match="steps"):
+        integrate_velocity(torch.zeros(1, 2, 4, 4), steps=steps)  # type: ignore[arg-type]
+
+
+def test_bad_compose_shapes() -> None:
+    with pytest.raises(ValueError, match="spatial shape"):
+        compose(torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 5, 4))
+    with pytest.raises(ValueError, match="both be 2D or both 3D"):
+        compose(torch.zeros(1, 2, 4, 4), torch.zeros(1, 3, 4, 4, 4))
+
+
+def test_bad_jacobian_inputs() -> None:
+    with pytest.raises(ValueError, match="at least 2 voxels"):
+        jacobian_det(torch.zeros(1, 3, 1, 4, 4))
+    with pytest.raises(ValueError, match="spacing"):
+        jacobian_det(torch.zeros(1, 2, 4, 4), spacing=[1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="spacing"):
+        jacobian_det(torch.zeros(1, 2, 4, 4), spacing=[1.0, 0.0])
+
+
+def test_bad_resize_shape() -> None:
+    with pytest.raises(ValueError, match="3 entries"):
+        resize_displacement(torch.zeros(1, 3, 4, 4, 4), (8, 8))
+    with pytest.raises(ValueError, match="at least 2 voxels"):
+        resize_displacement(torch.zeros(1, 2, 4, 4), (1, 8))
+    with pytest.raises(ValueError, match="positive"):
+        resize_displacement(torch.zeros(1, 2, 4, 4), (0, 8))
+
+
+def test_bad_identity_grid_shape() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        identity_grid((4, 0))
+
+
+def test_bad_physical_geometry() -> None:
+    field = torch.zeros(1, 3, 2, 2, 2)
+    with pytest.raises(ValueError, match="spacing must be 3 positive"):
+        voxel_to_physical(field, [1.0, 1.0], identity_direction(3))
+    with pytest.raises(ValueError, match="spacing must be 3 positive"):
+        physical_to_voxel(field, [1.0, -1.0, 1.0], identity_direction(3))
+    with pytest.raises(ValueError, match="9 numbers"):
+        voxel_to_physical(field, [1.0, 1.0, 1.0], identity_direction(2))
+    with pytest.raises(ValueError, match="singular"):
+        physical_to_voxel(field, [1.0, 1.0, 1.0], [0.0] * 9)

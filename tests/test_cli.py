@@ -1,0 +1,290 @@
+"""The command line end to end, and a one-line error with nothing written for bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from intermodal.cli import main
+
+OUTPUTS = {
+    "warped.nii.gz",
+    "displacement.nii.gz",
+    "inverse_displacement.nii.gz",
+    "jacobian.nii.gz",
+    "transform.h5",
+    "report.json",
+    "qc.png",
+}
+FAST = ["--refine", "30", "--spacing", "5", "--device", "cpu", "--quiet"]
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory, small_pair_files):
+    """One CLI registration of the phantom with labels and points, shared by several tests."""
+    out = tmp_path_factory.mktemp("cli") / "result"
+    points = out.parent / "points.csv"
+    points.write_text("x,y,z\n0,0,0\n12.5,-7.5,10\n")
+    code = main(
+        [
+            "register",
+            "--fixed",
+            str(small_pair_files["ct"]),
+            "--moving",
+            str(small_pair_files["mr"]),
+            "--out",
+            str(out),
+            "--labels",
+            str(small_pair_files["mr_labels"]),
+            "--points",
+            str(points),
+            *FAST,
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_register_writes_every_output(registered):
+    names = {p.name for p in registered.iterdir()}
+    assert OUTPUTS | {"warped_labels.nii.gz", "points.csv"} <= names
+    report = json.loads((registered / "report.json").read_text())
+    for key in ("inputs", "settings", "timings_s", "nmi", "jacobian"):
+        assert key in report
+    assert report["nmi"]["after"] > report["nmi"]["before"]
+    assert 0.0 <= report["jacobian"]["nonpositive_fraction"] < 1e-3
+    assert not [p for p in registered.parent.iterdir() if p.name.startswith(".result")]
+
+
+def test_points_csv_matches_the_transform(registered):
+    transform = sitk.ReadTransform(str(registered / "transform.h5"))
+    lines = (registered / "points.csv").read_text().strip().splitlines()
+    assert lines[0].replace(" ", "") == "x,y,z"
+    mapped = np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
+    expected = [transform.TransformPoint(p) for p in [(0.0, 0.0, 0.0), (12.5, -7.5, 10.0)]]
+    np.testing.assert_allclose(mapped, expected, atol=1e-4)
+
+
+def test_warp_command_reproduces_warped_labels(capsys, registered, small_pair_files, tmp_path):
+    out = tmp_path / "labels.nii.gz"
+    code, stdout, _ = _run(
+        capsys,
+        "warp",
+        "--transform",
+        registered / "transform.h5",
+        "--fixed",
+        small_pair_files["ct"],
+        "--image",
+        small_pair_files["mr_labels"],
+        "--labels",
+        "--out",
+        out,
+    )
+    assert code == 0 and str(out) in stdout
+    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(registered / "warped_labels.nii.gz")))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), reference)
+
+
+def test_register_summary_and_overwrite(capsys, small_pair_files, tmp_path):
+    out = tmp_path / "r"
+    args = [
+        "register",
+        "--fixed",
+        small_pair_files["ct"],
+        "--moving",
+        small_pair_files["mr"],
+        "--out",
+        out,
+        "--init",
+        "moments",
+        *FAST,
+    ]
+    code, stdout, _ = _run(capsys, *args)
+    assert code == 0 and "NMI" in stdout and str(out) in stdout
+    code, _, stderr = _run(capsys, *args)
+    assert code == 2 and "--overwrite" in stderr
+    code, _, _ = _run(capsys, *args, "--overwrite")
+    assert code == 0 and OUTPUTS <= {p.name for p in out.iterdir()}
+
+
+def test_help_and_module_entry_point():
+    completed = subprocess.run(
+        [sys.executable, "-m", "intermodal", "--help"], capture_output=True, text=True, check=False
+    )
+    assert completed.returncode == 0
+    for command in ("register", "warp", "demo"):
+        assert command in completed.stdout
+
+
+# --- bad input: one line naming the problem, exit code 2, and no output directory --------
+
+
+def _nifti(tmp_path: Path, name: str, array: np.ndarray, spacing=(2.0, 2.0, 2.0)) -> Path:
+    image = sitk.GetImageFromArray(array.astype(np.float32))
+    image.SetSpacing(spacing[: image.GetDimension()])
+    path = tmp_path / name
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def _patch_nifti_header(path: Path, offset: int, fmt: str, value) -> None:
+    data = bytearray(gzip.decompress(path.read_bytes()))
+    data[offset : offset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+    path.write_bytes(gzip.compress(bytes(data)))
+
+
+def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    volume = np.random.default_rng(0).random((16, 16, 16))
+    cases: dict[str, tuple[Path, str]] = {}
+    cases["missing"] = (tmp_path / "nowhere.nii.gz", "not found")
+    corrupt = tmp_path / "corrupt.nii.gz"
+    corrupt.write_bytes(np.random.default_rng(1).bytes(3000))
+    cases["corrupt"] = (corrupt, "corrupt.nii.gz")
+    truncated = _nifti(tmp_path, "truncated.nii.gz", volume)
+    truncated.write_bytes(truncated.read_bytes()[: int(truncated.stat().st_size * 0.7)])
+    cases["truncated"] = (truncated, "truncated")
+    empty = _nifti(tmp_path, "empty.nii.gz", volume)
+    _patch_nifti_header(empty, 40 + 2 * 3, "<h", 0)  # dim[3] = 0
+    cases["empty"] = (empty, "empty.nii.gz")
+    four_d = tmp_path / "four_d.nii.gz"
+    sitk.WriteImage(sitk.JoinSeries([sitk.GetImageFromArray(volume)] * 3), str(four_d))
+    image4 = sitk.ReadImage(str(four_d))
+    assert image4.GetDimension() == 4
+    cases["4d"] = (four_d, "4D")
+    nan = volume.copy()
+    nan[3, 4, 5] = np.nan
+    cases["nan"] = (_nifti(tmp_path, "nan.nii.gz", nan), "NaN")
+    zero = _nifti(tmp_path, "zero_spacing.nii.gz", volume)
+    _patch_nifti_header(zero, 76 + 4 * 1, "<f", 0.0)  # pixdim[1] = 0
+    cases["zero_spacing"] = (zero, "spacing")
+    no_series = tmp_path / "dicom_empty"
+    no_series.mkdir()
+    (no_series / "notes.txt").write_text("not DICOM")
+    cases["no_series"] = (no_series, "dicom_empty")
+    return cases
+
+
+BAD_CASES = ["missing", "corrupt", "truncated", "empty", "4d", "nan", "zero_spacing", "no_series"]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+@pytest.mark.parametrize("role", ["--fixed", "--moving"])
+def test_bad_input_file(capsys, tmp_path, small_pair_files, case, role):
+    path, expected = _bad_inputs(tmp_path)[case]
+    good = {"--fixed": small_pair_files["ct"], "--moving": small_pair_files["mr"]}
+    good[role] = path
+    out = tmp_path / "out"
+    code, stdout, stderr = _run(
+        capsys,
+        "register",
+        "--fixed",
+        good["--fixed"],
+        "--moving",
+        good["--moving"],
+        "--out",
+        out,
+        *FAST,
+    )
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("intermodal: error:")
+    assert expected.lower() in lines[0].lower()
+    assert path.name in lines[0]
+    assert "Traceback" not in stderr
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_bad_2d_fixed_with_3d_moving(capsys, tmp_path, small_pair_files):
+    flat = _nifti(tmp_path, "slice.nii.gz", np.random.default_rng(0).random((32, 32)), (2.0, 2.0))
+    out = tmp_path / "out"
+    code, _, stderr = _run(
+        capsys, "register", "--fixed", flat, "--moving", small_pair_files["mr"], "--out", out, *FAST
+    )
+    assert code == 2 and "2D" in stderr and "3D" in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_bad_existing_output_directory(capsys, tmp_path, small_pair_files):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code, _, stderr = _run(
+        capsys,
+        "register",
+        "--fixed",
+        small_pair_files["ct"],
+        "--moving",
+        small_pair_files["mr"],
+        "--out",
+        out,
+        *FAST,
+    )
+    assert code == 2 and "--overwrite" in stderr and str(out) in stderr
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_bad_input_with_debug_shows_traceback(tmp_path, small_pair_files):
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "intermodal",
+            "register",
+            "--fixed",
+            str(tmp_path / "no.nii.gz"),
+            "--moving",
+            str(small_pair_files["mr"]),
+            "--out",
+            str(tmp_path / "o"),
+            "--debug",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert completed.returncode != 0 and "Traceback" in completed.stderr
+
+
+def test_bad_model_path(capsys, tmp_path, small_pair_files):
+    code, _, stderr = _run(
+        capsys,
+        "register",
+        "--fixed",
+        small_pair_files["ct"],
+        "--moving",
+        small_pair_files["mr"],
+        "--out",
+        tmp_path / "o",
+        "--model",
+        tmp_path / "model.safetensors",
+        *FAST,
+    )
+    assert code == 2 and "model.safetensors" in stderr and "not found" in stderr
+
+
+def test_demo_prints_dice_gain(capsys, tmp_path):
+    code, stdout, _ = _run(capsys, "demo", "--out", tmp_path / "demo", "--refine", "40", "--quiet")
+    assert code == 0
+    means = {
+        line.split(":")[0].split()[-1]: float(line.split("mean")[1].split()[0])
+        for line in stdout.splitlines()
+        if line.startswith("Dice")
+    }
+    assert means["after"] > means["before"] + 0.2
+    assert (tmp_path / "demo" / "warped_labels.nii.gz").is_file()
