@@ -71,17 +71,21 @@ def phantom_result(small_pair):
     return register(small_pair.ct, small_pair.mr, settings)
 
 
-def test_phantom_dice_improves_and_field_does_not_fold(small_pair, phantom_result):
+def _mean_dice(reference, candidate, labels=ORGAN_LABELS) -> float:
+    return float(np.nanmean(list(dice_per_label(reference, candidate, labels).values())))
+
+
+def test_phantom_dice_improves_beyond_affine_and_field_does_not_fold(small_pair, phantom_result):
+    nearest = sitk.sitkNearestNeighbor
     identity = sitk.Transform(3, sitk.sitkIdentity)
-    before = sitk.Resample(small_pair.mr_labels, small_pair.ct, identity, sitk.sitkNearestNeighbor)
+    before = sitk.Resample(small_pair.mr_labels, small_pair.ct, identity, nearest)
+    affine = sitk.Resample(small_pair.mr_labels, small_pair.ct, phantom_result.affine, nearest)
     after = phantom_result.warp_image(small_pair.mr_labels, labels=True)
-    dice_before = np.nanmean(
-        list(dice_per_label(small_pair.ct_labels, before, ORGAN_LABELS).values())
-    )
-    dice_after = np.nanmean(
-        list(dice_per_label(small_pair.ct_labels, after, ORGAN_LABELS).values())
-    )
-    assert dice_after > dice_before + 0.2
+    dice_before = _mean_dice(small_pair.ct_labels, before)
+    dice_affine = _mean_dice(small_pair.ct_labels, affine)
+    dice_after = _mean_dice(small_pair.ct_labels, after)
+    assert dice_after > dice_before + 0.15
+    assert dice_after > dice_affine + 0.02
     assert phantom_result.report["jacobian"]["nonpositive_fraction"] < 1e-3
     assert set(np.unique(sitk.GetArrayFromImage(after))) <= set(range(6))
 
@@ -125,16 +129,26 @@ def test_written_transform_reproduces_warped(tmp_path, small_pair, phantom_resul
 
 
 def test_inverse_displacement_undoes_the_forward_one(small_pair, phantom_result):
+    """Inverse(forward(p)) returns to p: mean error under 0.05 voxel, worst under 0.4 voxel.
+
+    Both fields come from one velocity (negated) integrated on a 5 mm grid and interpolated
+    onto the fixed grid; the worst case sits where the field compresses tissue to a third
+    (Jacobian about 0.35), where interpolation on a coarse grid costs most.
+    """
     forward = sitk.DisplacementFieldTransform(sitk.Image(phantom_result.displacement))
     inverse = sitk.DisplacementFieldTransform(sitk.Image(phantom_result.inverse_displacement))
+    voxel = small_pair.ct.GetSpacing()[0]
     magnitudes, errors = [], []
-    for index in [(20, 20, 16), (15, 22, 12), (24, 17, 18), (18, 25, 20)]:
-        p = np.asarray(small_pair.ct.TransformIndexToPhysicalPoint(index))
+    for index in np.ndindex(6, 6, 6):
+        p = np.asarray(
+            small_pair.ct.TransformIndexToPhysicalPoint([10 + 3 * int(i) for i in index])
+        )
         q = np.asarray(forward.TransformPoint(tuple(p)))
         magnitudes.append(np.linalg.norm(q - p))
         errors.append(np.linalg.norm(np.asarray(inverse.TransformPoint(tuple(q))) - p))
-    assert max(errors) < 0.5  # mm, a tenth of a 5 mm voxel
-    assert max(magnitudes) > 0.5  # the test is not vacuous: the field does move points
+    assert np.mean(errors) < 0.05 * voxel
+    assert np.max(errors) < 0.4 * voxel
+    assert np.max(magnitudes) > 0.5 * voxel  # not vacuous: the field does move points
 
 
 def test_jacobian_statistics_hand_worked():
@@ -162,9 +176,11 @@ def test_2d_pair_registers(small_pair_2d):
     )
     after = result.warp_image(small_pair_2d.mr_labels, labels=True)
     organs = {k: v for k, v in ORGAN_LABELS.items() if k != "prostate"}
-    dice_before = np.nanmean(list(dice_per_label(small_pair_2d.ct_labels, before, organs).values()))
-    dice_after = np.nanmean(list(dice_per_label(small_pair_2d.ct_labels, after, organs).values()))
-    assert dice_after > dice_before + 0.1
+    affine = sitk.Resample(small_pair_2d.mr_labels, small_pair_2d.ct, result.affine,
+                           sitk.sitkNearestNeighbor)
+    dice_after = _mean_dice(small_pair_2d.ct_labels, after, organs)
+    assert dice_after > _mean_dice(small_pair_2d.ct_labels, before, organs) + 0.05
+    assert dice_after > _mean_dice(small_pair_2d.ct_labels, affine, organs)
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,9 @@ _MR = {
 }
 
 
+_BLADDER_CENTRE = (0.0, -10.0, 10.0)
+
+
 @dataclass
 class PhantomPair:
     """A fixed CT and a moving MR with their label maps (labels per :data:`LABELS`)."""
@@ -57,7 +60,7 @@ def _ellipsoid(coords: np.ndarray, centre, radii) -> np.ndarray:
     return total <= 1.0
 
 
-def _render(coords: np.ndarray, bladder_scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _render(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Label map and both contrasts at physical coordinates ``coords`` (mm, (x, y[, z]))."""
     ndim = coords.shape[0]
 
@@ -77,8 +80,7 @@ def _render(coords: np.ndarray, bladder_scale: float) -> tuple[np.ndarray, np.nd
         bone = femur | ilium
         tissue[bone] = "bone"
         labels[bone] = LABELS["bone"]
-    bladder_radii = tuple(r * bladder_scale for r in at(26, 20, 22))
-    bladder = _ellipsoid(coords, at(0, -10, 10 + 22 * (bladder_scale - 1)), bladder_radii)
+    bladder = _ellipsoid(coords, _BLADDER_CENTRE[:ndim], at(26, 20, 22))
     prostate = _ellipsoid(coords, at(0, -6, -22), at(14, 11, 12))
     rectum = _ellipsoid(coords, at(0, 28, -5), at(13, 12, 40))
     gas = _ellipsoid(coords, at(0, 28, 0), at(5, 5, 12))
@@ -122,7 +124,8 @@ def make_phantom_pair(
         spacing: isotropic voxel size in mm.
         rotation_deg: in-plane (about z) rotation of the MR's anatomy.
         shift_mm: translation of the MR's anatomy, (x, y, z) mm.
-        bladder_scale: the MR's bladder is this much larger (filling) than the CT's.
+        bladder_scale: the MR's bladder is about this much larger (filling) than the CT's,
+            by a smooth deformation that also moves its neighbours.
         noise: Gaussian noise as a fraction of each image's intensity range.
         seed: noise seed.
 
@@ -132,7 +135,7 @@ def make_phantom_pair(
     ndim = len(shape)
     rng = np.random.default_rng(seed)
     coords = _grid_coords(shape, spacing)
-    ct_labels, ct, _ = _render(coords, 1.0)
+    ct_labels, ct, _ = _render(coords)
     # The MR's anatomy is moved: the MR voxel at p shows the anatomy at R^T (p - t).
     angle = np.radians(rotation_deg)
     rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
@@ -141,7 +144,12 @@ def make_phantom_pair(
     moved[:2] = np.einsum("ji,j...->i...", rotation, shifted)
     if ndim == 3:
         moved[2] = coords[2] - shift_mm[2]
-    mr_labels, _, mr = _render(moved, bladder_scale)
+    # Filling: a smooth radial push away from the bladder centre that fades with distance, so
+    # the bladder grows and its neighbours move with it (q -> q - s(q) with s = a r exp(...)).
+    offset = moved - np.asarray(_BLADDER_CENTRE[:ndim]).reshape(ndim, *([1] * ndim))
+    falloff = np.exp(-np.sum(offset**2, axis=0) / (2 * 30.0**2))
+    moved -= (1 - 1 / bladder_scale) * offset * falloff
+    mr_labels, _, mr = _render(moved)
     ct += rng.normal(0, noise * 1700, ct.shape).astype(np.float32)
     mr += rng.normal(0, noise * 1000, mr.shape).astype(np.float32)
     mr = np.abs(mr)
