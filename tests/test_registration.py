@@ -176,8 +176,9 @@ def test_2d_pair_registers(small_pair_2d):
     )
     after = result.warp_image(small_pair_2d.mr_labels, labels=True)
     organs = {k: v for k, v in ORGAN_LABELS.items() if k != "prostate"}
-    affine = sitk.Resample(small_pair_2d.mr_labels, small_pair_2d.ct, result.affine,
-                           sitk.sitkNearestNeighbor)
+    affine = sitk.Resample(
+        small_pair_2d.mr_labels, small_pair_2d.ct, result.affine, sitk.sitkNearestNeighbor
+    )
     dice_after = _mean_dice(small_pair_2d.ct_labels, after, organs)
     assert dice_after > _mean_dice(small_pair_2d.ct_labels, before, organs) + 0.05
     assert dice_after > _mean_dice(small_pair_2d.ct_labels, affine, organs)

@@ -72,13 +72,15 @@ def qc_figure(result: RegistrationResult, path: str | os.PathLike) -> None:
     )
     if fixed_a.ndim == 2:
         aspects = [spacing[0] / spacing[1]]
-    rows = ("checkerboard, before", "outlines, before", "checkerboard, after", "outlines, after")
+    kinds = ("checkerboard, before", "outlines, before", "checkerboard, after", "outlines, after")
+    # 3D: one row per kind, one column per plane; 2D: the four kinds on a 2 x 2 grid.
+    rows, columns = (4, 3) if fixed_a.ndim == 3 else (2, 2)
     figure, axes = plt.subplots(
-        len(rows), len(views), figsize=(3.2 * len(views), 3.2 * len(rows)), squeeze=False
+        rows, columns, figsize=(3.2 * max(columns, 2), 3.2 * rows), squeeze=False
     )
     for column, ((f, b, a), aspect) in enumerate(zip(views, aspects)):
-        for row, (title, moved) in enumerate(zip(rows, (b, b, a, a))):
-            axis = axes[row, column]
+        for index, (title, moved) in enumerate(zip(kinds, (b, b, a, a))):
+            axis = axes[index, column] if fixed_a.ndim == 3 else axes.flat[index]
             if "checkerboard" in title:
                 axis.imshow(checkerboard(f, moved), cmap="gray", vmin=0, vmax=1, aspect=aspect)
             else:
@@ -90,7 +92,7 @@ def qc_figure(result: RegistrationResult, path: str | os.PathLike) -> None:
             axis.axis("off")
     nmi = result.report.get("nmi", {})
     figure.suptitle(
-        f"fixed with moving (outlines: moving) — NMI {nmi.get('before', float('nan')):.3f} "
+        f"fixed with moving (red: moving's edges)\nNMI {nmi.get('before', float('nan')):.3f} "
         f"-> {nmi.get('after', float('nan')):.3f}",
         fontsize=9,
     )
