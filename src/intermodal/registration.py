@@ -56,6 +56,8 @@ class Settings:
         smoothness: weight of the diffusion regulariser on the displacement (voxels^2).
         learning_rate: Adam step on the velocity, in coarse-grid voxels.
         velocity_stride: the velocity lives on the working grid subsampled by this factor.
+        pyramid: refinement levels, as factors by which the working grid is subsampled, coarse
+            to fine; the ``refine`` steps are shared equally between them.
         integration_steps: scaling-and-squaring steps.
         seed: seed for every random choice (metric sampling, torch).
     """
@@ -73,6 +75,7 @@ class Settings:
     smoothness: float = 1.0
     learning_rate: float = 0.1
     velocity_stride: int = 2
+    pyramid: tuple[int, ...] = (4, 2, 1)
     integration_steps: int = 7
     seed: int = 0
 
@@ -94,6 +97,10 @@ class Settings:
             raise IntermodalError(f"--spacing must be positive (mm), not {self.spacing}")
         if self.velocity_stride not in (1, 2, 4):
             raise IntermodalError(f"velocity stride must be 1, 2 or 4, not {self.velocity_stride}")
+        if not self.pyramid or any(f not in (1, 2, 4, 8) for f in self.pyramid):
+            raise IntermodalError(
+                f"pyramid levels must be factors among 1, 2, 4, 8, not {self.pyramid}"
+            )
         if self.model is None and self.refine == 0:
             raise IntermodalError("--model none with --refine 0 would do no deformable step")
 
@@ -317,7 +324,8 @@ def register(
 
     model, card = None, None
     spacing = settings.spacing
-    multiple = 2 * settings.velocity_stride  # the coarse refinement level halves the grid
+    # every pyramid level and the velocity grid divide the working grid exactly
+    multiple = math.lcm(settings.velocity_stride, *settings.pyramid)
     if settings.model is not None:
         from intermodal.checkpoint import load_model
 
@@ -359,10 +367,11 @@ def register(
 
     start = time.perf_counter()
     if settings.refine > 0:
-        # Coarse to fine: most steps where a step is cheap (half the working resolution, an
-        # eighth of the voxels in 3D), the last third at the working resolution.
-        coarse_steps = (2 * settings.refine) // 3 if min(coarse) >= 16 else 0
-        schedule = [(2, coarse_steps), (1, settings.refine - coarse_steps)]
+        # Coarse to fine: the steps are shared between the levels of the pyramid; a level whose
+        # grid would be under 8 voxels along an axis is skipped.
+        levels = [f for f in settings.pyramid if min(working_shape) // f >= 8] or [1]
+        share, extra = divmod(settings.refine, len(levels))
+        schedule = [(f, share + (extra if i == len(levels) - 1 else 0)) for i, f in enumerate(levels)]
         done = 0
         for factor, steps in schedule:
             if steps == 0:
