@@ -183,7 +183,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     pair = make_phantom_pair(seed=args.seed)
     settings = Settings(
         spacing=2.5,
-        refine=args.refine if args.refine is not None else 150,
+        refine=args.refine if args.refine is not None else Settings.refine,
         seed=args.seed,
         device=args.device,
     )

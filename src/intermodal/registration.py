@@ -63,7 +63,7 @@ class Settings:
     """
 
     model: str | None = None
-    refine: int = 150
+    refine: int = 90
     init: str = "affine"
     device: str = "auto"
     spacing: float | None = None
@@ -371,7 +371,8 @@ def register(
         # grid would be under 8 voxels along an axis is skipped.
         levels = [f for f in settings.pyramid if min(working_shape) // f >= 8] or [1]
         share, extra = divmod(settings.refine, len(levels))
-        schedule = [(f, share + (extra if i == len(levels) - 1 else 0)) for i, f in enumerate(levels)]
+        steps_per_level = [share] * (len(levels) - 1) + [share + extra]
+        schedule = list(zip(levels, steps_per_level))
         done = 0
         for factor, steps in schedule:
             if steps == 0:
