@@ -288,3 +288,18 @@ def test_demo_prints_dice_gain(capsys, tmp_path):
     }
     assert means["after"] > means["before"] + 0.2
     assert (tmp_path / "demo" / "warped_labels.nii.gz").is_file()
+
+
+def test_synth_writes_a_manifest(capsys, tmp_path):
+    code, stdout, _ = _run(
+        capsys, "synth", "--subjects", "3", "--dim", "2", "--out", tmp_path / "data", "--seed", "4"
+    )
+    assert code == 0 and "dataset.json" in stdout
+    manifest = json.loads((tmp_path / "data" / "dataset.json").read_text())
+    assert len(manifest["subjects"]) == 3
+    for subject in manifest["subjects"]:
+        assert (tmp_path / "data" / subject["ct"]).is_file()
+    code, _, stderr = _run(
+        capsys, "synth", "--subjects", "3", "--dim", "2", "--out", tmp_path / "data"
+    )
+    assert code == 2 and len(stderr.strip().splitlines()) == 1
