@@ -21,6 +21,7 @@ OUTPUTS = {
     "inverse_displacement.nii.gz",
     "jacobian.nii.gz",
     "transform.h5",
+    "affine.mat",
     "report.json",
     "qc.png",
 }

@@ -189,12 +189,16 @@ def save_result(
         ):
             sitk.WriteImage(image, str(staging / f"{name}.nii.gz"), useCompression=True)
         sitk.WriteTransform(result.transform, str(staging / "transform.h5"))
+        # The initial affine on its own, so that tools taking a chain of files can rebuild the
+        # transform: ANTs as `-t displacement.nii.gz -t affine.mat`.
+        sitk.WriteTransform(result.affine, str(staging / "affine.mat"))
         outputs = [
             "warped.nii.gz",
             "displacement.nii.gz",
             "inverse_displacement.nii.gz",
             "jacobian.nii.gz",
             "transform.h5",
+            "affine.mat",
             "qc.png",
             "report.json",
         ]
