@@ -32,6 +32,7 @@ lint: setup
 bench: setup
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/real_pair.py
+	$(BIN)/python benchmarks/similarity_choice.py
 
 clean:
 	rm -rf $(VENV) intermodal-demo .pytest_cache
