@@ -234,6 +234,24 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from intermodal.training import load_config, train
+
+    config = load_config(args.config, args.set or ())
+    if args.print_config:
+        print(config.to_toml())
+    reporter = _Reporter(args.quiet)
+    steps = config.train.steps
+
+    def progress(state: dict) -> None:
+        reporter("train", int(state["step"]), steps)
+
+    weights = train(config, resume=args.resume, overwrite=args.overwrite, progress=progress)
+    reporter.close()
+    print(f"trained {steps} steps: {weights}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(
@@ -283,6 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--overwrite", action="store_true")
     _add_common(synth)
     synth.set_defaults(handler=cmd_synth)
+
+    trainer = commands.add_parser("train", help="train a registration network")
+    trainer.add_argument("--config", help="TOML (or YAML) training configuration")
+    trainer.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)"
+    )
+    trainer.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    trainer.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    trainer.add_argument("--print-config", action="store_true", help="print the resolved config")
+    _add_common(trainer)
+    trainer.set_defaults(handler=cmd_train)
     return parser
 
 

@@ -1,0 +1,32 @@
+"""`intermodal train` from the command line: config, overrides, errors in one line."""
+
+from __future__ import annotations
+
+import json
+
+from intermodal.checkpoint import load_model
+from intermodal.cli import main
+
+
+def test_train_command_writes_a_model(capsys, prepared_manifest, tmp_path):
+    config = tmp_path / "train.toml"
+    config.write_text(
+        f"out = {json.dumps(str(tmp_path / 'run'))}\ndevice = 'cpu'\n"
+        f"[data]\nmanifest = {json.dumps(str(prepared_manifest))}\ndim = 2\n"
+        "[model]\nfeatures = [8, 16, 16]\n"
+        "[train]\nsteps = 6\nbatch_size = 2\nvalidate_every = 3\ncheckpoint_every = 3\n"
+    )
+    code = main(["train", "--config", str(config), "--set", "loss.smoothness=0.5", "--quiet"])
+    stdout = capsys.readouterr().out
+    assert code == 0 and "model.safetensors" in stdout
+    model, card = load_model(tmp_path / "run" / "model.safetensors")
+    assert card["training"]["steps"] == 6
+    assert card["training"]["config"]["loss"]["smoothness"] == 0.5
+
+
+def test_bad_unknown_config_key(capsys, tmp_path):
+    code = main(["train", "--set", "loss.smothness=0.5", "--quiet"])
+    stderr = capsys.readouterr().err
+    assert code == 2
+    assert "smothness" in stderr and "smoothness" in stderr
+    assert len(stderr.strip().splitlines()) == 1

@@ -1,0 +1,204 @@
+"""The training loop on a tiny prepared 2D dataset: files, resume, NaN stop, refusals."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import sys
+import types
+
+import pytest
+import SimpleITK as sitk
+import torch
+from safetensors.torch import load_file
+
+from intermodal.checkpoint import load_model
+from intermodal.errors import IntermodalError, OutputExistsError
+from intermodal.training import train
+from intermodal.training import trainer as trainer_module
+from intermodal.training.state import load_state
+
+
+class _Stop(Exception):
+    """Raised from the progress callback to kill a run mid-way."""
+
+
+def test_training_lowers_the_loss_and_writes_a_loadable_model(tiny_config):
+    config = tiny_config()
+    reports = []
+    weights = train(config, progress=reports.append)
+    assert [r["step"] for r in reports] == list(range(1, 21))
+    first = sum(r["loss"] for r in reports[:5]) / 5
+    last = sum(r["loss"] for r in reports[-5:]) / 5
+    assert last < first - 0.02, (first, last)
+    assert all(r["steps_per_s"] > 0 for r in reports)
+    assert "validation_dice" in reports[9] and "validation_dice" in reports[19]
+
+    out = weights.parent
+    for name in (
+        "model.safetensors",
+        "model.json",
+        "trainer_state.safetensors",
+        "trainer_state.json",
+        "history.json",
+        "config.json",
+    ):
+        assert (out / name).is_file(), name
+    assert not list(out.glob(".*tmp*")), "temporary files left behind"
+    model, card = load_model(weights)
+    assert model.ndim == 2 and card["network"]["features"] == [8, 16, 16]
+    assert card["preprocessing"]["spacing"] == [3.75, 3.75]
+    assert card["preprocessing"]["shape"] == [64, 64]
+    training = card["training"]
+    assert training["steps"] == 20 and training["loss"] == "intra" and training["seed"] == 0
+    assert training["data"]["subjects"] == 4 and training["data"]["n_validation"] == 2
+    assert 0 < training["validation_dice"]["mean"] <= 1
+    assert training["config"]["train"]["steps"] == 20
+    assert training["wall_time_s"] > 0
+    history = json.loads((out / "history.json").read_text())
+    assert [e["step"] for e in history if "train/loss" in e] == list(range(1, 21))
+    with torch.no_grad():
+        fixed = torch.rand(1, 1, 64, 64)
+        assert model(fixed, fixed).displacement.shape == (1, 2, 64, 64)
+
+
+def _final_weights(out):
+    return load_file(str(out / "model.safetensors"))
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tiny_config, tmp_path):
+    overrides = (
+        "train.steps=10",
+        "augment.probability=0.5",
+        "train.direction=both",
+        "loss.symmetric=true",
+    )
+    full = tiny_config(*overrides, f"out={json.dumps(str(tmp_path / 'full'))}")
+    train(full)
+
+    killed = tiny_config(*overrides, f"out={json.dumps(str(tmp_path / 'killed'))}")
+
+    def kill_at_7(report):
+        if report["step"] == 7:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train(killed, progress=kill_at_7)
+    assert load_state(tmp_path / "killed")[2]["step"] == 5
+    reports = []
+    train(killed, resume=True, progress=reports.append)
+    assert [r["step"] for r in reports] == [6, 7, 8, 9, 10]
+
+    expected, got = _final_weights(tmp_path / "full"), _final_weights(tmp_path / "killed")
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    history = json.loads((tmp_path / "killed" / "history.json").read_text())
+    assert [e["step"] for e in history if "train/loss" in e] == list(range(1, 11))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, monkeypatch):
+    config = tiny_config()
+    calls = {"n": 0}
+    real_loss = trainer_module.training_loss
+
+    def loss_turning_nan(*args, **kwargs):
+        loss, terms = real_loss(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 8:
+            loss = loss * float("nan")
+        return loss, terms
+
+    monkeypatch.setattr(trainer_module, "training_loss", loss_turning_nan)
+    with pytest.raises(IntermodalError, match=r"not finite at step 8.*step 5"):
+        train(config)
+    out = trainer_module.Path(config.out)
+    model, card = load_model(out / "model.safetensors")
+    assert card["training"]["steps"] == 5
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert load_state(out)[2]["step"] == 5
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("loss.name=mi", "loss.mi_samples=1000"),
+        ("loss.name=mind", "loss.symmetric=true"),
+        ("loss.name=ngf", "train.direction=ct_to_mr"),
+        ("loss.dice=0.5", "augment.probability=1.0"),
+    ],
+)
+def test_every_loss_trains(tiny_config, overrides):
+    config = tiny_config(
+        "train.steps=3", "train.validate_every=0", "train.checkpoint_every=0", *overrides
+    )
+    reports = []
+    weights = train(config, progress=reports.append)
+    assert len(reports) == 3 and all(math.isfinite(r["loss"]) for r in reports)
+    assert load_model(weights)[1]["training"]["loss"] == config.loss.name
+
+
+def test_bad_output_folder_and_resume(tiny_config):
+    config = tiny_config("train.steps=2")
+    with pytest.raises(IntermodalError, match="nothing to resume"):
+        train(config, resume=True)
+    train(config)
+    with pytest.raises(OutputExistsError, match="already holds a training run"):
+        train(config)
+    train(config, overwrite=True)
+    other_network = tiny_config("train.steps=4", "model.features=[8, 8, 8]")
+    with pytest.raises(IntermodalError, match="network"):
+        train(other_network, resume=True)
+
+
+def test_bad_prepared_grid_names_the_subject(prepared_manifest, tiny_config, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(prepared_manifest.parent, data)
+    small = sitk.Image([32, 32], sitk.sitkFloat32)
+    sitk.WriteImage(small, str(data / "s01" / "mr.nii.gz"))
+    config = tiny_config(f"data.manifest={json.dumps(str(data / 'manifest.json'))}")
+    with pytest.raises(IntermodalError, match=r"subject 's01': mr .* shape \(32, 32\)"):
+        train(config)
+
+
+def test_bad_grid_not_a_multiple_of_the_network(tiny_config):
+    config = tiny_config("model.features=[4, 4, 4, 4, 4, 4, 4, 4]", "model.output_stride=1")
+    with pytest.raises(IntermodalError, match="multiple of 128"):
+        train(config)
+
+
+def test_bad_missing_manifest(tiny_config):
+    with pytest.raises(IntermodalError, match="data.manifest"):
+        train(tiny_config("data.manifest=''"))
+
+
+def test_tensorboard_is_used_when_installed_and_skipped_with_a_note_when_not(
+    tiny_config, monkeypatch, caplog
+):
+    scalars = []
+
+    class FakeWriter:
+        def __init__(self, log_dir):
+            self.log_dir = log_dir
+
+        def add_scalar(self, name, value, step):
+            scalars.append((name, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = FakeWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    train(tiny_config("train.steps=2", "train.validate_every=2"))
+    assert ("train/loss", 1) in scalars and ("validation/dice", 2) in scalars
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    with caplog.at_level(logging.INFO, logger="intermodal.training.trainer"):
+        train(tiny_config("train.steps=1"), overwrite=True)
+    assert "tensorboard is not installed" in caplog.text
