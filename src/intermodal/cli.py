@@ -234,6 +234,26 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from intermodal.data.prepare import prepare_dataset
+
+    reporter = _Reporter(args.quiet)
+    summary = prepare_dataset(
+        args.manifest,
+        args.out,
+        spacing=args.spacing,
+        deformable=args.deformable,
+        overwrite=args.overwrite,
+        progress=reporter,
+    )
+    reporter.close()
+    print(
+        f"prepared {len(summary.done)} subject(s), {len(summary.skipped)} already done: "
+        f"{summary.manifest}"
+    )
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from intermodal.training import load_config, train
 
@@ -301,6 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--overwrite", action="store_true")
     _add_common(synth)
     synth.set_defaults(handler=cmd_synth)
+
+    prepare = commands.add_parser("prepare", help="pre-align each subject's MR to its CT")
+    prepare.add_argument("manifest", help="dataset manifest (.json or .csv)")
+    prepare.add_argument("--out", required=True, help="output directory")
+    prepare.add_argument("--spacing", type=float, default=None, help="grid spacing in mm")
+    prepare.add_argument("--deformable", default="bspline", choices=("bspline", "none"))
+    prepare.add_argument("--overwrite", action="store_true")
+    _add_common(prepare)
+    prepare.set_defaults(handler=cmd_prepare)
 
     trainer = commands.add_parser("train", help="train a registration network")
     trainer.add_argument("--config", help="TOML (or YAML) training configuration")
