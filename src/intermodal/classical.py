@@ -30,11 +30,15 @@ def _mattes_method(
     iterations: int = 200,
     learning_rate: float = 1.0,
     seed: int = 0,
+    threads: int | None = None,
 ) -> sitk.ImageRegistrationMethod:
     method = sitk.ImageRegistrationMethod()
+    if threads is not None:
+        method.SetNumberOfThreads(threads)
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=bins)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(sampling, seed)
+    # ITK reads seed 0 as "seed from the wall clock" (sitk.sitkWallClock), so shift by one.
+    method.SetMetricSamplingPercentage(sampling, seed + 1)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=learning_rate,
@@ -158,6 +162,7 @@ def bspline_registration(
     mesh_spacing_mm: float = 40.0,
     iterations: int = 100,
     seed: int = 0,
+    threads: int | None = None,
 ) -> sitk.Transform:
     """Deformable B-spline registration by Mattes MI on top of ``initial`` (a baseline).
 
@@ -168,6 +173,7 @@ def bspline_registration(
         mesh_spacing_mm: approximate control-point spacing in mm.
         iterations: L-BFGS-B iterations per pyramid level.
         seed: metric sampling seed.
+        threads: ITK threads for the registration; ``None`` uses every core.
 
     Returns:
         A composite transform (``initial`` then the B-spline), fixed -> moving.
@@ -177,7 +183,7 @@ def bspline_registration(
         max(1, round(n * s / mesh_spacing_mm)) for n, s in zip(fixed.GetSize(), fixed.GetSpacing())
     ]
     bspline = sitk.BSplineTransformInitializer(fixed, mesh, order=3)
-    registration = _mattes_method(seed=seed, shrink=(2, 1), smooth=(1.0, 0.0))
+    registration = _mattes_method(seed=seed, shrink=(2, 1), smooth=(1.0, 0.0), threads=threads)
     registration.SetOptimizerAsLBFGSB(
         gradientConvergenceTolerance=1e-5,
         numberOfIterations=iterations,
