@@ -220,3 +220,15 @@ def test_ants_applies_the_written_transforms(tmp_path, small_pair, phantom_resul
             fixed, moving, transformlist=[str(out / name) for name in chain]
         ).numpy()
         assert np.abs(warped - ours)[inside].mean() < 1e-3 * float(np.ptp(ours))
+
+
+def test_same_inputs_and_settings_give_identical_results(small_pair_2d):
+    settings = Settings(refine=20, device="cpu")
+    first = register(small_pair_2d.ct, small_pair_2d.mr, settings)
+    second = register(small_pair_2d.ct, small_pair_2d.mr, settings)
+    for name in ("warped", "displacement", "jacobian"):
+        np.testing.assert_array_equal(
+            sitk.GetArrayFromImage(getattr(first, name)),
+            sitk.GetArrayFromImage(getattr(second, name)),
+        )
+    assert first.affine.GetParameters() == second.affine.GetParameters()
