@@ -48,12 +48,20 @@ _CSV_COLUMNS = ("id", *_FILE_KEYS, "split")
 class ManifestError(IntermodalError):
     """A manifest with one or more problems; the message lists all of them, one per line.
 
+    Raised as ``ManifestError(path, problems)``; ``ManifestError(message)`` also works.
+
     Attributes:
-        path: the manifest file.
+        path: the manifest file (``None`` for a ready-made message).
         problems: one line per problem, each naming the subject and the file concerned.
     """
 
-    def __init__(self, path: str | os.PathLike[str], problems: Sequence[str] | str) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], problems: Sequence[str] | str | None = None
+    ) -> None:
+        if problems is None:  # a ready-made message
+            self.path, self.problems = None, [str(path)]
+            super().__init__(str(path))
+            return
         self.path = Path(path)
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         n = len(self.problems)
@@ -284,7 +292,7 @@ def _read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
             try:
                 labels[int(key)] = str(value)
             except ValueError:
-                problems.append(f'labels: key {key!r} is not an integer label value')
+                problems.append(f"labels: key {key!r} is not an integer label value")
     splits = {name: data[name] for name in SPLITS if name in data}
     known = {"name", "labels", "subjects", *SPLITS}
     return {
@@ -351,7 +359,7 @@ def _parse_subjects(raw: list, root: Path, problems: list[str]) -> list[SubjectE
             id_ = str(id_).strip()
             where = f"subject {id_}"
         else:
-            problems.append(f"{where}: missing or empty \"id\"")
+            problems.append(f'{where}: missing or empty "id"')
             continue
         paths: dict[str, Path | None] = {}
         ok = True
@@ -366,7 +374,7 @@ def _parse_subjects(raw: list, root: Path, problems: list[str]) -> list[SubjectE
                 problems.append(f'{where}: "{key}" must be a path, found {value!r}')
                 ok = False
             else:
-                paths[key] = (root / Path(value).expanduser()).absolute()
+                paths[key] = Path(os.path.normpath(root / Path(value).expanduser()))
         if ok:
             extra = {k: v for k, v in item.items() if k not in ("id", *_FILE_KEYS)}
             subjects.append(SubjectEntry(id=id_, **paths, extra=extra))  # type: ignore[arg-type]

@@ -118,8 +118,10 @@ def _preprocessing_card(manifest_path: Path, volumes: Volumes) -> dict[str, Any]
     }
     try:
         raw = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
-        if isinstance(raw, dict) and isinstance(raw.get("preprocessing"), dict):
-            normalisation = raw["preprocessing"].get("normalisation", normalisation)
+        # `intermodal prepare` records its grid and intensity scaling under "prepared"
+        block = raw.get("prepared") if isinstance(raw, dict) else None
+        if isinstance(block, dict):
+            normalisation = block.get("normalisation", normalisation)
     except (OSError, json.JSONDecodeError):
         pass
     return {
