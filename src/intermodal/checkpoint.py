@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from intermodal import __version__
 from intermodal.errors import IntermodalError
+from intermodal.io import write_bytes_atomic, write_text_atomic
 
 CARD_FORMAT = 1
 
@@ -32,17 +32,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def save_model(model: Any, path: str | os.PathLike, card: dict[str, Any]) -> Path:
@@ -64,7 +53,7 @@ def save_model(model: Any, path: str | os.PathLike, card: dict[str, Any]) -> Pat
     state = {
         name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()
     }
-    _atomic_write_bytes(path, save(state))
+    write_bytes_atomic(path, save(state))
     full_card = {
         "format": CARD_FORMAT,
         "intermodal_version": __version__,
@@ -72,7 +61,7 @@ def save_model(model: Any, path: str | os.PathLike, card: dict[str, Any]) -> Pat
         **card,
         "weights_sha256": _sha256(path),
     }
-    _atomic_write_bytes(card_path(path), (json.dumps(full_card, indent=2) + "\n").encode())
+    write_text_atomic(card_path(path), json.dumps(full_card, indent=2) + "\n")
     return path
 
 

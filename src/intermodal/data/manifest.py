@@ -24,7 +24,6 @@ import csv
 import json
 import math
 import os
-import secrets
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from typing import Any
 import SimpleITK as sitk
 
 from intermodal.errors import IntermodalError
+from intermodal.io import write_text_atomic
 
 SPLITS = ("training", "validation", "test")
 """The split names a manifest may hold, in this order."""
@@ -514,19 +514,3 @@ def write_manifest(manifest: Manifest, path: str | os.PathLike[str]) -> Path:
         data.setdefault(name, list(members))
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
     return path
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then move it onto ``path``."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise IntermodalError(f"{path.parent}: cannot create the folder: {err.strerror}") from err
-    tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(6)}"
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as err:
-        raise IntermodalError(f"{path}: cannot write: {err.strerror or err}") from err
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -47,9 +47,9 @@ from intermodal.data.manifest import (
     load_manifest,
     read_image_header,
     write_manifest,
-    write_text_atomic,
 )
 from intermodal.errors import IntermodalError, OutputExistsError
+from intermodal.io import write_bytes_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -423,20 +423,7 @@ def _write_qc(path: Path, ct: np.ndarray, before: np.ndarray, after: np.ndarray,
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=80)
-    _write_bytes_atomic(path, buffer.getvalue())
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    import secrets
-
-    tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(6)}"
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise IntermodalError(f"{path}: cannot write: {err.strerror or err}") from err
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _one_line(err: BaseException) -> str:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +40,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from intermodal.errors import IntermodalError, OutputExistsError
+from intermodal.io import write_text_atomic
 
 LABELS = {"body": 1, "bone": 2, "bladder": 3, "prostate": 4, "rectum": 5}
 """Label values in ``ct_labels`` and ``mr_labels`` (0 is background), as in the phantom."""
@@ -740,17 +740,6 @@ def _splits(ids: list[str]) -> dict[str, list[str]]:
     }
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.stem}.tmp-{secrets.token_hex(6)}{path.suffix}"
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as err:
-        raise IntermodalError(f"{path}: cannot write: {err.strerror or err}") from err
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_dataset(
     out_dir: str | os.PathLike[str],
     subjects: int,
@@ -816,7 +805,7 @@ def write_dataset(
         for key, image in files.items():
             write_image(image, out / name / f"{key}.nii.gz", overwrite=overwrite)
             entry[key] = f"{name}/{key}.nii.gz"
-        _write_text_atomic(out / name / "params.json", json.dumps(subject.params, indent=1))
+        write_text_atomic(out / name / "params.json", json.dumps(subject.params, indent=1))
         entry["params"] = f"{name}/params.json"
         entry["seed"] = subject_seed
         entries.append(entry)
@@ -834,5 +823,5 @@ def write_dataset(
         **_splits(ids),
     }
     path = out / "dataset.json"
-    _write_text_atomic(path, json.dumps(manifest, indent=2))
+    write_text_atomic(path, json.dumps(manifest, indent=2))
     return path

@@ -4,6 +4,7 @@ Images come in as float32 SimpleITK images with their origin, spacing and direct
 follow ``docs/conventions.md`` (array order, ``(1, 1, *spatial)``).
 """
 
+from intermodal.io._atomic import write_bytes_atomic, write_text_atomic
 from intermodal.io.dicom import MODALITY_KEY
 from intermodal.io.images import (
     READ_EXTENSIONS,
@@ -31,6 +32,8 @@ __all__ = [
     "read_image",
     "read_points",
     "tensor_to_image",
+    "write_bytes_atomic",
     "write_image",
     "write_points",
+    "write_text_atomic",
 ]

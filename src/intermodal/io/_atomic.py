@@ -56,3 +56,14 @@ def atomic_write(
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, overwrite: bool = True) -> Path:
+    """Write ``data`` to ``path`` through a temporary file (see :func:`atomic_write`)."""
+    path = Path(path)
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data), suffix="", overwrite=overwrite)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str, *, overwrite: bool = True) -> Path:
+    """Write UTF-8 ``text`` to ``path`` through a temporary file (see :func:`atomic_write`)."""
+    return write_bytes_atomic(path, text.encode("utf-8"), overwrite=overwrite)
