@@ -1,13 +1,62 @@
-"""Evaluation metrics: overlap between label maps."""
+"""Evaluation metrics: overlap, surface distance, landmark error and Jacobian statistics.
+
+The definitions follow Learn2Reg where it defines them:
+
+- **Dice** ``2|A∩B| / (|A|+|B|)`` per label.
+- **HD95**: the robust Hausdorff distance, the larger of the two *directed* 95th percentiles of
+  surface distances (every surface voxel of A to the nearest surface voxel of B, and B to A), in
+  mm. A surface voxel is a voxel of the mask with a face neighbour outside it (or on the image
+  border). Percentiles interpolate linearly between ranked distances (NumPy's default).
+- **TRE**: ``|T(f) - m|`` in mm for corresponding landmarks ``f`` (fixed space) and ``m`` (moving
+  space), where ``T`` maps fixed points to moving points as every transform of intermodal does.
+- **Jacobian**: the determinant of ``I + ∂d/∂p`` of a displacement ``d`` (mm) on the fixed grid,
+  by central differences (one-sided at the border); the share of determinants ``<= 0``
+  (folding) and **SDlogJ**, the standard deviation of ``log(max(det, 1e-9))``.
+
+Arrays are in array order, ``(z, y, x)`` in 3D and ``(y, x)`` in 2D, and so are the spacings
+passed with them; SimpleITK images carry their own spacing.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from intermodal.errors import IntermodalError
+
+LOG_JACOBIAN_CLIP = 1e-9
+"""Determinants are clipped to this before the logarithm of SDlogJ, as Learn2Reg does."""
+
+WORST_FRACTION = 0.3
+"""Share of cases in the "worst cases" statistic (Learn2Reg's 30 % lowest Dice)."""
+
+
+def _check_same_shape(reference: np.ndarray, candidate: np.ndarray) -> None:
+    if reference.shape != candidate.shape:
+        raise IntermodalError(
+            f"masks differ in shape: reference {reference.shape}, candidate {candidate.shape}"
+        )
+
+
+def dice(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Dice overlap ``2|A∩B| / (|A|+|B|)`` of two boolean masks of the same shape.
+
+    Returns:
+        A value in ``[0, 1]``; NaN when both masks are empty.
+
+    Raises:
+        IntermodalError: the masks differ in shape.
+    """
+    reference, candidate = np.asarray(reference, bool), np.asarray(candidate, bool)
+    _check_same_shape(reference, candidate)
+    total = int(reference.sum()) + int(candidate.sum())
+    if total == 0:
+        return float("nan")
+    return 2.0 * int(np.logical_and(reference, candidate).sum()) / total
 
 
 def dice_per_label(
@@ -32,11 +81,250 @@ def dice_per_label(
         )
     a = sitk.GetArrayViewFromImage(reference)
     b = sitk.GetArrayViewFromImage(candidate)
-    scores = {}
-    for name, value in labels.items():
-        in_a, in_b = a == value, b == value
-        total = int(in_a.sum() + in_b.sum())
-        scores[name] = (
-            float(2 * np.logical_and(in_a, in_b).sum() / total) if total else float("nan")
+    return {name: dice(a == value, b == value) for name, value in labels.items()}
+
+
+def surface(mask: np.ndarray) -> np.ndarray:
+    """The surface voxels of a boolean mask: those with a face neighbour outside the mask.
+
+    Voxels on the image border count as surface (the outside of the image is background).
+    """
+    mask = np.asarray(mask, bool)
+    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+
+
+def directed_surface_distances(
+    source: np.ndarray, target: np.ndarray, spacing: Sequence[float]
+) -> np.ndarray:
+    """Distance (mm) from every surface voxel of ``source`` to the nearest one of ``target``.
+
+    Args:
+        source: boolean mask, any dimension, with at least one voxel set.
+        target: boolean mask of the same shape, with at least one voxel set.
+        spacing: voxel size in mm per array axis (array order).
+
+    Returns:
+        A 1D float64 array, one distance per surface voxel of ``source``.
+    """
+    to_target = ndimage.distance_transform_edt(~surface(target), sampling=tuple(spacing))
+    return np.asarray(to_target[surface(source)], dtype=np.float64)
+
+
+def _grid_diagonal(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    """The longest distance between two voxel centres of the grid (mm)."""
+    return float(math.sqrt(sum(((n - 1) * s) ** 2 for n, s in zip(shape, spacing))))
+
+
+def hausdorff_distance(
+    reference: np.ndarray,
+    candidate: np.ndarray,
+    spacing: Sequence[float],
+    percentile: float = 95.0,
+) -> float:
+    """Robust (percentile) Hausdorff distance between two boolean masks, in mm.
+
+    The larger of the two directed percentiles: ``max(P(d(∂A, ∂B)), P(d(∂B, ∂A)))`` where
+    ``d(∂A, ∂B)`` are the distances from each surface voxel of A to the nearest surface voxel of
+    B; ``percentile=100`` gives the classical Hausdorff distance.
+
+    Empty masks: NaN when ``reference`` is empty (the label cannot be scored); when only
+    ``candidate`` is empty (the label was lost), the grid's diagonal, the largest distance the
+    field of view allows, so that the case counts as a failure yet means stay finite.
+
+    Args:
+        reference: boolean mask, e.g. a fixed label.
+        candidate: boolean mask of the same shape, e.g. the warped moving label.
+        spacing: voxel size in mm per array axis (array order).
+        percentile: in ``[0, 100]``; 95 gives HD95.
+
+    Returns:
+        The distance in mm.
+
+    Raises:
+        IntermodalError: the masks differ in shape, the spacing does not fit them or is not
+            positive, or ``percentile`` is out of range.
+    """
+    reference, candidate = np.asarray(reference, bool), np.asarray(candidate, bool)
+    _check_same_shape(reference, candidate)
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != reference.ndim or not all(s > 0 for s in spacing):
+        raise IntermodalError(
+            f"spacing must be {reference.ndim} positive numbers (mm), not {spacing}"
         )
-    return scores
+    if not 0.0 <= percentile <= 100.0:
+        raise IntermodalError(f"percentile must be in [0, 100], not {percentile}")
+    if not reference.any():
+        return float("nan")
+    if not candidate.any():
+        return _grid_diagonal(reference.shape, spacing)
+    forward = directed_surface_distances(reference, candidate, spacing)
+    backward = directed_surface_distances(candidate, reference, spacing)
+    return float(max(np.percentile(forward, percentile), np.percentile(backward, percentile)))
+
+
+def hd95(reference: np.ndarray, candidate: np.ndarray, spacing: Sequence[float]) -> float:
+    """HD95 in mm: :func:`hausdorff_distance` at the 95th percentile."""
+    return hausdorff_distance(reference, candidate, spacing, 95.0)
+
+
+def hd95_per_label(
+    reference: sitk.Image, candidate: sitk.Image, labels: Mapping[str, int]
+) -> dict[str, float]:
+    """HD95 (mm) per named label between two label maps on one grid.
+
+    Distances use the images' spacing; with a non-identity (orthonormal) direction, distances
+    are the same as along the axes.
+
+    Returns:
+        name -> HD95 in mm (see :func:`hausdorff_distance` for empty labels).
+
+    Raises:
+        IntermodalError: the two maps have different sizes.
+    """
+    if reference.GetSize() != candidate.GetSize():
+        raise IntermodalError(
+            f"label maps differ in size: {reference.GetSize()} and {candidate.GetSize()}"
+        )
+    a = sitk.GetArrayViewFromImage(reference)
+    b = sitk.GetArrayViewFromImage(candidate)
+    spacing = reference.GetSpacing()[::-1]
+    return {name: hd95(a == value, b == value, spacing) for name, value in labels.items()}
+
+
+def target_registration_error(
+    transform: sitk.Transform, fixed_points: np.ndarray, moving_points: np.ndarray
+) -> np.ndarray:
+    """Landmark error ``|T(f_i) - m_i|`` in mm, one value per landmark pair.
+
+    ``T`` maps fixed-space points to moving-space points (ITK's convention, and that of every
+    ``transform.h5`` intermodal writes), so fixed landmarks are mapped and compared with the
+    moving ones where they were marked.
+
+    Args:
+        transform: fixed -> moving transform (physical mm).
+        fixed_points: ``(N, ndim)`` landmarks in the fixed image's space, mm (LPS).
+        moving_points: ``(N, ndim)`` corresponding landmarks in the moving space, mm (LPS).
+
+    Returns:
+        ``(N,)`` float64 distances in mm.
+
+    Raises:
+        IntermodalError: the arrays differ in shape or do not match the transform's dimension.
+    """
+    fixed_points = np.asarray(fixed_points, dtype=np.float64)
+    moving_points = np.asarray(moving_points, dtype=np.float64)
+    ndim = transform.GetDimension()
+    if fixed_points.shape != moving_points.shape:
+        raise IntermodalError(
+            f"fixed and moving landmarks differ in shape: {fixed_points.shape} and "
+            f"{moving_points.shape}; they must correspond row by row"
+        )
+    if fixed_points.ndim != 2 or fixed_points.shape[1] != ndim:
+        raise IntermodalError(
+            f"landmarks must be an array (N, {ndim}) for a {ndim}D transform, "
+            f"not {fixed_points.shape}"
+        )
+    mapped = np.array(
+        [transform.TransformPoint(tuple(float(v) for v in p)) for p in fixed_points]
+    ).reshape(fixed_points.shape)
+    return np.linalg.norm(mapped - moving_points, axis=1)
+
+
+def jacobian_determinant(displacement: sitk.Image) -> np.ndarray:
+    """Determinant of the Jacobian of ``p -> p + d(p)`` at every voxel, in array order.
+
+    ``d`` is a displacement in physical mm (ITK convention: a vector image whose components are
+    ``(x, y, z)`` LPS mm). Derivatives are central differences along the grid (one-sided at the
+    border), turned into derivatives in mm through the image's spacing and direction:
+    ``J = I + (∂d/∂i) (D S)^-1`` for index ``i``, direction ``D`` and spacing ``S``. A field
+    linear in ``p`` gives its exact determinant everywhere.
+
+    Args:
+        displacement: vector image of ``ndim`` float components on the fixed grid.
+
+    Returns:
+        float64 array of the grid's shape (array order ``(z, y, x)`` / ``(y, x)``).
+
+    Raises:
+        IntermodalError: not a vector image with one component per dimension, or a grid with
+            fewer than 2 voxels along an axis.
+    """
+    ndim = displacement.GetDimension()
+    if displacement.GetNumberOfComponentsPerPixel() != ndim:
+        raise IntermodalError(
+            f"a {ndim}D displacement needs {ndim} components per voxel, "
+            f"not {displacement.GetNumberOfComponentsPerPixel()}"
+        )
+    if min(displacement.GetSize()) < 2:
+        raise IntermodalError(
+            f"displacement grid {displacement.GetSize()} needs 2 voxels or more along each axis"
+        )
+    field = sitk.GetArrayViewFromImage(displacement).astype(np.float64)  # (*spatial, ndim)
+    direction = np.array(displacement.GetDirection()).reshape(ndim, ndim)
+    index_to_mm = np.linalg.inv(direction @ np.diag(displacement.GetSpacing()))
+    # gradient[c][k]: derivative of component c (x, y, z) along index axis k (x, y, z).
+    gradient = []
+    for c in range(ndim):
+        along_array_axes = np.gradient(field[..., c])
+        gradient.append(along_array_axes[::-1])
+    jacobian = np.empty(field.shape[:-1] + (ndim, ndim))
+    for c in range(ndim):
+        for m in range(ndim):
+            jacobian[..., c, m] = float(c == m) + sum(
+                gradient[c][k] * index_to_mm[k, m] for k in range(ndim)
+            )
+    return np.linalg.det(jacobian)
+
+
+def _masked(values: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    if mask is not None:
+        mask = np.asarray(mask, bool)
+        if mask.shape != values.shape:
+            raise IntermodalError(
+                f"mask shape {mask.shape} differs from the Jacobian's {values.shape}"
+            )
+        values = values[mask]
+    values = values.ravel()
+    if values.size == 0:
+        raise IntermodalError("the Jacobian mask selects no voxel")
+    return values
+
+
+def nonpositive_fraction(jacobian_det: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Share of voxels whose Jacobian determinant is ``<= 0`` (folding), in ``[0, 1]``.
+
+    Args:
+        jacobian_det: determinants, any shape.
+        mask: optional boolean array of the same shape; only voxels where it is true count.
+    """
+    return float(np.mean(_masked(jacobian_det, mask) <= 0))
+
+
+def sdlogj(jacobian_det: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Standard deviation of ``log(max(det, 1e-9))`` (Learn2Reg's SDlogJ), over ``mask``.
+
+    The standard deviation is the population one (divided by N), as NumPy's ``std``.
+    """
+    values = _masked(jacobian_det, mask)
+    return float(np.std(np.log(np.clip(values, LOG_JACOBIAN_CLIP, None))))
+
+
+def worst_cases_mean(
+    values: Sequence[float] | np.ndarray, *, higher_is_worse: bool, fraction: float = WORST_FRACTION
+) -> float:
+    """Mean of the worst ``fraction`` of cases, ignoring NaN (Learn2Reg's "30 % lowest Dice").
+
+    The worst ``ceil(fraction * n)`` values of the ``n`` finite ones are averaged: the lowest
+    for scores such as Dice, the highest for errors such as HD95 (``higher_is_worse``).
+
+    Returns:
+        The mean; NaN when no value is finite.
+    """
+    array = np.asarray(values, dtype=np.float64)
+    array = np.sort(array[~np.isnan(array)])
+    if array.size == 0:
+        return float("nan")
+    count = max(1, math.ceil(fraction * array.size - 1e-9))
+    worst = array[-count:] if higher_is_worse else array[:count]
+    return float(np.mean(worst))
