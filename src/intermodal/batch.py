@@ -561,7 +561,7 @@ def run_batch(
     world_size: int = 1,
     overwrite: bool = False,
     keep_going: bool = True,
-    progress: Callable[[PairOutcome, int, int], None] | None = None,
+    progress: Callable[[PairOutcome | None, int, int], None] | None = None,
 ) -> BatchSummary:
     """Register this process's share of ``pairs``, one output folder per pair, resumably.
 
@@ -578,8 +578,8 @@ def run_batch(
         world_size: the number of processes sharing the pairs.
         overwrite: redo pairs that are done, and allow a folder of another run or settings.
         keep_going: record a failing pair and go on (the default); if false, raise at once.
-        progress: optional callback ``(outcome, pairs finished, pairs in this share)`` after
-            every pair.
+        progress: optional callback ``(outcome, pairs finished, pairs in this share)``, called
+            with ``(None, 0, n)`` before the first pair and after every pair.
 
     Returns:
         A :class:`BatchSummary` of this process's share.
@@ -598,6 +598,8 @@ def run_batch(
     _claim_folder(out, record, rank, overwrite)
     mine = shard(pairs, rank, world_size)
     summary = BatchSummary(out_dir=out, rank=rank, world_size=world_size)
+    if progress:
+        progress(None, 0, len(mine))
     for number, pair in enumerate(mine, start=1):
         folder = out / pair.name
         if not overwrite and read_done(folder, pair) is not None:

@@ -234,6 +234,24 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gui(args: argparse.Namespace) -> int:
+    from intermodal.gui import run_gui
+
+    registration = {"refine": args.refine} if args.refine is not None else {}
+    if args.model is not None:
+        registration["model"] = args.model
+    return run_gui(
+        fixed=args.fixed,
+        moving=args.moving,
+        labels=args.labels,
+        screenshot=args.screenshot,
+        register=args.register,
+        view=args.view,
+        size=args.size,
+        registration=registration,
+    )
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     from intermodal.data.prepare import prepare_dataset
 
@@ -269,6 +287,104 @@ def cmd_train(args: argparse.Namespace) -> int:
     weights = train(config, resume=args.resume, overwrite=args.overwrite, progress=progress)
     reporter.close()
     print(f"trained {steps} steps: {weights}")
+    return 0
+
+
+class _PairBar:
+    """A bar over the pairs of a batch run (one per rank under torchrun); silent with --quiet."""
+
+    def __init__(self, quiet: bool, rank: int = 0, world_size: int = 1) -> None:
+        self.quiet = quiet
+        self.desc = "intermodal: pairs" + (f" (rank {rank}/{world_size})" if world_size > 1 else "")
+        self.position = rank
+        self.bar = None
+
+    def __call__(self, outcome, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total, desc=self.desc, file=sys.stderr, leave=False, position=self.position
+            )
+        if outcome is not None:
+            self.bar.set_postfix_str(f"{outcome.pair}: {outcome.status}", refresh=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+_PAIRS_HELP = (
+    "which pairs (moving: a subject's MR, fixed: a subject's CT): 'intra' (each subject's MR "
+    'onto its own CT; the default, unless the manifest holds a "pairs" list of '
+    '{"fixed": ID, "moving": ID}), \'inter\' (every ordered pair of two different subjects), '
+    "'all' (both), or a CSV file with the header fixed,moving (subject ids)"
+)
+
+
+def cmd_register_batch(args: argparse.Namespace) -> int:
+    from intermodal.batch import IntermodalMethod, load_pairs, rank_from_environment, run_batch
+    from intermodal.data.manifest import load_manifest
+
+    rank, world_size = rank_from_environment()
+    settings = _settings(args)
+    settings.validate()
+    manifest = load_manifest(args.manifest, required_splits=())
+    pairs = load_pairs(manifest, args.pairs, split=args.split)
+    bar = _PairBar(args.quiet, rank, world_size)
+    summary = run_batch(
+        pairs,
+        args.out,
+        IntermodalMethod(settings),
+        rank=rank,
+        world_size=world_size,
+        overwrite=args.overwrite,
+        keep_going=not args.debug,
+        progress=bar,
+    )
+    bar.close()
+    who = f"rank {rank} of {world_size}: " if world_size > 1 else ""
+    line = (
+        f"{who}{len(summary.done)} pairs registered, {len(summary.skipped)} already done, "
+        f"{len(summary.failed)} failed, of {summary.total}; outputs in {summary.out_dir}"
+    )
+    print(line)
+    if summary.failed:
+        print(f"intermodal: failed pairs: {', '.join(summary.failed)}", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from intermodal.batch import make_method
+    from intermodal.evaluation import headline, run_evaluation
+
+    method = make_method(args.method, settings=_settings(args)) if args.method else None
+    reporter = _Reporter(args.quiet)
+    bar = _PairBar(args.quiet)
+    evaluation = run_evaluation(
+        args.manifest,
+        args.out,
+        results=args.results,
+        method=method,
+        pairs=args.pairs,
+        split=args.split,
+        overwrite=args.overwrite,
+        skip_missing=args.skip_missing,
+        progress=reporter,
+        batch_progress=bar,
+    )
+    bar.close()
+    reporter.close()
+    print(f"evaluated {headline(evaluation)}; outputs in {args.out}")
+    failed = [name for name, why in evaluation.missing.items() if why.startswith("registration")]
+    if failed:
+        print(f"intermodal: registration failed for: {', '.join(failed)}", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
     return 0
 
 
@@ -322,6 +438,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(synth)
     synth.set_defaults(handler=cmd_synth)
 
+    gui = commands.add_parser("gui", help="the desktop app: load, register, inspect, export")
+    gui.add_argument("--fixed", help="fixed image (file or DICOM directory)")
+    gui.add_argument("--moving", help="moving image (file or DICOM directory)")
+    gui.add_argument("--labels", help="label map in the moving image's space")
+    gui.add_argument("--model", help="model weights (.safetensors) or 'none'")
+    gui.add_argument("--refine", type=int, default=None, metavar="N", help="refinement steps")
+    gui.add_argument(
+        "--screenshot", metavar="PNG", help="render the window off screen to PNG and quit"
+    )
+    gui.add_argument(
+        "--register", action="store_true", help="with --screenshot: register before the shot"
+    )
+    gui.add_argument("--view", help="view mode of every view (blend, jacobian, ...)")
+    gui.add_argument(
+        "--size", type=int, nargs=2, default=(1400, 900), metavar=("W", "H"), help="window size"
+    )
+    _add_common(gui)
+    gui.set_defaults(handler=cmd_gui)
+
     prepare = commands.add_parser("prepare", help="pre-align each subject's MR to its CT")
     prepare.add_argument("manifest", help="dataset manifest (.json or .csv)")
     prepare.add_argument("--out", required=True, help="output directory")
@@ -341,6 +476,56 @@ def build_parser() -> argparse.ArgumentParser:
     trainer.add_argument("--print-config", action="store_true", help="print the resolved config")
     _add_common(trainer)
     trainer.set_defaults(handler=cmd_train)
+
+    batch = commands.add_parser(
+        "register-batch",
+        help="register many pairs of a manifest, resumably (torchrun: shared between ranks)",
+        description=(
+            "Register the pairs of a dataset manifest, one output folder per pair (the files "
+            "of 'register', and done.json written last). Running it again resumes: finished "
+            "pairs are skipped, unfinished ones redone. Under torchrun "
+            "(torchrun --nproc_per_node=N -m intermodal register-batch ...) rank r takes the "
+            "pairs whose index % N == r. Exit code 1 if a pair failed (the others still run)."
+        ),
+    )
+    batch.add_argument("manifest", help="dataset manifest (.json or .csv, or its folder)")
+    batch.add_argument("--out", required=True, help="output folder, one subfolder per pair")
+    batch.add_argument("--pairs", default=None, help=_PAIRS_HELP)
+    batch.add_argument("--split", default="test", help="split to pair up (default: test)")
+    batch.add_argument("--overwrite", action="store_true", help="redo pairs that are done")
+    _add_registration_options(batch)
+    _add_common(batch)
+    batch.set_defaults(handler=cmd_register_batch)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="Dice, HD95, TRE, Jacobian, NMI and run time of registered test pairs",
+        description=(
+            "Evaluate registrations of a manifest's test pairs: a folder of results (one "
+            "subfolder per pair, named FIXED--MOVING, holding transform.h5, as register-batch "
+            "writes) or a method run here. Writes metrics.csv, summary.md and box plots."
+        ),
+    )
+    evaluate.add_argument("manifest", help="dataset manifest (.json or .csv, or its folder)")
+    evaluate.add_argument("--out", required=True, help="output folder for the evaluation")
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--results", help="folder of results, one subfolder per pair")
+    source.add_argument(
+        "--method",
+        help="register the pairs with this method first (intermodal; into OUT/registrations, "
+        "resumable), using the registration options below",
+    )
+    evaluate.add_argument("--pairs", default=None, help=_PAIRS_HELP)
+    evaluate.add_argument("--split", default="test", help="split to pair up (default: test)")
+    evaluate.add_argument(
+        "--skip-missing", action="store_true", help="evaluate the pairs that have results"
+    )
+    evaluate.add_argument(
+        "--overwrite", action="store_true", help="replace evaluation files (and registrations)"
+    )
+    _add_registration_options(evaluate)
+    _add_common(evaluate)
+    evaluate.set_defaults(handler=cmd_evaluate)
     return parser
 
 

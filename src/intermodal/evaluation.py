@@ -52,6 +52,7 @@ from intermodal.batch import (
     RUN_FILE,
     Pair,
     PairMethod,
+    PairOutcome,
     load_pairs,
     read_done,
     run_batch,
@@ -521,6 +522,29 @@ def summary_markdown(evaluation: Evaluation, title: str = "") -> str:
     return "\n".join(lines)
 
 
+def headline(evaluation: Evaluation) -> str:
+    """One line: pairs evaluated, mean Dice and HD95 over labels, TRE and folding."""
+    rows = evaluation.rows
+    per_pair = _per_pair(rows)
+    parts = [f"{len(evaluation.pairs)} pairs"]
+    dice = statistic(_pair_means(rows, "dice"), higher_is_worse=False)
+    if dice.n:
+        hd95 = statistic(_pair_means(rows, "hd95_mm"), higher_is_worse=True)
+        parts.append(f"Dice {dice.mean:.3f} (worst 30 % {dice.worst:.3f})")
+        parts.append(f"HD95 {hd95.mean:.2f} mm")
+    tre = statistic([float(r["tre_mm"]) for r in per_pair], higher_is_worse=True)
+    if tre.n:
+        parts.append(f"TRE {tre.mean:.2f} mm")
+    folding = statistic(
+        [float(r["nonpositive_jacobian_fraction"]) for r in per_pair], higher_is_worse=True
+    )
+    if folding.n:
+        parts.append(f"non-positive Jacobian {100 * folding.mean:.3f} %")
+    if evaluation.missing:
+        parts.append(f"{len(evaluation.missing)} without a result")
+    return ", ".join(parts)
+
+
 def metrics_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     """``rows`` as CSV text with the header :data:`COLUMNS`; NaN is written as ``nan``."""
     buffer = io.StringIO()
@@ -667,7 +691,7 @@ def run_evaluation(
     overwrite: bool = False,
     skip_missing: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
-    batch_progress: Callable[..., None] | None = None,
+    batch_progress: Callable[[PairOutcome | None, int, int], None] | None = None,
 ) -> Evaluation:
     """Evaluate a folder of results, or run a method on the pairs and evaluate it.
 
