@@ -14,7 +14,7 @@ $(BIN)/python:
 # and pip does not fetch a CUDA build.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,gui]"
 	touch $@
 
 setup: $(VENV)/.installed
