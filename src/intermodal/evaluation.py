@@ -382,6 +382,10 @@ def evaluate_results(
             f"{not_found[names[0]]}); pass --skip-missing to evaluate the others"
         )
     evaluation.missing.update(not_found)
+    if not found:
+        raise IntermodalError(
+            f"{results_dir}: none of the {len(pairs)} pairs has a result to evaluate"
+        )
     if progress:
         progress("evaluate", 0, len(found))
     for number, (pair, folder) in enumerate(found, start=1):
