@@ -58,6 +58,41 @@ def atomic_write(
     return path
 
 
+def write_files_atomic(files: dict[Path, bytes], *, overwrite: bool = True) -> list[Path]:
+    """Write several files that belong together (e.g. model weights and their card).
+
+    Every file is first written in full to a temporary file beside its target; only when all
+    of them are written are they moved into place, one ``os.replace`` each. So a write that
+    fails (a full disk) leaves no temporary file and every target as it was. The moves
+    themselves do not fail for lack of space; a crash between two moves can still leave a new
+    file beside an old one, which is why model cards carry a checksum of their weights.
+
+    Raises:
+        OutputExistsError: a target exists and ``overwrite`` is false.
+        IntermodalError: a write failed; the message names the file.
+    """
+    paths = [Path(path) for path in files]
+    for path in paths:
+        check_output_path(path, overwrite=overwrite)
+    temps: dict[Path, Path] = {}
+    current = paths[0]
+    try:
+        for path, data in zip(paths, files.values()):
+            current = path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temps[path] = path.parent / f".{path.name}.tmp-{secrets.token_hex(6)}"
+            temps[path].write_bytes(data)
+        for path in paths:
+            current = path
+            os.replace(temps[path], path)
+    except OSError as err:
+        raise IntermodalError(f"{current}: cannot write: {err.strerror or err}") from err
+    finally:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+    return paths
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, overwrite: bool = True) -> Path:
     """Write ``data`` to ``path`` through a temporary file (see :func:`atomic_write`)."""
     path = Path(path)

@@ -40,6 +40,13 @@ def check_file(path: Path, ext: str) -> None:
         _check_metaimage(path)
 
 
+# Bytes per voxel of each NIfTI datatype code (1 is one bit per voxel).
+_NIFTI_BYTES = {
+    1: 1 / 8, 2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4,
+    1024: 8, 1280: 8, 1536: 16, 1792: 16, 2048: 32, 2304: 4,
+}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class _NiftiLayout:
     sizes: tuple[int, ...]
@@ -106,12 +113,12 @@ def _parse_nifti_header(path: Path, head: bytes) -> _NiftiLayout:
         raise ImageReadError(f"{path}: truncated NIfTI header ({len(head)} of {sizeof_hdr} bytes)")
     if sizeof_hdr == 348:
         dim = struct.unpack(endian + "8h", head[40:56])
-        datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
+        (datatype,) = struct.unpack(endian + "h", head[70:72])
         pixdim = struct.unpack(endian + "8f", head[76:108])
-        vox_offset = int(struct.unpack(endian + "f", head[108:112])[0])
+        vox_offset = struct.unpack(endian + "f", head[108:112])[0]
         single_file = head[344:347] == b"n+1"
     else:
-        datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
+        (datatype,) = struct.unpack(endian + "h", head[12:14])
         dim = struct.unpack(endian + "8q", head[16:80])
         pixdim = struct.unpack(endian + "8d", head[104:168])
         vox_offset = struct.unpack(endian + "q", head[168:176])[0]
@@ -124,14 +131,32 @@ def _parse_nifti_header(path: Path, head: bytes) -> _NiftiLayout:
         raise ImageReadError(f"{path}: corrupt NIfTI header: negative size {sizes}")
     if any(d == 0 for d in sizes):
         raise ImageReadError(f"{path}: empty image: size {sizes}")
+    extra = [int(d) for d in dim[ndim + 1 :] if d > 1]
+    if extra:
+        # Unused dim entries are 1 (or 0) in every writer; more means a damaged dim[0], and
+        # ITK would silently read the first slices of a larger image.
+        raise ImageReadError(
+            f"{path}: corrupt NIfTI header: dim[0] is {ndim} but later dim entries are "
+            f"{tuple(int(d) for d in dim[1:])}"
+        )
     spatial = pixdim[1 : min(ndim, 3) + 1]
-    if not all(math.isfinite(p) and p != 0 for p in spatial):
-        # ITK would silently read a zero pixdim as spacing 1.
+    if not all(math.isfinite(p) and p > 0 for p in spatial):
+        # ITK silently reads a zero pixdim as spacing 1, and a negative one as a flipped axis.
         spacing = tuple(float(p) for p in spatial)
-        raise ImageReadError(f"{path}: zero or invalid spacing {spacing} in the NIfTI header")
-    if not single_file or bitpix <= 0 or vox_offset < 0:
+        raise ImageReadError(
+            f"{path}: spacing (pixdim) must be positive, got {spacing} in the NIfTI header"
+        )
+    if single_file and not (math.isfinite(vox_offset) and sizeof_hdr <= vox_offset < 1 << 40):
+        raise ImageReadError(
+            f"{path}: corrupt NIfTI header: voxel data offset (vox_offset) is {vox_offset}"
+        )
+    vox_offset = int(vox_offset) if math.isfinite(vox_offset) else 0
+    if datatype not in _NIFTI_BYTES:
+        raise ImageReadError(f"{path}: unsupported or corrupt NIfTI datatype code {datatype}")
+    if not single_file:
         return _NiftiLayout(sizes, vox_offset, None, None)
-    data_stop = vox_offset + math.ceil(math.prod(sizes) * bitpix / 8)
+    # The reader sizes voxels by datatype (bitpix is only a hint), so the check does too.
+    data_stop = vox_offset + math.ceil(math.prod(sizes) * _NIFTI_BYTES[datatype])
     float_dtype = {16: np.dtype(endian + "f4"), 64: np.dtype(endian + "f8")}.get(datatype)
     return _NiftiLayout(sizes, vox_offset, data_stop, float_dtype)
 
@@ -159,27 +184,57 @@ class _NonFiniteCounter:
 
 
 def _check_metaimage(path: Path) -> None:
-    """Check that a MetaImage (.mha/.mhd) file holds the raw voxels its header announces."""
+    """Check a MetaImage (.mha/.mhd) header and that the file holds the voxels it announces.
+
+    ITK's MetaIO trusts the header: an ``NDims`` outside 1..10 makes it crash (segfault), and
+    arrays shorter than ``NDims`` are read past their end. So the fields that ITK sizes by
+    ``NDims`` are checked here first.
+    """
     fields: dict[str, str] = {}
     header_len = 0
     with open(path, "rb") as f:
         while raw := f.readline(4096):
             header_len += len(raw)
             if header_len > 1 << 16:
-                return  # not a sensible text header; leave the verdict to SimpleITK
+                raise ImageReadError(f"{path}: not a MetaImage file (no header end in 64 KiB)")
             key, sep, value = raw.decode("latin-1").partition("=")
             if not sep:
                 continue
-            fields[key.strip().lower()] = value.strip()
+            fields.setdefault(key.strip().lower(), value.strip())
             if key.strip().lower() == "elementdatafile":
                 break
-    try:
-        sizes = [int(s) for s in fields["dimsize"].split()]
-        elem_size = _MET_SIZES[fields["elementtype"].upper()]
-        channels = int(fields.get("elementnumberofchannels", "1"))
-        data_file = fields["elementdatafile"]
-    except (KeyError, ValueError):
-        return  # an unusual header: SimpleITK reports what is wrong with it
+    for key, name in (
+        ("ndims", "NDims"),
+        ("dimsize", "DimSize"),
+        ("elementdatafile", "ElementDataFile"),
+    ):
+        if key not in fields:
+            raise ImageReadError(f"{path}: not a usable MetaImage file (its header lacks {name})")
+    ndim = _meta_numbers(path, fields, "ndims", 1, integer=True)[0]
+    if ndim > 3:
+        raise ImageReadError(f"{path}: {ndim}D images are not supported (MetaImage NDims)")
+    if ndim < 1:
+        raise ImageReadError(f"{path}: corrupt MetaImage header: NDims is {ndim}")
+    sizes = _meta_numbers(path, fields, "dimsize", ndim, integer=True)
+    if any(s < 0 for s in sizes):
+        raise ImageReadError(f"{path}: corrupt MetaImage header: negative DimSize {sizes}")
+    for key, count in _MET_ARRAYS.items():
+        alias = [k for k in key.split("|") if k in fields]
+        if alias:
+            _meta_numbers(path, fields, alias[0], count(ndim))
+    channels = 1
+    if "elementnumberofchannels" in fields:
+        channels = _meta_numbers(path, fields, "elementnumberofchannels", 1, integer=True)[0]
+        if channels < 1:
+            raise ImageReadError(
+                f"{path}: corrupt MetaImage header: ElementNumberOfChannels is {channels}"
+            )
+    elem_size = _MET_SIZES.get(fields.get("elementtype", "").upper())
+    if elem_size is None:
+        raise ImageReadError(
+            f"{path}: unsupported or missing MetaImage ElementType {fields.get('elementtype')!r}"
+        )
+    data_file = fields["elementdatafile"]
     if any(s == 0 for s in sizes):
         return  # empty: reported after reading, with the size
     compressed = fields.get("compresseddata", "false").lower() == "true"
@@ -194,12 +249,41 @@ def _check_metaimage(path: Path) -> None:
     if compressed:
         _check_zlib_complete(path, data_path, offset)
         return
-    expected = offset + int(np.prod(sizes, dtype=np.int64)) * elem_size * channels
+    expected = offset + math.prod(sizes) * elem_size * channels
     actual = data_path.stat().st_size
     if actual < expected:
         raise ImageReadError(
             f"{path}: truncated MetaImage data: {actual} bytes, the header needs {expected}"
         )
+
+
+# MetaImage fields read as NDims-sized arrays (aliases separated by "|") and their lengths.
+_MET_ARRAYS = {
+    "elementspacing": lambda n: n,
+    "elementsize": lambda n: n,
+    "offset|origin|position": lambda n: n,
+    "centerofrotation": lambda n: n,
+    "transformmatrix|rotation|orientation": lambda n: n * n,
+}
+
+
+def _meta_numbers(
+    path: Path, fields: dict[str, str], key: str, count: int, *, integer: bool = False
+) -> list:
+    """The ``count`` finite numbers of MetaImage header field ``key``, or ImageReadError."""
+    words = fields[key].split()
+    try:
+        values = [int(w) if integer else float(w) for w in words]
+    except ValueError:
+        values = []
+    if len(values) != count or not all(math.isfinite(v) for v in values):
+        raise ImageReadError(
+            f"{path}: corrupt MetaImage header: {key} is {fields[key][:60]!r}, expected "
+            f"{count} {'integers' if integer else 'finite numbers'}"
+        )
+    if integer and any(abs(v) > 1 << 40 for v in values):
+        raise ImageReadError(f"{path}: corrupt MetaImage header: {key} is {fields[key][:60]!r}")
+    return values
 
 
 def _check_zlib_complete(path: Path, data_path: Path, offset: int) -> None:
@@ -223,3 +307,72 @@ def _check_zlib_complete(path: Path, data_path: Path, offset: int) -> None:
 def _one_line(err: BaseException) -> str:
     text = " ".join(str(err).split())
     return text[:200] or type(err).__name__
+
+
+def check_written(path: Path, ext: str) -> None:
+    """Check that a file SimpleITK just wrote is complete; raise :class:`ImageReadError` if not.
+
+    ITK's NIfTI writer ignores failed writes: on a full disk it leaves a truncated ``.nii`` or
+    ``.nii.gz`` and reports success. This reads only the header and the file size (and for
+    ``.nii.gz`` the gzip trailer, which holds the uncompressed length), so it costs nothing
+    next to the write. MetaImage and NRRD are checked the same way.
+    """
+    if ext in (".nii", ".nii.gz"):
+        with open(path, "rb") as f:
+            compressed = f.read(2) == b"\x1f\x8b"
+        if compressed:
+            try:
+                with gzip.open(path, "rb") as f:
+                    layout = _parse_nifti_header(path, f.read(540))
+            except (EOFError, OSError, zlib.error) as err:
+                raise ImageReadError(f"{path}: incomplete gzip stream ({_one_line(err)})") from err
+            with open(path, "rb") as f:
+                f.seek(-4, 2)
+                (length,) = struct.unpack("<I", f.read(4))
+            if layout.data_stop is not None and length != layout.data_stop % (1 << 32):
+                raise ImageReadError(
+                    f"{path}: incomplete gzip stream (its trailer says {length} bytes, the "
+                    f"header needs {layout.data_stop})"
+                )
+        else:
+            with open(path, "rb") as f:
+                layout = _parse_nifti_header(path, f.read(540))
+            _check_nifti_size(path, layout, path.stat().st_size)
+    elif ext in (".mha", ".mhd"):
+        _check_metaimage(path)
+    elif ext in (".nrrd", ".nhdr"):
+        _check_nrrd_raw(path)
+
+
+def _check_nrrd_raw(path: Path) -> None:
+    """Check that a raw-encoded, attached-data NRRD file holds all the bytes its header needs."""
+    fields: dict[str, str] = {}
+    with open(path, "rb") as f:
+        header_len = 0
+        while raw := f.readline(4096):
+            header_len += len(raw)
+            line = raw.decode("latin-1").strip()
+            if not line:
+                break
+            key, sep, value = line.partition(":")
+            if sep and not value.startswith("="):
+                fields[key.strip().lower()] = value.strip()
+    if fields.get("encoding") != "raw" or "data file" in fields or "datafile" in fields:
+        return
+    sizes = [int(s) for s in fields.get("sizes", "").split() if s.isdigit()]
+    elem_size = _NRRD_SIZES.get(fields.get("type", ""))
+    if not sizes or elem_size is None:
+        return
+    expected = header_len + math.prod(sizes) * elem_size
+    if path.stat().st_size < expected:
+        raise ImageReadError(
+            f"{path}: truncated NRRD data: {path.stat().st_size} bytes, the header needs {expected}"
+        )
+
+
+_NRRD_SIZES = {
+    "signed char": 1, "int8": 1, "uchar": 1, "unsigned char": 1, "uint8": 1, "short": 2,
+    "int16": 2, "ushort": 2, "unsigned short": 2, "uint16": 2, "int": 4, "int32": 4, "uint": 4,
+    "unsigned int": 4, "uint32": 4, "longlong": 8, "int64": 8, "ulonglong": 8, "uint64": 8,
+    "float": 4, "double": 8,
+}  # fmt: skip

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from intermodal.errors import ImageReadError, IntermodalError
 from intermodal.io._atomic import atomic_write
-from intermodal.io._integrity import check_file
+from intermodal.io._integrity import check_file, check_written
 from intermodal.io._itk import itk_reason
 from intermodal.io.dicom import MODALITY_KEY, read_dicom_series, read_modality
 
@@ -114,6 +114,17 @@ def _to_float32_scalar(image: sitk.Image, path: Path) -> sitk.Image:
     spacing = tuple(image.GetSpacing())
     if not all(np.isfinite(s) and s > 0 for s in spacing):
         raise ImageReadError(f"{path}: spacing must be positive, got {spacing}")
+    origin = np.array(image.GetOrigin())
+    direction = np.array(image.GetDirection()).reshape(ndim, ndim)
+    if not (np.isfinite(origin).all() and np.isfinite(direction).all()):
+        raise ImageReadError(
+            f"{path}: origin {tuple(origin)} or direction {tuple(direction.ravel())} is not "
+            f"finite (corrupt header)"
+        )
+    if abs(np.linalg.det(direction)) < 1e-3:
+        raise ImageReadError(
+            f"{path}: the direction matrix {tuple(direction.ravel())} is singular (corrupt header)"
+        )
     components = image.GetNumberOfComponentsPerPixel()
     if components > 1:
         if ndim != 2 or components not in (3, 4) or "complex" in image.GetPixelIDTypeAsString():
@@ -146,8 +157,10 @@ def write_image(
 ) -> Path:
     """Write ``image`` to NIfTI (``.nii``, ``.nii.gz``), MetaImage (``.mha``) or NRRD (``.nrrd``).
 
-    The file is written to a hidden temporary file in the same folder and then moved into place,
-    so ``path`` never holds a partial image; on failure nothing is left behind. ``.nii.gz`` is
+    The file is written to a hidden temporary file in the same folder, checked to be complete
+    (ITK's NIfTI writer does not report a full disk) and then moved into place, so ``path``
+    never holds a partial image; on failure nothing is left behind and an existing ``path`` is
+    left as it was. ``.nii.gz`` is
     gzip-compressed. Missing parent folders are created. The pixel type is written as it is.
 
     Args:
@@ -181,6 +194,12 @@ def write_image(
             sitk.WriteImage(image, str(tmp), useCompression=ext == ".nii.gz")
         except RuntimeError as err:
             raise IntermodalError(f"{path}: cannot write image ({itk_reason(err)})") from err
+        try:
+            check_written(tmp, ext)
+        except (ImageReadError, OSError) as err:
+            raise IntermodalError(
+                f"{path}: cannot write image: the written file is incomplete (disk full?)"
+            ) from err
 
     return atomic_write(path, write, suffix=ext, overwrite=overwrite)
 
