@@ -11,9 +11,9 @@ the slices are sorted along their normal and:
 * two identical slices at one position are de-duplicated with a warning; two different ones
   are refused;
 * uneven spacing (a missing slice, an irregular gap) is resampled by linear interpolation onto
-  a regular grid, with a warning naming every irregular gap and its positions in mm; a gap
-  wider than :data:`MAX_GAP_RATIO` times the usual spacing is refused instead (too much to
-  fill by interpolation).
+  a regular grid as fine as the finest gap, with a warning naming every wider gap and its
+  positions in mm; a gap wider than :data:`MAX_GAP_RATIO` times the finest is refused instead
+  (too much to fill by interpolation).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ MODALITY_KEY = "intermodal:modality"
 """Metadata key under which :func:`read_image` stores the DICOM Modality (``"CT"``, ``"MR"``...)."""
 
 MAX_GAP_RATIO = 3.0
-"""Widest gap between neighbouring slices, in units of the series' usual (median) spacing,
+"""Widest gap between neighbouring slices, in units of the series' finest gap (its spacing),
 that is filled by interpolation (3: up to two consecutive missing slices). Wider is refused."""
 
 _MODALITY_TAG = "0008|0060"
@@ -43,7 +43,7 @@ _POSITION_TAG = "0020|0032"  # ImagePositionPatient: LPS mm of the first voxel o
 _ORIENTATION_TAG = "0020|0037"  # ImageOrientationPatient: row then column direction cosines
 # Tolerances. Direction cosines are written with ~6-10 decimals, positions in mm with ~3-6.
 _ORIENTATION_TOL = 1e-3  # per direction cosine (about 0.06 degrees)
-_SPACING_RTOL = 0.01  # relative deviation of a gap from the usual spacing still called even
+_SPACING_RTOL = 0.01  # gaps within 1% of each other (of their median) are even
 _POSITION_TOL_MM = 1e-3
 
 
@@ -265,26 +265,29 @@ def _regular_grid(
         The volume ``(slices, rows, columns)`` float32 and its slice spacing in mm.
     """
     gaps = np.diff(depths)
-    usual = float(np.median(gaps))
+    # The finest gap is the acquisition's spacing: the others are it, or a multiple where
+    # slices are missing, or irregular. Resampling onto it keeps every acquired slice's detail.
+    finest = float(gaps.min())
     extent = float(depths[-1] - depths[0])
     stack = np.stack([s.pixels for s in slices])
-    uneven = np.flatnonzero(np.abs(gaps - usual) > max(_SPACING_RTOL * usual, _POSITION_TOL_MM))
-    if uneven.size == 0:
+    tol = max(_SPACING_RTOL * float(np.median(gaps)), _POSITION_TOL_MM)
+    if gaps.max() - finest <= tol:
         return stack, extent / (len(slices) - 1)
+    uneven = np.flatnonzero(gaps - finest > tol)
     described = "; ".join(
         f"{gaps[k]:.3f} mm between {slices[k].file.name} at {depths[k]:.3f} mm and "
         f"{slices[k + 1].file.name} at {depths[k + 1]:.3f} mm"
         for k in uneven[:5]
     ) + (f"; and {uneven.size - 5} more" if uneven.size > 5 else "")
     widest = int(np.argmax(gaps))
-    if gaps[widest] > MAX_GAP_RATIO * usual:
+    if gaps[widest] > MAX_GAP_RATIO * finest + tol:
         raise ImageReadError(
             f"{directory}: a gap of {gaps[widest]:.3f} mm between slices at "
             f"{depths[widest]:.3f} mm and {depths[widest + 1]:.3f} mm along the slice normal, "
-            f"over {MAX_GAP_RATIO:g} times the usual spacing {usual:.3f} mm: slices are "
+            f"over {MAX_GAP_RATIO:g} times the slice spacing {finest:.3f} mm: slices are "
             f"missing; refusing to fill it by interpolation"
         )
-    count = int(round(extent / usual)) + 1
+    count = int(round(extent / finest)) + 1
     spacing = extent / (count - 1)
     targets = depths[0] + spacing * np.arange(count)
     below = np.clip(np.searchsorted(depths, targets, side="right") - 1, 0, len(slices) - 2)
@@ -292,9 +295,9 @@ def _regular_grid(
     weight = weight[:, None, None]
     volume = (1 - weight) * stack[below] + weight * stack[below + 1].astype(np.float64)
     logger.warning(
-        "%s: uneven slice spacing (usual %.3f mm): %s. Resampled by linear interpolation along "
-        "the slice normal onto %d slices %.3f mm apart (from %.3f to %.3f mm)",
-        directory, usual, described, count, spacing, depths[0], depths[-1],
+        "%s: uneven slice spacing (finest gap %.3f mm): %s. Resampled by linear "
+        "interpolation along the slice normal onto %d slices %.3f mm apart (%.3f to %.3f mm)",
+        directory, finest, described, count, spacing, depths[0], depths[-1],
     )  # fmt: skip
     return volume.astype(np.float32), spacing
 

@@ -1,0 +1,27 @@
+"""Shared settings for the hardening tests: a small hypothesis budget so CI stays fast.
+
+``INTERMODAL_FUZZ_EXAMPLES`` raises the number of examples per property (e.g. 500 for a
+deeper local run); ``benchmarks/fuzz_readers.py`` runs thousands of reader cases apart from
+the test suite.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from hypothesis import HealthCheck, settings
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+EXAMPLES = int(os.environ.get("INTERMODAL_FUZZ_EXAMPLES", "25"))
+
+fuzz_settings = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,  # the same examples on every CI run; a failure replays exactly
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    database=None,
+)
+"""Settings for every hypothesis test in this folder."""
