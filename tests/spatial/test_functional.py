@@ -62,26 +62,16 @@ def test_identity_grid_is_array_order_voxel_indices(ndim: int) -> None:
 # --------------------------------------------------------------------------- warp
 
 
-@pytest.mark.parametrize(
-    ("mode", "dtype", "atol"),
-    [
-        # grid_sample normalises voxel positions to [-1, 1] and back, which costs a few
-        # float ulps of position, so bilinear is exact only to rounding; nearest is exact.
-        ("bilinear", torch.float32, 1e-6),
-        ("bilinear", torch.float64, 1e-12),
-        ("nearest", torch.float32, 0.0),
-        ("nearest", torch.float64, 0.0),
-    ],
-)
-def test_warp_zero_displacement_is_identity(
-    ndim: int, mode: str, dtype: torch.dtype, atol: float
-) -> None:
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_warp_zero_displacement_is_identity(ndim: int, mode: str, dtype: torch.dtype) -> None:
+    # Bitwise: grid_sample's round trip through [-1, 1] alone would be off by rounding.
     shape = SHAPES[ndim]
     image = torch.rand(2, 3, *shape, dtype=dtype)
     warped = warp(image, torch.zeros(1, ndim, *shape, dtype=dtype), mode=mode)
     assert warped.shape == image.shape
     assert warped.dtype == dtype
-    torch.testing.assert_close(warped, image, atol=atol, rtol=0)
+    assert torch.equal(warped, image)
 
 
 @pytest.mark.parametrize("mode", ["bilinear", "nearest"])

@@ -168,6 +168,8 @@ def warp(
     Backward warping: for every voxel ``x`` of the output grid the image is sampled at
     ``x + u(x)`` (so a field of ``+1`` along an axis moves content by ``-1`` voxel along
     that axis). Differentiable with respect to both inputs in ``"bilinear"`` mode.
+    Where ``u(x)`` is exactly zero the output is exactly (bitwise) ``image(x)``, in both
+    modes; the gradients there are those of the interpolation, as elsewhere.
 
     Args:
         image: ``(B, C, H, W)`` or ``(B, C, D, H, W)``. Any dtype; integer images are
@@ -276,6 +278,19 @@ def integrate_velocity(velocity: Tensor, steps: int = 7) -> Tensor:
     ``phi <- phi o phi``), with border padding. The result approximates the
     displacement of ``exp(v)``, a diffeomorphism when ``v`` is smooth; ``exp(-v)`` is
     its inverse. A constant velocity ``c`` gives the translation ``c`` exactly.
+
+    Velocity range. What matters is ``L = max |d v_i / d x_j|``, the largest
+    finite-difference derivative of the velocity in voxels per voxel (the amplitude alone
+    does not matter: a translation of any size is exact). With the default 7 steps and
+    smooth velocities (features of 8 voxels or more), property tests in
+    ``tests/hardening/test_spatial_properties.py`` check on random fields that:
+
+    * for ``L <= 1`` the Jacobian determinant of the result is positive everywhere (no
+      folding; the worst measured minimum is about 0.1); folding starts near ``L = 2``;
+    * for ``L <= 0.5``, ``compose(integrate_velocity(v), integrate_velocity(-v))`` is the
+      identity within ``L**2`` voxels (e.g. 0.25 voxel at ``L = 0.5``; measured at most
+      0.12), farther from the border than the largest displacement. The residual is the
+      linear interpolation error of the squarings; it shrinks for smoother fields.
 
     Args:
         velocity: ``(B, ndim, *spatial)``, in voxels (per unit time), channel ``i``
