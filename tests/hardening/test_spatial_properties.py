@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from hypothesis_budget import fuzz_settings
 
-from conftest import fuzz_settings
 from intermodal.spatial import compose, integrate_velocity, jacobian_det, warp
 
 INVERSE_MAX_L = 0.5  # |exp(v) o exp(-v) - id| <= L**2 voxels for L <= 0.5 (integrate_velocity)

@@ -117,12 +117,18 @@ def _parse_nifti_header(path: Path, head: bytes) -> _NiftiLayout:
         pixdim = struct.unpack(endian + "8f", head[76:108])
         vox_offset = struct.unpack(endian + "f", head[108:112])[0]
         single_file = head[344:347] == b"n+1"
+        qform_code, sform_code = struct.unpack(endian + "2h", head[252:256])
+        quatern = struct.unpack(endian + "6f", head[256:280])
+        srow = struct.unpack(endian + "12f", head[280:328])
     else:
         (datatype,) = struct.unpack(endian + "h", head[12:14])
         dim = struct.unpack(endian + "8q", head[16:80])
         pixdim = struct.unpack(endian + "8d", head[104:168])
         vox_offset = struct.unpack(endian + "q", head[168:176])[0]
         single_file = head[4:7] == b"n+2"
+        qform_code, sform_code = struct.unpack(endian + "2i", head[344:352])
+        quatern = struct.unpack(endian + "6d", head[352:400])
+        srow = struct.unpack(endian + "12d", head[400:496])
     ndim = dim[0]
     if not 1 <= ndim <= 7:
         raise ImageReadError(f"{path}: corrupt NIfTI header: dim[0] is {ndim}, expected 1 to 7")
@@ -146,6 +152,13 @@ def _parse_nifti_header(path: Path, head: bytes) -> _NiftiLayout:
         raise ImageReadError(
             f"{path}: spacing (pixdim) must be positive, got {spacing} in the NIfTI header"
         )
+    for code, name, values in (
+        (qform_code, "qform", (pixdim[0], *quatern)),
+        (sform_code, "sform", srow),
+    ):
+        if code > 0 and not all(math.isfinite(v) for v in values):
+            # ITK silently replaces a NaN quaternion by the identity orientation.
+            raise ImageReadError(f"{path}: corrupt NIfTI header: the {name} is not finite")
     if single_file and not (math.isfinite(vox_offset) and sizeof_hdr <= vox_offset < 1 << 40):
         raise ImageReadError(
             f"{path}: corrupt NIfTI header: voxel data offset (vox_offset) is {vox_offset}"

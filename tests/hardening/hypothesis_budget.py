@@ -1,4 +1,4 @@
-"""Shared settings for the hardening tests: a small hypothesis budget so CI stays fast.
+"""The hypothesis settings of the hardening tests: a small budget so CI stays fast.
 
 ``INTERMODAL_FUZZ_EXAMPLES`` raises the number of examples per property (e.g. 500 for a
 deeper local run); ``benchmarks/fuzz_readers.py`` runs thousands of reader cases apart from
@@ -8,12 +8,8 @@ the test suite.
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 from hypothesis import HealthCheck, settings
-
-sys.path.insert(0, str(Path(__file__).parent))
 
 EXAMPLES = int(os.environ.get("INTERMODAL_FUZZ_EXAMPLES", "25"))
 
