@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
+import json
 import subprocess
 import sys
 import time
@@ -123,7 +124,8 @@ def render(rows: dict[str, list[dict]], args: argparse.Namespace, pairs: int) ->
         f"--steps {args.steps} --refine {args.refine}`",
         f"- {args.subjects} synthetic 2D subjects (seed {args.seed}), split about 70/15/15; "
         f"{pairs} ordered test pairs (raw MR_i onto raw CT_j, i != j), all unseen in training",
-        f"- both models: the same network and config, {args.steps} steps, batch 4, on the CPU",
+        f"- both models: the same network and config, {args.steps} steps, batch 4, "
+        "MR->CT pairs (the paper's direction), on the CPU",
         "",
         "| method | Dice bone | Dice bladder | Dice prostate | Dice rectum | mean Dice "
         "| HD95 mm | SDlogJ | non-positive J % | s per pair |",
@@ -177,10 +179,13 @@ def main() -> None:
         config.write_text(
             f'out = "{run}"\ndevice = "cpu"\n[data]\nmanifest = "{prepared / "dataset.json"}"\n'
             f'dim = 2\n[loss]\nname = "{loss}"\n[train]\nsteps = {args.steps}\nbatch_size = 4\n'
-            "validate_every = 250\ncheckpoint_every = 500\nseed = 0\n"
+            'direction = "mr_to_ct"\nvalidate_every = 250\ncheckpoint_every = 500\nseed = 0\n'
         )
-        if not (run / "model.safetensors").is_file():
+        card = run / "model.json"
+        if not card.is_file():
             intermodal("train", "--config", str(config), "--overwrite")
+        elif json.loads(card.read_text())["training"]["steps"] < args.steps:
+            intermodal("train", "--config", str(config), "--resume")  # an interrupted run
         models[loss] = run / "model.safetensors"
     rows = evaluate(raw / "dataset.json", models, args.refine)
     pairs = len(next(iter(rows.values())))

@@ -32,6 +32,7 @@ def _mattes_method(
     learning_rate: float = 1.0,
     seed: int = 0,
     threads: int | None = None,
+    scales: bool = True,
 ) -> sitk.ImageRegistrationMethod:
     method = sitk.ImageRegistrationMethod()
     if threads is not None:
@@ -48,7 +49,8 @@ def _mattes_method(
         relaxationFactor=0.5,
         gradientMagnitudeTolerance=1e-6,
     )
-    method.SetOptimizerScalesFromPhysicalShift()
+    if scales:
+        method.SetOptimizerScalesFromPhysicalShift()
     method.SetShrinkFactorsPerLevel(list(shrink))
     method.SetSmoothingSigmasPerLevel(list(smooth))
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
@@ -189,6 +191,7 @@ def bspline_registration(
     *,
     mesh_spacing_mm: float = 40.0,
     iterations: int = 100,
+    metric_spacing_mm: float | None = None,
     seed: int = 0,
     threads: int | None = None,
 ) -> sitk.Transform:
@@ -200,6 +203,9 @@ def bspline_registration(
         initial: fixed -> moving transform to start from (kept fixed, composed first).
         mesh_spacing_mm: approximate control-point spacing in mm.
         iterations: L-BFGS-B iterations per pyramid level.
+        metric_spacing_mm: if given, both images are block-averaged to about this spacing
+            before the metric sees them (see :func:`downsample`); the control grid does not
+            change, so a mesh several times coarser loses little and the run is much faster.
         seed: metric sampling seed.
         threads: ITK threads for the registration; ``None`` uses every core.
 
@@ -211,7 +217,12 @@ def bspline_registration(
         max(1, round(n * s / mesh_spacing_mm)) for n, s in zip(fixed.GetSize(), fixed.GetSpacing())
     ]
     bspline = sitk.BSplineTransformInitializer(fixed, mesh, order=3)
-    registration = _mattes_method(seed=seed, shrink=(2, 1), smooth=(1.0, 0.0), threads=threads)
+    # No physical-shift scales: L-BFGS-B does not use them (ITK warns so on stderr), and
+    # estimating them costs a pass over the image per B-spline coefficient: on a 96x96x80
+    # synthetic CT that was 100 s of the 101 s this function took.
+    registration = _mattes_method(
+        seed=seed, shrink=(2, 1), smooth=(1.0, 0.0), threads=threads, scales=False
+    )
     registration.SetOptimizerAsLBFGSB(
         gradientConvergenceTolerance=1e-5,
         numberOfIterations=iterations,
@@ -219,6 +230,8 @@ def bspline_registration(
     )
     registration.SetMovingInitialTransform(initial)
     registration.SetInitialTransform(bspline, inPlace=True)
+    if metric_spacing_mm is not None:
+        fixed, moving = downsample(fixed, metric_spacing_mm), downsample(moving, metric_spacing_mm)
     registration.Execute(sitk.Cast(fixed, sitk.sitkFloat32), sitk.Cast(moving, sitk.sitkFloat32))
     composite = sitk.CompositeTransform(ndim)
     composite.AddTransform(initial)
