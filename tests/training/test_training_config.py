@@ -12,7 +12,7 @@ def test_defaults_follow_the_paper():
     config = load_config(None)
     assert isinstance(config, TrainConfig)
     assert config.loss.name == "intra"
-    assert config.train.direction == "mr_to_ct"
+    assert config.train.direction == "both"
     assert config.train.amp == "auto"
     assert config.data.dim == 3
 

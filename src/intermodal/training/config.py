@@ -127,7 +127,8 @@ class TrainingConfig:
         batch_size: pairs per step (per process under DDP).
         lr: Adam learning rate.
         seed: seeds the weights, the pair sampling and the augmentation.
-        direction: ``mr_to_ct``, ``ct_to_mr`` or ``both``.
+        direction: ``both`` (the default: MR->CT and CT->MR, a fair coin per pair, so the
+            model serves either input order), ``mr_to_ct`` (the paper's) or ``ct_to_mr``.
         validate_every: steps between validation Dice evaluations (0: only at the end).
         checkpoint_every: steps between checkpoints (0: only at the end).
         log_every: steps between entries in the training history.
@@ -139,7 +140,7 @@ class TrainingConfig:
     batch_size: int = 1
     lr: float = 1e-4
     seed: int = 0
-    direction: str = "mr_to_ct"
+    direction: str = "both"
     validate_every: int = 500
     checkpoint_every: int = 1000
     log_every: int = 10
