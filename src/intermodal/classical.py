@@ -217,9 +217,10 @@ def bspline_registration(
         max(1, round(n * s / mesh_spacing_mm)) for n, s in zip(fixed.GetSize(), fixed.GetSpacing())
     ]
     bspline = sitk.BSplineTransformInitializer(fixed, mesh, order=3)
-    # No physical-shift scales: L-BFGS-B does not use them (ITK warns so on stderr), and
-    # estimating them costs a pass over the image per B-spline coefficient: on a 96x96x80
-    # synthetic CT that was 100 s of the 101 s this function took.
+    # No physical-shift scales: L-BFGS-B does not use them (ITK warns so on stderr, once per
+    # level), and estimating them is work per B-spline coefficient. With them, on a 96x96x80
+    # synthetic CT, 100 and 30 iterations both took about 100 s, so most of the time was not
+    # the optimisation; a clean timing without them is still to be taken on a quiet machine.
     registration = _mattes_method(
         seed=seed, shrink=(2, 1), smooth=(1.0, 0.0), threads=threads, scales=False
     )
