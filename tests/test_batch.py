@@ -45,7 +45,7 @@ REGISTER_OUTPUTS = {
     "qc.png",
     "warped_labels.nii.gz",
 }
-FAST = ["--refine", "5", "--device", "cpu", "--quiet"]
+FAST = ["--model", "none", "--refine", "5", "--device", "cpu", "--quiet"]
 
 
 def open_manifest(path: Path):
@@ -518,3 +518,21 @@ def test_bad_manifest(tmp_path, capsys):
     code = main(["register-batch", str(tmp_path / "none.json"), "--out", str(tmp_path / "o")])
     assert code == 2
     assert "none.json: 1 problem" in capsys.readouterr().err
+
+
+def test_torchrun_shares_the_pairs_between_two_ranks(dataset, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.is_file():
+        pytest.skip(f"torchrun not found beside {sys.executable}")
+    out = tmp_path / "out"
+    process = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "intermodal",
+         "register-batch", str(dataset), "--out", str(out), *FAST],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert process.returncode == 0, process.stderr[-2000:]
+    for rank in range(2):
+        assert f"rank {rank} of 2: " in process.stdout
+    ranks = [json.loads((out / f"{s}--{s}" / DONE_FILE).read_text())["rank"] for s in SUBJECTS]
+    assert ranks == [0, 1, 0]

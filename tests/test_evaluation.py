@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from intermodal.batch import DONE_FILE, RUN_FILE, Pair
+from intermodal.batch import DONE_FILE, RUN_FILE, Pair, register_method
 from intermodal.cli import main
 from intermodal.data.synth import write_dataset
 from intermodal.errors import IntermodalError, OutputExistsError
@@ -265,7 +265,7 @@ def test_bad_result_files(case, tmp_path):
 # The command on synthetic subjects
 
 
-FAST = ["--refine", "5", "--device", "cpu", "--quiet"]
+FAST = ["--model", "none", "--refine", "5", "--device", "cpu", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -354,3 +354,51 @@ def test_evaluate_needs_one_source(registered, tmp_path, capsys):
             main(["evaluate", str(registered["manifest"]), "--out", str(tmp_path), *extra])
         assert exit_.value.code == 2
     assert "--results" in capsys.readouterr().err
+
+
+class IdentityOrFailure:
+    """A stand-in method: the identity transform, or a failure for the subjects it is told."""
+
+    name = "identity-or-failure"
+
+    def __init__(self, fail=("subject_001",), **options):
+        self.fail = fail
+
+    def settings(self):
+        return {"fail": list(self.fail)}
+
+    def __call__(self, pair, destination, *, extra_report):
+        if pair.fixed_id in self.fail:
+            raise IntermodalError(f"{pair.fixed}: no luck")
+        destination.mkdir()
+        sitk.WriteTransform(sitk.Transform(2, sitk.sitkIdentity), str(destination / "transform.h5"))
+
+
+def test_failed_registrations_are_listed_and_the_rest_evaluated(registered, tmp_path, capsys):
+    register_method(IdentityOrFailure.name, IdentityOrFailure, replace=True)
+    out = tmp_path / "evaluation"
+    argv = ["evaluate", str(registered["manifest"]), "--method", IdentityOrFailure.name,
+            "--out", str(out), "--quiet"]  # fmt: skip
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "registration failed for: subject_001--subject_001" in captured.err
+    assert "2 pairs, " in captured.out and "1 failed to register" in captured.out
+    summary = (out / "summary.md").read_text()
+    assert "- subject_001--subject_001: registration failed: " in summary and "no luck" in summary
+    rows = list(csv.DictReader(io.StringIO((out / "metrics.csv").read_text())))
+    assert {r["pair"] for r in rows} == {"subject_000--subject_000", "subject_002--subject_002"}
+    # identity: nothing moves
+    assert all(r["dice"] == r["dice_before"] for r in rows)
+
+
+def test_nothing_to_evaluate_when_every_registration_fails(registered, tmp_path, capsys):
+    subjects = ("subject_000", "subject_001", "subject_002")
+    register_method("always-fails", lambda **o: IdentityOrFailure(subjects), replace=True)
+    out = tmp_path / "evaluation"
+    code = main(["evaluate", str(registered["manifest"]), "--method", "always-fails",
+                 "--out", str(out), "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "none of the 3 pairs has a result to evaluate (3 failed to register;" in err
+    assert not (out / "summary.md").exists()

@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
+import intermodal.metrics as metrics_module
 from intermodal.errors import IntermodalError
 from intermodal.metrics import (
     LOG_JACOBIAN_CLIP,
@@ -136,6 +138,22 @@ def test_hd95_is_the_larger_directed_percentile_in_array_order_spacing():
     b[10, 30] = True
     assert hd95(a, b, (2.0, 0.5)) == pytest.approx(9.5)
     assert hd95(b, a, (2.0, 0.5)) == pytest.approx(9.5)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hd95_is_the_same_on_the_box_around_the_masks(seed):
+    # Random blobs, some touching the image border: the result equals the directed percentiles
+    # taken on the whole image (the function crops to the masks' box first).
+    rng = np.random.default_rng(seed)
+    noise = ndimage.gaussian_filter(rng.normal(size=(30, 50)), 3)
+    a, b = noise > 0.05, noise > 0.0
+    a[:, :3] = True  # along the image's side
+    spacing = (1.5, 0.7)
+    whole = max(
+        np.percentile(directed_surface_distances(a, b, spacing), 95),
+        np.percentile(directed_surface_distances(b, a, spacing), 95),
+    )
+    assert hd95(a, b, spacing) == pytest.approx(whole)
 
 
 def test_hd95_of_identical_masks_is_zero():
@@ -277,6 +295,18 @@ def test_jacobian_of_a_linear_field(matrix, spacing, direction):
     det = jacobian_determinant(field)
     assert det.shape == size[::-1]
     assert det == pytest.approx(np.full(size[::-1], np.linalg.det(np.eye(ndim) + matrix)))
+
+
+def test_jacobian_in_slabs_equals_the_whole_grid(monkeypatch):
+
+    rng = np.random.default_rng(3)
+    field = ndimage.gaussian_filter(rng.normal(size=(11, 9, 8, 3)), (2, 2, 2, 0)) * 4
+    image = sitk.GetImageFromArray(field, isVector=True)
+    image.SetSpacing((1.0, 2.0, 3.0))
+    whole = jacobian_determinant(image)
+    monkeypatch.setattr(metrics_module, "_SLAB_VOXELS", 2 * 9 * 8)  # slabs of 2 slices
+    assert jacobian_determinant(image) == pytest.approx(whole, abs=1e-12)
+    assert whole.min() < 0.9 < 1.1 < whole.max()  # a field that does vary
 
 
 def test_folding_and_sdlogj_of_hand_values():

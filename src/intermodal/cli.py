@@ -381,9 +381,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     bar.close()
     reporter.close()
     print(f"evaluated {headline(evaluation)}; outputs in {args.out}")
-    failed = [name for name, why in evaluation.missing.items() if why.startswith("registration")]
-    if failed:
-        print(f"intermodal: registration failed for: {', '.join(failed)}", file=sys.stderr)
+    if evaluation.failed:
+        names = ", ".join(evaluation.failed)
+        print(f"intermodal: registration failed for: {names}", file=sys.stderr)
         return EXIT_INTERNAL_ERROR
     return 0
 

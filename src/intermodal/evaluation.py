@@ -113,13 +113,15 @@ class Evaluation:
     Attributes:
         rows: one dict per pair and label, keyed by :data:`COLUMNS`.
         pairs: the pairs evaluated.
-        missing: pair -> why it has no result (not found, failed registration).
+        missing: pair -> why it has no result (no folder, not finished).
+        failed: pair -> why its registration failed (when the method ran here).
         source: what was evaluated (a results folder or a method), for the summary.
     """
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     pairs: list[Pair] = field(default_factory=list)
     missing: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
     source: str = ""
 
 
@@ -337,7 +339,7 @@ def evaluate_results(
     label_names: Mapping[int, str],
     *,
     skip_missing: bool = False,
-    missing: Mapping[str, str] | None = None,
+    failed: Mapping[str, str] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Evaluation:
     """Evaluate the output folders of ``pairs`` found under ``results_dir``.
@@ -349,8 +351,8 @@ def evaluate_results(
         label_names: label value -> name (the manifest's ``labels``).
         skip_missing: evaluate the pairs that have results and list the others in the
             summary; otherwise a missing pair is an error.
-        missing: pairs already known to have no result, with the reason (e.g. failed
-            registrations); they are listed, not evaluated.
+        failed: pairs whose registration failed, with the reason; they are listed in the
+            summary, not evaluated.
         progress: optional callback ``("evaluate", pairs finished, total)``.
 
     Returns:
@@ -363,11 +365,11 @@ def evaluate_results(
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise IntermodalError(f"{results_dir}: results folder not found")
-    evaluation = Evaluation(source=str(results_dir), missing=dict(missing or {}))
+    evaluation = Evaluation(source=str(results_dir), failed=dict(failed or {}))
     found: list[tuple[Pair, Path]] = []
     not_found: dict[str, str] = {}
     for pair in pairs:
-        if pair.name in evaluation.missing:
+        if pair.name in evaluation.failed:
             continue
         folder, problem = result_folder(results_dir, pair)
         if problem:
@@ -383,8 +385,12 @@ def evaluate_results(
         )
     evaluation.missing.update(not_found)
     if not found:
+        why = ""
+        if evaluation.failed:
+            first = next(iter(evaluation.failed.items()))
+            why = f" ({len(evaluation.failed)} failed to register; {first[0]}: {first[1]})"
         raise IntermodalError(
-            f"{results_dir}: none of the {len(pairs)} pairs has a result to evaluate"
+            f"{results_dir}: none of the {len(pairs)} pairs has a result to evaluate{why}"
         )
     if progress:
         progress("evaluate", 0, len(found))
@@ -519,8 +525,11 @@ def summary_markdown(evaluation: Evaluation, title: str = "") -> str:
             f"{_cell(s.worst, digits)} |"
         )
     lines.append("")
-    if evaluation.missing:
+    if evaluation.failed or evaluation.missing:
         lines += ["## Pairs without a result", ""]
+        lines += [
+            f"- {name}: registration failed: {why}" for name, why in evaluation.failed.items()
+        ]
         lines += [f"- {name}: {why}" for name, why in evaluation.missing.items()]
         lines.append("")
     return "\n".join(lines)
@@ -544,6 +553,8 @@ def headline(evaluation: Evaluation) -> str:
     )
     if folding.n:
         parts.append(f"non-positive Jacobian {100 * folding.mean:.3f} %")
+    if evaluation.failed:
+        parts.append(f"{len(evaluation.failed)} failed to register")
     if evaluation.missing:
         parts.append(f"{len(evaluation.missing)} without a result")
     return ", ".join(parts)
@@ -715,7 +726,7 @@ def run_evaluation(
             :func:`intermodal.batch.run_batch`).
 
     Returns:
-        The :class:`Evaluation`; failed registrations are in ``missing``.
+        The :class:`Evaluation`; failed registrations are in ``failed``.
 
     Raises:
         ManifestError: problems in the manifest or the pair list.
@@ -735,13 +746,13 @@ def run_evaluation(
         summary = run_batch(
             pair_list, results, method, overwrite=overwrite, progress=batch_progress
         )
-        failed = {name: f"registration failed: {why}" for name, why in summary.failed.items()}
+        failed = dict(summary.failed)
     evaluation = evaluate_results(
         pair_list,
         results,
         manifest.labels,
         skip_missing=skip_missing,
-        missing=failed,
+        failed=failed,
         progress=progress,
     )
     if method is not None:

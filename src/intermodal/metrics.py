@@ -157,6 +157,13 @@ def hausdorff_distance(
         return float("nan")
     if not candidate.any():
         return _grid_diagonal(reference.shape, spacing)
+    # Only the box around both masks matters (one voxel more, so that a mask touches the box's
+    # side only where it touches the image's): distances are the same, the work much smaller.
+    where = np.argwhere(reference | candidate)
+    box = tuple(
+        slice(max(int(lo) - 1, 0), int(hi) + 2) for lo, hi in zip(where.min(0), where.max(0))
+    )
+    reference, candidate = reference[box], candidate[box]
     forward = directed_surface_distances(reference, candidate, spacing)
     backward = directed_surface_distances(candidate, reference, spacing)
     return float(max(np.percentile(forward, percentile), np.percentile(backward, percentile)))
@@ -259,14 +266,31 @@ def jacobian_determinant(displacement: sitk.Image) -> np.ndarray:
         raise IntermodalError(
             f"displacement grid {displacement.GetSize()} needs 2 voxels or more along each axis"
         )
-    field = sitk.GetArrayViewFromImage(displacement).astype(np.float64)  # (*spatial, ndim)
+    field = sitk.GetArrayViewFromImage(displacement)  # (*spatial, ndim), a view
     direction = np.array(displacement.GetDirection()).reshape(ndim, ndim)
     index_to_mm = np.linalg.inv(direction @ np.diag(displacement.GetSpacing()))
+    # Slabs along the first array axis keep the memory small on large volumes; each slab is
+    # read with one neighbouring slice on either side, so its differences are the same as on
+    # the whole grid (central inside, one-sided at the grid's own border).
+    depth = field.shape[0]
+    step = max(1, _SLAB_VOXELS // max(1, math.prod(field.shape[1:-1])))
+    det = np.empty(field.shape[:-1], dtype=np.float64)
+    for start in range(0, depth, step):
+        stop = min(start + step, depth)
+        low, high = max(start - 1, 0), min(stop + 1, depth)
+        slab = _jacobian_det_of(field[low:high].astype(np.float64), index_to_mm)
+        det[start:stop] = slab[start - low : start - low + stop - start]
+    return det
+
+
+_SLAB_VOXELS = 2_000_000
+
+
+def _jacobian_det_of(field: np.ndarray, index_to_mm: np.ndarray) -> np.ndarray:
+    """Determinant of ``I + (∂d/∂i) index_to_mm`` for a ``(*spatial, ndim)`` field (mm)."""
+    ndim = field.shape[-1]
     # gradient[c][k]: derivative of component c (x, y, z) along index axis k (x, y, z).
-    gradient = []
-    for c in range(ndim):
-        along_array_axes = np.gradient(field[..., c])
-        gradient.append(along_array_axes[::-1])
+    gradient = [np.gradient(field[..., c])[::-1] for c in range(ndim)]
     jacobian = np.empty(field.shape[:-1] + (ndim, ndim))
     for c in range(ndim):
         for m in range(ndim):
