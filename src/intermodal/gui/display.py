@@ -262,10 +262,11 @@ def edge_mask(unit: np.ndarray, percentile: float = 90.0) -> np.ndarray:
         return np.zeros(unit.shape, bool)
     threshold = max(float(np.percentile(magnitude, percentile)), 1e-3)
     padded = np.pad(magnitude, 1, mode="edge")
-    peak_rows = (magnitude >= padded[:-2, 1:-1]) & (magnitude >= padded[2:, 1:-1])
-    peak_cols = (magnitude >= padded[1:-1, :-2]) & (magnitude >= padded[1:-1, 2:])
+    # ">=" on one side and ">" on the other: of a two-pixel plateau, only one pixel is kept
+    peak_rows = (magnitude >= padded[:-2, 1:-1]) & (magnitude > padded[2:, 1:-1])
+    peak_cols = (magnitude >= padded[1:-1, :-2]) & (magnitude > padded[1:-1, 2:])
     peak = np.where(np.abs(grad_row) >= np.abs(grad_col), peak_rows, peak_cols)
-    return (magnitude > threshold) & peak
+    return (magnitude >= threshold) & peak
 
 
 def grid_lines(

@@ -308,19 +308,42 @@ class Scene:
         return Grid(tuple(self.fixed.array.shape), spacing)
 
     def set_fixed(self, layer: Layer) -> None:
-        """Replace the fixed image; a result made with another fixed image is dropped."""
+        """Replace the fixed image; the result is dropped, and so are the moving image and
+        labels when they do not have the new image's dimension (a new pair is being opened)."""
+        ndim = layer.image.GetDimension()
+        if self.moving is not None and self.moving.image.GetDimension() != ndim:
+            self.moving = None
+        if self.labels is not None and self.labels.GetDimension() != ndim:
+            self.labels = None
         self.fixed = layer
         self.result = None
         self._cache.clear()
 
+    def _check_dimension(self, image: sitk.Image, what: str, source: str | None) -> None:
+        if self.fixed is not None and image.GetDimension() != self.fixed.image.GetDimension():
+            raise IntermodalError(
+                f"{source or what}: the {what} is {image.GetDimension()}D but the fixed image "
+                f"is {self.fixed.image.GetDimension()}D; both must be 2D or both 3D"
+            )
+
     def set_moving(self, layer: Layer) -> None:
-        """Replace the moving image; the result is dropped."""
+        """Replace the moving image; the result is dropped.
+
+        Raises:
+            IntermodalError: the moving image is 2D and the fixed 3D, or the other way round.
+        """
+        self._check_dimension(layer.image, "moving image", layer.source)
         self.moving = layer
         self.result = None
         self._cache.clear()
 
-    def set_labels(self, labels: sitk.Image) -> None:
-        """Set the moving-space label map (its warped copy is made on the next result)."""
+    def set_labels(self, labels: sitk.Image, source: str | None = None) -> None:
+        """Set the moving-space label map (its warped copy is made on the next result).
+
+        Raises:
+            IntermodalError: the label map's dimension is not the fixed image's.
+        """
+        self._check_dimension(labels, "label map", source)
         self.labels = labels
         self._cache.pop("labels:before", None)
         self._cache.pop("labels:initial", None)
@@ -434,4 +457,6 @@ def metrics_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("time total", f"{timings['total']:.2f} s"))
     if report.get("device"):
         rows.append(("device", str(report["device"])))
+    if "model_path" in report:
+        rows.append(("model", Path(report["model_path"]).name if report["model_path"] else "none"))
     return rows

@@ -22,7 +22,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
-    QLineEdit,
     QMainWindow,
     QMessageBox,
     QProgressBar,
@@ -72,6 +71,15 @@ IMAGE_FILTER = (
     "Images (*.nii *.nii.gz *.mha *.mhd *.nrrd *.nhdr *.dcm *.png *.jpg *.jpeg *.tif *.tiff);;"
     "All files (*)"
 )
+
+
+def model_choices() -> tuple[list[str], str]:
+    """The model choices offered, and the default (the library's ``auto`` where it has one)."""
+    try:
+        from intermodal.models import BUNDLED
+    except ImportError:
+        return ["none"], "none"
+    return ["auto", "none", *BUNDLED], "auto"
 
 
 def _has_report(path: Path) -> bool:
@@ -184,9 +192,19 @@ class MainWindow(QMainWindow):
         registration = QGroupBox("Registration")
         form = QFormLayout(registration)
         model_row = QHBoxLayout()
-        self.model_edit = QLineEdit()
-        self.model_edit.setPlaceholderText("none: refinement alone")
-        self.model_edit.setToolTip("model weights (.safetensors) with their card, or empty")
+        self.model_edit = QComboBox()
+        self.model_edit.setEditable(True)
+        choices, default = model_choices()
+        self.model_edit.addItems(choices)
+        self.model_edit.setCurrentText(default)
+        self.model_edit.setToolTip(
+            "auto: the bundled model for the images' dimension; none: refinement alone; "
+            "or the path of a .safetensors model with its card"
+        )
+        self.model_edit.setMinimumContentsLength(8)
+        self.model_edit.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
         browse = QPushButton("…")
         browse.setMaximumWidth(32)
         browse.clicked.connect(self.choose_model)
@@ -461,7 +479,7 @@ class MainWindow(QMainWindow):
             self, "Model weights", self._last_folder(), "Models (*.safetensors);;All files (*)"
         )
         if path:
-            self.model_edit.setText(path)
+            self.model_edit.setCurrentText(path)
 
     def _last_folder(self) -> str:
         recent = self.recent_files()
@@ -503,6 +521,10 @@ class MainWindow(QMainWindow):
             grid = self.scene.grid
             self._rebuild_views(grid.planes)
             self.cursor = grid.centre()
+            if self.scene.moving is None:
+                self.drop_labels["moving"].setText("<b>Moving</b>: drop a file here")
+            if self.scene.labels is None:
+                self.drop_labels["labels"].setText("<b>Labels (moving space)</b>: drop a file here")
         else:
             self.scene.set_moving(layer)
         self.moving_state = "before"
@@ -521,12 +543,7 @@ class MainWindow(QMainWindow):
 
         When a result is shown, the warped labels are made at once.
         """
-        if self.scene.fixed is not None and labels.GetDimension() != self.scene.grid.ndim:
-            raise IntermodalError(
-                f"{source or 'labels'}: label map is {labels.GetDimension()}D but the fixed "
-                f"image is {self.scene.grid.ndim}D"
-            )
-        self.scene.set_labels(labels)
+        self.scene.set_labels(labels, source)
         result = self.scene.result
         if result is not None and result.result is not None:
             self.scene.set_result(result_layers(result.result, labels))
@@ -852,7 +869,7 @@ class MainWindow(QMainWindow):
 
     def registration_options(self) -> dict[str, Any]:
         """The settings panel as keyword arguments of :class:`intermodal.registration.Settings`."""
-        model = self.model_edit.text().strip()
+        model = self.model_edit.currentText().strip()
         return {
             "model": None if model.lower() in ("", "none") else model,
             "refine": int(self.refine_spin.value()),
@@ -866,7 +883,7 @@ class MainWindow(QMainWindow):
         if unknown:
             raise IntermodalError(f"unknown registration option(s) {unknown}")
         if "model" in options:
-            self.model_edit.setText(options["model"] or "")
+            self.model_edit.setCurrentText(options["model"] or "none")
         if "refine" in options:
             self.refine_spin.setValue(int(options["refine"]))
         if "init" in options:
@@ -926,10 +943,15 @@ class MainWindow(QMainWindow):
             self.progress.setRange(0, 0)
             self.stage_label.setText(stage)
 
-    def _on_succeeded(self, layers: ResultLayers) -> None:
+    def show_result(self, layers: ResultLayers) -> None:
+        """Show a result: the registered moving image, the report in the metrics panel."""
         self.scene.set_result(layers)
-        self.moving_state = "after"
+        self.moving_state = "after" if "after" in self.scene.states() else "before"
         self._show_metrics(layers.report)
+        self._after_scene_change()
+
+    def _on_succeeded(self, layers: ResultLayers) -> None:
+        self.show_result(layers)
         seconds = layers.report.get("timings_s", {}).get("total", float("nan"))
         self.stage_label.setText(f"registered in {seconds:.1f} s")
         self._outcome = "succeeded"
@@ -1028,10 +1050,7 @@ class MainWindow(QMainWindow):
             return False
         finally:
             QGuiApplication.restoreOverrideCursor()
-        self.scene.set_result(layers)
-        self.moving_state = "after" if self.scene.moving is not None else "before"
-        self._show_metrics(layers.report)
-        self._after_scene_change()
+        self.show_result(layers)
         self.statusBar().showMessage(f"opened result {folder}", 10000)
         return True
 
@@ -1118,15 +1137,28 @@ class MainWindow(QMainWindow):
                 self.show_error(error_line(error))
 
     def model_card(self) -> dict | None:
-        """The model card of the model in use: the result's, else the chosen model's file's."""
+        """The model card of the model in use: the result's, else the chosen model's.
+
+        Raises:
+            IntermodalError: the chosen model or its card cannot be found or read.
+        """
         if self.scene.result is not None and "model_card" in self.scene.result.report:
             return self.scene.result.report["model_card"]
-        model = self.registration_options()["model"]
-        if model is None:
+        path = self.registration_options()["model"]
+        if path is None:
             return None
+        try:
+            from intermodal.models import resolve_model
+        except ImportError:  # a version without bundled models: the setting is a path
+            pass
+        else:
+            ndim = self.scene.grid.ndim if self.scene.grid is not None else 3
+            path = resolve_model(path, ndim)
+            if path is None:
+                return None
         from intermodal.checkpoint import read_card
 
-        return read_card(model)
+        return read_card(path)
 
     def about_text(self) -> str:
         """The About box: version, Qt version and the model card (HTML)."""
