@@ -270,7 +270,9 @@ def test_batch_writes_a_done_marker_last_and_skips_done_pairs(tmp_path):
     summary = run_batch(PAIRS, out, method, progress=lambda *a: outcomes.append(a))
     assert summary.done == [p.name for p in PAIRS] and not summary.failed
     assert method.calls == [p.name for p in PAIRS]
-    assert outcomes[0] == (None, 0, 4) and [o[1] for o in outcomes[1:]] == [1, 2, 3, 4]
+    assert outcomes[0] == (None, 0, 4)
+    assert [(o[0].status, o[1]) for o in outcomes[1:3]] == [("running", 0), ("done", 1)]
+    assert [o[1] for o in outcomes if o[0] and o[0].status == "done"] == [1, 2, 3, 4]
     for pair in PAIRS:
         record = read_done(out / pair.name, pair)
         assert record["rank"] == 0 and record["inputs"] == pair.inputs()

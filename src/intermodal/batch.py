@@ -387,7 +387,8 @@ def make_method(name: str, **options: Any) -> PairMethod:
 
 @dataclass
 class PairOutcome:
-    """What happened to one pair: ``status`` is ``done``, ``skipped`` or ``failed``."""
+    """What happened to one pair: ``status`` is ``done``, ``skipped`` or ``failed`` (or
+    ``running`` while it is being registered)."""
 
     pair: str
     status: str
@@ -579,7 +580,8 @@ def run_batch(
         overwrite: redo pairs that are done, and allow a folder of another run or settings.
         keep_going: record a failing pair and go on (the default); if false, raise at once.
         progress: optional callback ``(outcome, pairs finished, pairs in this share)``, called
-            with ``(None, 0, n)`` before the first pair and after every pair.
+            with ``(None, 0, n)`` first, then before each pair it runs (status ``running``) and
+            after every pair.
 
     Returns:
         A :class:`BatchSummary` of this process's share.
@@ -606,6 +608,8 @@ def run_batch(
             summary.skipped.append(pair.name)
             outcome = PairOutcome(pair.name, "skipped")
         else:
+            if progress:
+                progress(PairOutcome(pair.name, "running"), number - 1, len(mine))
             outcome = _run_pair(pair, folder, method, rank, world_size, keep_going)
             if outcome.status == "done":
                 summary.done.append(pair.name)

@@ -309,7 +309,7 @@ class _PairBar:
                 total=total, desc=self.desc, file=sys.stderr, leave=False, position=self.position
             )
         if outcome is not None:
-            self.bar.set_postfix_str(f"{outcome.pair}: {outcome.status}", refresh=False)
+            self.bar.set_postfix_str(f"{outcome.pair}: {outcome.status}")
         self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
