@@ -487,9 +487,11 @@ def summary_markdown(evaluation: Evaluation, title: str = "") -> str:
             "| HD95 (mm) | HD95 SD | HD95 worst 30 % |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
-        groups = [(name, [float(r["dice_before"]) for r in group], [float(r["dice"]) for r in
-                   group], [float(r["hd95_before_mm"]) for r in group], [float(r["hd95_mm"])
-                   for r in group]) for name, group in labels.items()]  # fmt: skip
+        columns = ("dice_before", "dice", "hd95_before_mm", "hd95_mm")
+        groups = [
+            (name, *([float(r[c]) for r in group] for c in columns))
+            for name, group in labels.items()
+        ]
         groups.append(
             (
                 "**all labels** (per-pair mean)",
