@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO / "tests" / "hardening"))
 
 import fuzz_inputs as fz  # noqa: E402
 
+MEMORY_LIMIT = 6 << 30  # bytes of address space per worker
 READERS = (
     "nifti_header",
     "nifti_gz",
@@ -250,8 +251,11 @@ def run_worker(reader: str, seed: int, start: int, stop: int, log: Path) -> None
     outcome after, so the driver knows which case was running if the process dies.
     """
     import logging
+    import resource
 
     logging.disable(logging.WARNING)  # readers warn about odd inputs; only outcomes count here
+    # A header that makes a reader allocate tens of GB must fail here, not take the machine.
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
     with tempfile.TemporaryDirectory(prefix="fuzz-seeds-") as tmp:
         seeds = {ext: fz.seed_bytes(ext, Path(tmp)) for ext in fz.VOLUME_FORMATS}
     with open(log, "a", encoding="utf-8") as out:

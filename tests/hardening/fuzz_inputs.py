@@ -302,7 +302,8 @@ def read_outcome(reader: str, path: Path) -> tuple[str, str]:
     Passing outcomes are ``"read"`` (a float32 image with finite values and positive
     spacing, or an ``(N, 2|3)`` array of finite points) and ``"refused"`` (an
     ``IntermodalError`` whose message is one line naming the file). Failures: ``"escaped"``
-    (any other exception), ``"message"`` (a badly worded refusal), ``"result"`` (a bad result).
+    (any other exception), ``"message"`` (a badly worded refusal), ``"result"`` (a bad result),
+    ``"memory"`` (refused only because an allocation failed: the header was not checked).
     """
     from intermodal.errors import IntermodalError
     from intermodal.io import read_image, read_points
@@ -311,6 +312,8 @@ def read_outcome(reader: str, path: Path) -> tuple[str, str]:
         result = read_points(path) if reader == "points" else read_image(path)
     except IntermodalError as err:
         message = str(err)
+        if any(word in message for word in ("bad_alloc", "allocate", "MemoryError")):
+            return "memory", message  # refused only because memory ran out: a bomb got in
         if "\n" in message or path.name not in message:
             return "message", f"{type(err).__name__}: {message!r}"
         return "refused", message

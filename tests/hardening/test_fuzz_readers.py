@@ -259,3 +259,27 @@ def test_bad_nifti_header_with_wrong_size_field(tmp_path):
     path.write_bytes(struct.pack("<i", 349) + seed(".nii")[4:])
     with pytest.raises(ImageReadError, match="not a NIfTI file"):
         read_image(path)
+
+
+def test_bad_tiff_declaring_billions_of_pixels_is_refused_before_reading(tmp_path, monkeypatch):
+    # A 190-byte TIFF whose ImageLength said 3.4e9 rows made ITK allocate until the kernel
+    # killed it. The header is now bounded first; ITK must not even be called.
+    from PIL import Image
+
+    path = tmp_path / "bomb.tif"
+    Image.fromarray(np.zeros((2, 11), np.uint8)).save(path)
+    data = bytearray(path.read_bytes())
+    (ifd,) = struct.unpack("<I", data[4:8])
+    (count,) = struct.unpack("<H", data[ifd : ifd + 2])
+    for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
+        if struct.unpack("<H", data[entry : entry + 2])[0] == 257:  # ImageLength
+            data[entry + 2 : entry + 12] = struct.pack("<HII", 4, 1, 0xCE000002)
+    path.write_bytes(bytes(data))
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("SimpleITK was asked to read the bomb")
+
+    monkeypatch.setattr("intermodal.io.images.sitk.ReadImage", no_read)
+    with pytest.raises(ImageReadError) as err:
+        read_image(path)
+    assert "bomb.tif" in str(err.value) and "large" in str(err.value)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import gzip
 import math
+import re
 import struct
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,65 @@ def check_file(path: Path, ext: str) -> None:
         _check_nifti(path, compressed=compressed)
     elif ext in (".mha", ".mhd"):
         _check_metaimage(path)
+    elif ext in (".png", ".jpg", ".jpeg", ".tif", ".tiff"):
+        _check_picture(path)
+    elif ext == ".dcm":
+        check_dicom_size(path)
+
+
+# A header may declare far more voxels than its file could hold even compressed (deflate
+# tops out near 1032:1, LZW near 1365:1): such "decompression bombs" made ITK's TIFF reader
+# allocate tens of GB. Declared sizes above this bound are refused before anything is read.
+_MAX_RATIO = 2048
+_MAX_SLACK = 64 << 20
+
+
+def _check_declared_bytes(path: Path, declared: int, what: str) -> None:
+    limit = _MAX_RATIO * path.stat().st_size + _MAX_SLACK
+    if declared > limit:
+        raise ImageReadError(
+            f"{path}: the header declares {what} ({declared / 2**20:.0f} MiB of pixels), far "
+            f"more than a {path.stat().st_size}-byte file can hold: corrupt header"
+        )
+
+
+def _check_picture(path: Path) -> None:
+    """Read a PNG/JPEG/TIFF header with Pillow (no pixels) and bound its declared size."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow warns about damaged metadata; not ours
+            with Image.open(path) as picture:
+                width, height = picture.size
+                frames = int(getattr(picture, "n_frames", 1))
+                bands = len(picture.getbands())
+                mode = picture.mode
+    except Image.DecompressionBombError as err:
+        raise ImageReadError(f"{path}: picture too large ({_one_line(err)})") from err
+    except Exception as err:  # noqa: BLE001 - Pillow raises many types on corrupt headers
+        raise ImageReadError(
+            f"{path}: not a readable {path.suffix.lower()} picture ({_one_line(err)})"
+        ) from err
+    depth = 2 if mode.startswith("I;16") else 4 if mode in ("I", "F") else 1
+    declared = width * height * frames * bands * depth
+    _check_declared_bytes(path, declared, f"{width} x {height} pixels x {frames} frames")
+
+
+def check_dicom_size(path: Path) -> None:
+    """Bound the size a DICOM file's header declares (rows x columns x frames)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return  # unreadable: the full read reports why
+    bits = re.match(r"\D*(\d+)-bit", sitk.GetPixelIDValueAsString(reader.GetPixelID()))
+    depth = int(bits.group(1)) // 8 if bits else 8
+    declared = math.prod(reader.GetSize()) * reader.GetNumberOfComponents() * depth
+    _check_declared_bytes(path, declared, f"size {tuple(reader.GetSize())}")
 
 
 # Bytes per voxel of each NIfTI datatype code (1 is one bit per voxel).

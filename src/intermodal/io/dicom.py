@@ -27,6 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from intermodal.errors import ImageReadError
+from intermodal.io._integrity import check_dicom_size
 from intermodal.io._itk import itk_reason
 
 logger = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ def read_dicom_series(directory: Path, series: str | None = None) -> tuple[sitk.
 
 
 def _read_file(directory: Path, path: Path) -> tuple[sitk.Image, str | None]:
+    check_dicom_size(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -137,6 +139,7 @@ def _read_file(directory: Path, path: Path) -> tuple[sitk.Image, str | None]:
 
 def _read_slice(directory: Path, path: Path) -> tuple[_Slice, str | None]:
     """Read one single-frame slice of a series with its position and orientation."""
+    check_dicom_size(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -326,7 +329,12 @@ def _meta(reader: sitk.ImageFileReader, tag: str) -> str | None:
 
 def _modality(reader: sitk.ImageFileReader) -> str | None:
     """The Modality code string (upper case, digits, ``_``, at most 16) or ``None``."""
-    value = (_meta(reader, _MODALITY_TAG) or "").strip()
+    return clean_modality(_meta(reader, _MODALITY_TAG))
+
+
+def clean_modality(value: str | None) -> str | None:
+    """``value`` if it is a DICOM code string (upper case, digits, ``_``, at most 16 long)."""
+    value = (value or "").strip()
     allowed = set(string.ascii_uppercase + string.digits + "_ ")
     if not value or len(value) > 16 or not set(value) <= allowed:
         return None

@@ -14,7 +14,7 @@ from intermodal.errors import ImageReadError, IntermodalError
 from intermodal.io._atomic import atomic_write
 from intermodal.io._integrity import check_file, check_written
 from intermodal.io._itk import itk_reason
-from intermodal.io.dicom import MODALITY_KEY, read_dicom_series, read_modality
+from intermodal.io.dicom import MODALITY_KEY, clean_modality, read_dicom_series, read_modality
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,10 @@ def read_image(path: str | os.PathLike[str], *, series: str | None = None) -> si
         if ext == ".dcm":
             modality = read_modality(path)
         elif image.HasMetaDataKey(MODALITY_KEY):
-            modality = image.GetMetaData(MODALITY_KEY)  # NRRD keeps what write_image stored
+            try:  # NRRD keeps what write_image stored; a damaged file may hold anything
+                modality = clean_modality(image.GetMetaData(MODALITY_KEY))
+            except (UnicodeError, RuntimeError):
+                modality = None
     image = _to_float32_scalar(image, path)
     if modality:
         image.SetMetaData(MODALITY_KEY, modality)
