@@ -244,6 +244,7 @@ def cmd_gui(args: argparse.Namespace) -> int:
         fixed=args.fixed,
         moving=args.moving,
         labels=args.labels,
+        result=args.result,
         screenshot=args.screenshot,
         register=args.register,
         view=args.view,
@@ -442,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     gui.add_argument("--fixed", help="fixed image (file or DICOM directory)")
     gui.add_argument("--moving", help="moving image (file or DICOM directory)")
     gui.add_argument("--labels", help="label map in the moving image's space")
+    gui.add_argument("--result", help="an output folder of 'intermodal register' to open")
     gui.add_argument("--model", help="model weights (.safetensors) or 'none'")
     gui.add_argument("--refine", type=int, default=None, metavar="N", help="refinement steps")
     gui.add_argument(

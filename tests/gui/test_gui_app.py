@@ -85,6 +85,69 @@ def test_screenshot_after_registering_a_2d_pair(tmp_path, pair_2d_files):
     assert not (tmp_path / "config").exists() or not any((tmp_path / "config").rglob("*.conf"))
 
 
+def test_interactive_run_opens_the_files_and_returns_0_on_close(qapp, pair_2d_files):
+    """The interactive path (no --screenshot): files opened, event loop run, clean return."""
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from intermodal.gui.app import run
+    from intermodal.gui.window import MainWindow
+
+    seen = {}
+
+    def inspect_and_close():
+        windows = [w for w in QApplication.topLevelWidgets() if isinstance(w, MainWindow)]
+        window = windows[-1]
+        seen["fixed"] = window.scene.fixed.source
+        seen["moving"] = window.scene.moving.source
+        seen["mode"] = window.views["slice"].mode
+        window.remember = False
+        window.close()
+
+    QTimer.singleShot(300, inspect_and_close)
+    code = run(
+        fixed=pair_2d_files["ct"],
+        moving=pair_2d_files["mr"],
+        view="checkerboard",
+        registration={"model": "none"},
+    )
+    assert code == 0
+    assert seen == {
+        "fixed": str(pair_2d_files["ct"]),
+        "moving": str(pair_2d_files["mr"]),
+        "mode": "checkerboard",
+    }
+
+
+def test_screenshot_of_a_saved_result(qapp, tmp_path, pair_2d_files, small_pair_2d):
+    from intermodal.registration import Settings, register
+    from intermodal.report import save_result
+
+    result = register(small_pair_2d.ct, small_pair_2d.mr, Settings(model=None, refine=10))
+    paths = {"fixed": str(pair_2d_files["ct"]), "moving": str(pair_2d_files["mr"])}
+    save_result(result, tmp_path / "out", extra_report={"inputs_paths": paths})
+    shot = tmp_path / "result.png"
+    args = ["gui", "--result", str(tmp_path / "out"), "--view", "blend", "--screenshot", str(shot)]
+    assert main(args) == 0
+    assert _picture(shot).std() > 10
+    assert main(["gui", "--result", str(tmp_path), "--screenshot", str(shot)]) == 2
+
+
+def test_no_display_is_one_line_not_an_abort(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    env.pop("QT_QPA_PLATFORM", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "intermodal", "gui"],
+        capture_output=True,
+        text=True,
+        env={**env, "XDG_CONFIG_HOME": str(tmp_path)},
+        timeout=120,
+    )
+    if sys.platform.startswith("linux"):
+        assert done.returncode == 2
+        assert done.stderr.strip().startswith("intermodal: error: no display")
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

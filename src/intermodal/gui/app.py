@@ -24,6 +24,13 @@ def _qt_message(mode, context, message: str) -> None:
     logger.warning("Qt: %s", message)
 
 
+def _no_display() -> bool:
+    """On Linux without X11 or Wayland, Qt would abort the process instead of raising."""
+    if not sys.platform.startswith("linux") or os.environ.get("QT_QPA_PLATFORM"):
+        return False
+    return not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 def _application(argv: Sequence[str] | None):
     from PySide6.QtCore import qInstallMessageHandler
     from PySide6.QtWidgets import QApplication
@@ -43,6 +50,7 @@ def run(
     fixed: str | os.PathLike | None = None,
     moving: str | os.PathLike | None = None,
     labels: str | os.PathLike | None = None,
+    result: str | os.PathLike | None = None,
     screenshot: str | os.PathLike | None = None,
     register: bool = False,
     view: str | None = None,
@@ -60,6 +68,7 @@ def run(
         fixed: the fixed image (file or DICOM folder).
         moving: the moving image.
         labels: a label map in the moving image's space.
+        result: an output folder of ``intermodal register`` to open (after the images).
         screenshot: PNG path to write instead of running interactively.
         register: register once the images are open (screenshot mode only).
         view: the view mode of every view, one of
@@ -83,10 +92,17 @@ def run(
         raise IntermodalError("--register needs --screenshot (interactively, press Register)")
     if register and (fixed is None or moving is None):
         raise IntermodalError("--register needs --fixed and --moving")
+    if register and result is not None:
+        raise IntermodalError("--register and --result exclude each other")
     if screenshot is not None:
-        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
         if Path(screenshot).suffix.lower() != ".png":
             raise IntermodalError(f"{screenshot}: the screenshot must be a .png file")
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    elif _no_display():
+        raise IntermodalError(
+            "no display to open the window on (DISPLAY and WAYLAND_DISPLAY are unset); use "
+            "--screenshot, or set QT_QPA_PLATFORM (e.g. offscreen)"
+        )
     app = _application(argv)
     from intermodal.gui.window import MainWindow
 
@@ -95,17 +111,19 @@ def run(
     if registration:
         window.set_registration_options(registration)
     if screenshot is not None:
-        return _screenshot(app, window, fixed, moving, labels, screenshot, register, view)
+        return _screenshot(app, window, fixed, moving, labels, result, screenshot, register, view)
     window.show()
     for role, path in (("fixed", fixed), ("moving", moving), ("labels", labels)):
         if path is not None:
             window.open_path(role, path)
+    if result is not None:
+        window.open_result(result)
     if view is not None:
         window.set_mode_all(view)
     return int(app.exec())
 
 
-def _screenshot(app, window, fixed, moving, labels, screenshot, register, view) -> int:
+def _screenshot(app, window, fixed, moving, labels, result, screenshot, register, view) -> int:
     from intermodal.gui.scene import read_layer
 
     errors: list[str] = []
@@ -119,6 +137,9 @@ def _screenshot(app, window, fixed, moving, labels, screenshot, register, view) 
         from intermodal.io import read_image
 
         window.set_labels(read_image(labels), source=str(labels))
+    if result is not None and not window.open_result(result):
+        window.close()
+        raise IntermodalError(errors[-1])
     if register and window.register_and_wait() != "succeeded":
         window.close()
         raise IntermodalError(errors[-1] if errors else "registration did not finish")
