@@ -84,8 +84,11 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
     version = card.get("format", 0)
     if isinstance(version, bool) or not isinstance(version, int):
         raise IntermodalError(f"{card_file}: card format must be an integer, got {version!r}")
-    if not isinstance(card["network"], dict):
-        raise IntermodalError(f"{card_file}: 'network' must be an object, got {card['network']!r}")
+    for key in ("network", "preprocessing", "training"):
+        if key in card and not isinstance(card[key], dict):
+            raise IntermodalError(
+                f"{card_file}: {key!r} must be an object, got {str(card[key])[:60]!r}"
+            )
     if version > CARD_FORMAT:
         raise IntermodalError(
             f"{card_file}: card format {card['format']} is newer than this intermodal "
