@@ -538,3 +538,19 @@ def test_torchrun_shares_the_pairs_between_two_ranks(dataset, tmp_path):
         assert f"rank {rank} of 2: " in process.stdout
     ranks = [json.loads((out / f"{s}--{s}" / DONE_FILE).read_text())["rank"] for s in SUBJECTS]
     assert ranks == [0, 1, 0]
+
+
+def test_recorded_settings_name_the_model_weights(tmp_path):
+    """batch.json carries the weights' SHA-256, so a changed model file is not resumed over."""
+    from intermodal.checkpoint import read_card, save_model
+    from intermodal.networks import RegistrationModel
+    from intermodal.registration import Settings
+
+    assert IntermodalMethod(Settings(model=None, refine=5)).settings()["model_sha256"] == {
+        "2d": None,
+        "3d": None,
+    }
+    path = save_model(RegistrationModel(ndim=2), tmp_path / "m.safetensors", {})
+    digest = read_card(path)["weights_sha256"]
+    recorded = IntermodalMethod(Settings(model=str(path))).settings()["model_sha256"]
+    assert recorded == {"2d": digest, "3d": digest}

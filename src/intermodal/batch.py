@@ -308,7 +308,22 @@ class IntermodalMethod:
         self.progress = progress
 
     def settings(self) -> dict[str, Any]:
-        return asdict(self.config)
+        """The settings, plus the SHA-256 of the weights ``model`` names, so that a resume
+        after the model file changed (e.g. a newer bundled model under ``auto``) is refused."""
+        from intermodal.checkpoint import read_card
+        from intermodal.errors import IntermodalError
+        from intermodal.models import resolve_model
+
+        values = asdict(self.config)
+        digests: dict[str, str | None] = {}
+        for ndim in (2, 3):
+            try:
+                path = resolve_model(self.config.model, ndim)
+                digests[f"{ndim}d"] = None if path is None else read_card(path)["weights_sha256"]
+            except IntermodalError:  # absent: the registration itself will say so
+                digests[f"{ndim}d"] = None
+        values["model_sha256"] = digests
+        return values
 
     def __call__(self, pair: Pair, destination: Path, *, extra_report: dict[str, Any]) -> None:
         from intermodal.io import read_image, read_points
