@@ -473,3 +473,20 @@ def test_click_in_a_real_view(qtbot, window, pair_2d_files):
     point = view.graphics.mapFromScene(centre)
     qtbot.mouseClick(view.graphics.viewport(), Qt.MouseButton.LeftButton, pos=QPoint(point))
     assert window.cursor == (10, 32)
+
+
+def test_keys_step_slices_in_the_views_and_spin_boxes_in_the_panel(qtbot, window, small_pair_files):
+    _open_pair(window, small_pair_files)
+    window.activateWindow()
+    qtbot.waitUntil(window.isActiveWindow)
+    z = window.cursor[0]
+    refine = window.refine_spin.value()
+    window.refine_spin.setFocus()
+    qtbot.keyClick(window.refine_spin, Qt.Key.Key_Up)
+    assert window.refine_spin.value() == refine + 1 and window.cursor[0] == z
+    graphics = window.views["axial"].graphics
+    graphics.setFocus()
+    qtbot.keyClick(graphics, Qt.Key.Key_Up)
+    assert window.cursor[0] == z + 1
+    qtbot.keyClick(graphics, Qt.Key.Key_8)
+    assert {view.mode for view in window.views.values()} == {"jacobian"}

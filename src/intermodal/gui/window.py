@@ -359,13 +359,24 @@ class MainWindow(QMainWindow):
         self._planes = planes
 
     def _action(
-        self, text: str, slot: Callable[[], Any], shortcut: str | QKeySequence | None = None
+        self,
+        text: str,
+        slot: Callable[[], Any],
+        shortcut: str | QKeySequence | None = None,
+        *,
+        in_views: bool = False,
     ) -> QAction:
+        """An action with its shortcut; ``in_views``: the shortcut works only while the focus
+        is in the views (the arrow keys still step spin boxes and lists in the panel)."""
         action = QAction(text, self)
         if shortcut is not None:
             action.setShortcut(QKeySequence(shortcut))
         action.triggered.connect(lambda _checked=False: slot())
-        self.addAction(action)
+        if in_views:
+            action.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            self.views_area.addAction(action)
+        else:
+            self.addAction(action)
         return action
 
     def _build_actions(self) -> None:
@@ -395,15 +406,19 @@ class MainWindow(QMainWindow):
         add("open_result", self._action("Open &Result…", self.choose_result, "Ctrl+Shift+R"))
         add("export", self._action("&Export Result…", self.choose_export, "Ctrl+E"))
         add("screenshot", self._action("Save Screenshot…", self.choose_screenshot, "Ctrl+Shift+S"))
-        add("quit", self._action("&Quit", self.close, QKeySequence.StandardKey.Quit))
+        add("quit", self._action("&Quit", self.close, "Ctrl+Q"))
         add("register", self._action("&Register", self.start_registration, "Ctrl+R"))
         add("cancel", self._action("&Cancel Registration", self.cancel_registration, "Esc"))
         add("toggle_state", self._action("Toggle Before/After", self.toggle_state, "Ctrl+B"))
         add("reset_zoom", self._action("Reset Zoom", self.reset_zoom, "Ctrl+0"))
-        add("next_slice", self._action("Next Slice", lambda: self.step_slice(1), "Up"))
-        add("previous_slice", self._action("Previous Slice", lambda: self.step_slice(-1), "Down"))
-        add("page_up", self._action("Ten Slices On", lambda: self.step_slice(10), "PgUp"))
-        add("page_down", self._action("Ten Slices Back", lambda: self.step_slice(-10), "PgDown"))
+        for name, text, steps, key in (
+            ("next_slice", "Next Slice", 1, "Up"),
+            ("previous_slice", "Previous Slice", -1, "Down"),
+            ("page_up", "Ten Slices On", 10, "PgUp"),
+            ("page_down", "Ten Slices Back", -10, "PgDown"),
+        ):
+            action = self._action(text, lambda s=steps: self.step_slice(s), key, in_views=True)
+            add(name, action)
         for number, mode in enumerate(VIEW_MODES, start=1):
             add(
                 f"mode_{mode}",
