@@ -288,8 +288,8 @@ def integrate_velocity(velocity: Tensor, steps: int = 7) -> Tensor:
     * for ``L <= 1`` the Jacobian determinant of the result is positive everywhere (no
       folding; the worst measured minimum is about 0.1); folding starts near ``L = 2``;
     * for ``L <= 0.5``, ``compose(integrate_velocity(v), integrate_velocity(-v))`` is the
-      identity within ``L**2`` voxels (e.g. 0.25 voxel at ``L = 0.5``; measured at most
-      0.12), farther from the border than the largest displacement. The residual is the
+      identity within ``L / 2`` voxels (0.25 voxel at ``L = 0.5``, where the worst measured
+      is 0.12), farther from the border than the largest displacement. The residual is the
       linear interpolation error of the squarings; it shrinks for smoother fields.
 
     Args:
