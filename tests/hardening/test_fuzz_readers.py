@@ -10,6 +10,7 @@ are the regressions those runs found, each pinned as a plain test.
 from __future__ import annotations
 
 import gzip
+import re
 import struct
 import tempfile
 from pathlib import Path
@@ -283,3 +284,30 @@ def test_bad_tiff_declaring_billions_of_pixels_is_refused_before_reading(tmp_pat
     with pytest.raises(ImageReadError) as err:
         read_image(path)
     assert "bomb.tif" in str(err.value) and "large" in str(err.value)
+
+
+@pytest.fixture
+def itk_must_not_read(monkeypatch):
+    """Fail the test if SimpleITK is asked to read (the header check must refuse first)."""
+
+    def no_read(*args, **kwargs):
+        raise AssertionError("SimpleITK was asked to read a file declaring a huge image")
+
+    monkeypatch.setattr("intermodal.io.images.sitk.ReadImage", no_read)
+
+
+def test_bad_nrrd_declaring_a_huge_image_is_refused_before_reading(tmp_path, itk_must_not_read):
+    # sizes 65536^3 in a 1 KB file: teem allocated 1 PB before noticing the data was short.
+    path = tmp_path / "huge.nrrd"
+    path.write_bytes(re.sub(rb"sizes: [0-9 ]+", b"sizes: 65536 65536 65536", seed(".nrrd")))
+    with pytest.raises(ImageReadError, match="huge.nrrd: truncated NRRD data"):
+        read_image(path)
+
+
+def test_bad_compressed_mha_declaring_a_huge_image_is_refused(tmp_path, itk_must_not_read):
+    image = sitk.GetImageFromArray(np.zeros((4, 5, 6), np.float32))
+    path = tmp_path / "huge.mha"
+    sitk.WriteImage(image, str(path), useCompression=True)
+    path.write_bytes(path.read_bytes().replace(b"DimSize = 6 5 4", b"DimSize = 6000 5000 4000"))
+    with pytest.raises(ImageReadError, match="huge.mha: truncated compressed data"):
+        read_image(path)

@@ -40,6 +40,8 @@ def check_file(path: Path, ext: str) -> None:
         _check_nifti(path, compressed=compressed)
     elif ext in (".mha", ".mhd"):
         _check_metaimage(path)
+    elif ext in (".nrrd", ".nhdr"):
+        _check_nrrd(path)
     elif ext in (".png", ".jpg", ".jpeg", ".tif", ".tiff"):
         _check_picture(path)
     elif ext == ".dcm":
@@ -321,7 +323,7 @@ def _check_metaimage(path: Path) -> None:
         if not data_path.is_file():
             raise ImageReadError(f"{path}: its data file {data_file} is missing")
     if compressed:
-        _check_zlib_complete(path, data_path, offset)
+        _check_zlib_complete(path, data_path, offset, math.prod(sizes) * elem_size * channels)
         return
     expected = offset + math.prod(sizes) * elem_size * channels
     actual = data_path.stat().st_size
@@ -360,22 +362,34 @@ def _meta_numbers(
     return values
 
 
-def _check_zlib_complete(path: Path, data_path: Path, offset: int) -> None:
+def _check_zlib_complete(path: Path, data_path: Path, offset: int, expected: int) -> None:
+    """Check a zlib stream ends properly and inflates to at least ``expected`` bytes.
+
+    Decompression stops once ``expected`` bytes have come out, so a stream that inflates to
+    far more (a bomb) costs no more than the image itself.
+    """
     decompressor = zlib.decompressobj()
+    total = 0
     try:
         with open(data_path, "rb") as f:
             f.seek(offset)
-            while chunk := f.read(_CHUNK):
-                # Bounded output, dropped as it comes: only completeness matters here.
-                while chunk and not decompressor.eof:
-                    decompressor.decompress(chunk, _CHUNK)
+            while total < expected and (chunk := f.read(_CHUNK)):
+                # Bounded output, dropped as it comes: only its length matters here.
+                while chunk and not decompressor.eof and total < expected:
+                    total += len(decompressor.decompress(chunk, _CHUNK))
                     chunk = decompressor.unconsumed_tail
-            while not decompressor.eof and decompressor.decompress(b"", _CHUNK):
-                pass
+            while not decompressor.eof and total < expected:
+                out = decompressor.decompress(b"", _CHUNK)
+                if not out:
+                    break
+                total += len(out)
     except zlib.error as err:
         raise ImageReadError(f"{path}: corrupt compressed data ({_one_line(err)})") from err
-    if not decompressor.eof:
-        raise ImageReadError(f"{path}: truncated compressed data (stream ends early)")
+    if total < expected:
+        raise ImageReadError(
+            f"{path}: truncated compressed data: {total} bytes inflated, the header needs "
+            f"{expected}"
+        )
 
 
 def _one_line(err: BaseException) -> str:
@@ -418,19 +432,66 @@ def check_written(path: Path, ext: str) -> None:
         _check_nrrd_raw(path)
 
 
-def _check_nrrd_raw(path: Path) -> None:
-    """Check that a raw-encoded, attached-data NRRD file holds all the bytes its header needs."""
+def _nrrd_header(path: Path) -> tuple[dict[str, str], int]:
+    """The fields of a NRRD header (keys lower-cased) and its length in bytes."""
     fields: dict[str, str] = {}
+    header_len = 0
     with open(path, "rb") as f:
-        header_len = 0
         while raw := f.readline(4096):
             header_len += len(raw)
+            if header_len > 1 << 16:
+                raise ImageReadError(f"{path}: not a NRRD file (no header end in 64 KiB)")
             line = raw.decode("latin-1").strip()
             if not line:
                 break
             key, sep, value = line.partition(":")
             if sep and not value.startswith("="):
-                fields[key.strip().lower()] = value.strip()
+                fields.setdefault(key.strip().lower(), value.strip())
+    return fields, header_len
+
+
+def _check_nrrd(path: Path) -> None:
+    """Bound the voxels a NRRD header declares by what its data can hold.
+
+    teem (ITK's NRRD reader) allocates the whole declared image before reading: a header
+    claiming 65536^3 floats fails only on memory. Raw data must be all there; compressed
+    data is bounded by :data:`_MAX_RATIO`, text encodings by one character per value.
+    """
+    fields, header_len = _nrrd_header(path)
+    try:
+        sizes = [int(s) for s in fields["sizes"].split()]
+    except (KeyError, ValueError):
+        return  # no or unusual sizes: teem reports what is wrong
+    if not sizes or any(s <= 0 for s in sizes):
+        return
+    elem_size = _NRRD_SIZES.get(fields.get("type", "").lower(), 8)
+    declared = math.prod(sizes) * elem_size
+    data_file = fields.get("data file", fields.get("datafile"))
+    if data_file is None:
+        data_path, available = path, max(path.stat().st_size - header_len, 0)
+    elif data_file.upper().startswith("LIST") or "%" in data_file or " " in data_file:
+        return
+    else:
+        data_path = path.parent / data_file
+        if not data_path.is_file():
+            raise ImageReadError(f"{path}: its data file {data_file} is missing")
+        available = data_path.stat().st_size
+    encoding = fields.get("encoding", "raw").lower()
+    if encoding == "raw" and available < declared:
+        raise ImageReadError(
+            f"{path}: truncated NRRD data: {available} bytes of data, the header needs {declared}"
+        )
+    if encoding in ("ascii", "text", "txt", "hex") and math.prod(sizes) > available:
+        raise ImageReadError(
+            f"{path}: the header declares {math.prod(sizes)} values, more than its "
+            f"{available} bytes of text can hold: corrupt header"
+        )
+    _check_declared_bytes(data_path, declared, f"sizes {tuple(sizes)}")
+
+
+def _check_nrrd_raw(path: Path) -> None:
+    """Check that a raw-encoded, attached-data NRRD file holds all the bytes its header needs."""
+    fields, header_len = _nrrd_header(path)
     if fields.get("encoding") != "raw" or "data file" in fields or "datafile" in fields:
         return
     sizes = [int(s) for s in fields.get("sizes", "").split() if s.isdigit()]
