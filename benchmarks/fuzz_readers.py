@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import subprocess
@@ -35,8 +34,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "hardening"))
@@ -60,7 +57,7 @@ READERS = (
 
 
 def _edits(rng: random.Random, most: int = 8) -> list[tuple[int, int]]:
-    return [(rng.randrange(1 << 16), rng.randrange(256)) for _ in range(rng.randint(1, most))]
+    return fz.random_edits(rng, most)
 
 
 def build_case(reader: str, rng: random.Random, folder: Path, seeds: dict[str, bytes]) -> Path:
@@ -117,7 +114,11 @@ def build_case(reader: str, rng: random.Random, folder: Path, seeds: dict[str, b
             path = fz.make_damaged_file(folder, ext, data, edits=_edits(rng, 4), cut=cut)
         return path
     if reader == "dicom_series":
-        return build_series(rng, folder / "series")
+        series = folder / "series"
+        oracle = fz.make_random_series(series, rng)
+        if oracle is not None:
+            (folder / "oracle.json").write_text(json.dumps(oracle))
+        return series
     if reader == "points":
         path = folder / "points.csv"
         if rng.random() < 0.15:
@@ -137,108 +138,17 @@ def build_case(reader: str, rng: random.Random, folder: Path, seeds: dict[str, b
     raise ValueError(f"unknown reader {reader!r}")
 
 
-def build_series(rng: random.Random, folder: Path) -> Path:
-    """A DICOM series with random defects: gaps, duplicates, tilt, shear, odd sizes, damage."""
-    count = rng.randint(1, 8)
-    spacing = rng.choice([1.0, 2.5, 3.0])
-    positions = [k * spacing for k in range(count)]
-    pixels = [fz.slice_pixels(k) for k in range(count)]
-    orientations = [(1.0, 0.0, 0.0, 0.0, 1.0, 0.0)] * count
-    shear = 0.0
-    for _ in range(rng.randint(0, 3)):
-        defect = rng.choice(["missing", "duplicate", "uneven", "tilt", "shear", "size", "shuffle"])
-        if defect == "missing" and len(positions) > 2:
-            k = rng.randrange(1, len(positions) - 1)
-            del positions[k], pixels[k], orientations[k]
-        elif defect == "duplicate" and positions:
-            k = rng.randrange(len(positions))
-            same = rng.random() < 0.5
-            positions.insert(k, positions[k])
-            pixels.insert(k, pixels[k] if same else pixels[k] + 7)
-            orientations.insert(k, orientations[k])
-        elif defect == "uneven" and positions:
-            k = rng.randrange(len(positions))
-            positions[k] += rng.uniform(-0.6, 0.6) * spacing
-        elif defect == "tilt" and positions:
-            k = rng.randrange(len(positions))
-            angle = rng.choice([0.05, 0.3, 1.57])
-            orientations[k] = (1.0, 0.0, 0.0, 0.0, math.cos(angle), math.sin(angle))
-        elif defect == "shear":
-            shear = rng.uniform(0.1, 1.0)
-        elif defect == "size" and pixels:
-            k = rng.randrange(len(pixels))
-            pixels[k] = fz.slice_pixels(k, (rng.randint(1, 7), rng.randint(1, 7)))
-        elif defect == "shuffle":
-            order = list(range(len(positions)))
-            rng.shuffle(order)
-            positions = [positions[k] for k in order]
-            pixels = [pixels[k] for k in order]
-            orientations = [orientations[k] for k in order]
-    if not positions:
-        positions, pixels, orientations = (
-            [0.0],
-            [fz.slice_pixels(0)],
-            orientations[:1] or [(1.0, 0.0, 0.0, 0.0, 1.0, 0.0)],
-        )
-    # What a correct reader gives: slice k's values are 100 * k + column (see slice_pixels);
-    # tilted, sheared, resized or conflicting duplicate slices must be refused.
-    refuse = (shear != 0.0 and len(positions) > 1) or len({tuple(o) for o in orientations}) > 1
-    refuse = refuse or len({p.shape for p in pixels}) > 1
-    refuse = refuse or any(
-        positions[i] == positions[j] and not np.array_equal(pixels[i], pixels[j])
-        for i in range(len(positions))
-        for j in range(i)
-    )
-    oracle = {"refuse": refuse, "depths": positions, "values": [float(p[0, 0]) for p in pixels]}
-    fz.make_dicom_series(
-        folder,
-        positions,
-        orientations=orientations,
-        pixels=pixels,
-        lateral=[k * shear for k in range(len(positions))] if shear else None,
-    )
-    if rng.random() < 0.2:  # damage one slice file as well
-        victim = rng.choice(sorted(folder.iterdir()))
-        data = victim.read_bytes()
-        cut = rng.randrange(len(data)) if rng.random() < 0.5 else None
-        oracle = None
-        victim.write_bytes(
-            fz.flip_bytes(data[: cut if cut is not None else len(data)], _edits(rng, 3))
-            if cut is None
-            else data[:cut]
-        )
-    if oracle is not None:
-        (folder.parent / "oracle.json").write_text(json.dumps(oracle))
-    return folder
+def judge(reader: str, path: Path) -> tuple[str, str]:
+    """The outcome of reading ``path``; a DICOM series read clean is checked against its oracle."""
+    outcome, detail = fz.read_outcome(reader, path)
+    oracle = path.parent / "oracle.json"
+    if outcome == "read" and reader == "dicom_series" and oracle.is_file():
+        from intermodal.io import read_image
 
-
-def check_series(result_dir: Path) -> tuple[str, str] | None:
-    """Compare a series read clean with its oracle; a failure outcome, or ``None`` if right."""
-    import SimpleITK as sitk
-
-    from intermodal.io import read_image
-
-    oracle_file = result_dir.parent / "oracle.json"
-    if not oracle_file.is_file():
-        return None
-    oracle = json.loads(oracle_file.read_text())
-    if oracle["refuse"]:
-        return "result", "a defective series (tilt, shear, sizes or conflicting slices) was read"
-    image = read_image(result_dir)
-    normal = np.reshape(image.GetDirection(), (3, 3))[:, 2]
-    start = np.dot(image.GetOrigin(), normal) - np.dot((-20.0, 10.0, 0.0), normal)
-    depths = start + image.GetSpacing()[2] * np.arange(image.GetSize()[2])
-    order = np.argsort(oracle["depths"])
-    expected = np.interp(
-        depths, np.array(oracle["depths"])[order], np.array(oracle["values"])[order]
-    )
-    got = sitk.GetArrayViewFromImage(image)[:, 0, 0]
-    if not np.allclose(got, expected, atol=1e-3 * max(1.0, np.abs(expected).max())):
-        return (
-            "result",
-            f"slice values {got.tolist()} at {depths.tolist()} mm, expected {expected.tolist()}",
-        )
-    return None
+        wrong = fz.check_series(read_image(path), json.loads(oracle.read_text()))
+        if wrong:
+            return "result", wrong
+    return outcome, detail
 
 
 # --------------------------------------------------------------------------- worker
@@ -269,9 +179,7 @@ def run_worker(reader: str, seed: int, start: int, stop: int, log: Path) -> None
                 except Exception as err:  # noqa: BLE001 - a bug here must not pass as a crash
                     outcome, detail = "generator-error", f"{type(err).__name__}: {err}"
                 else:
-                    outcome, detail = fz.read_outcome(reader, path)
-                    if outcome == "read" and reader == "dicom_series":
-                        outcome, detail = check_series(path) or (outcome, detail)
+                    outcome, detail = judge(reader, path)
             out.write(json.dumps({"case": index, "outcome": outcome, "detail": detail}) + "\n")
             out.flush()
 
@@ -355,7 +263,7 @@ def main() -> int:
         seeds = {ext: fz.seed_bytes(ext, keep / "seeds") for ext in fz.VOLUME_FORMATS}
         path = build_case(reader, random.Random(f"{reader}:{int(seed)}:{int(index)}"), keep, seeds)
         print(path)
-        print(fz.read_outcome(reader, path))
+        print(judge(reader, path))
         return 0
 
     start = time.perf_counter()

@@ -9,6 +9,8 @@ Each ``make_*`` function writes one input under a folder and returns the path to
 from __future__ import annotations
 
 import gzip
+import math
+import random
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +22,7 @@ VOLUME_FORMATS = (".nii", ".nii.gz", ".mha", ".nrrd", ".dcm")
 PICTURE_MODES = ("1", "L", "P", "RGB", "RGBA", "LA", "I;16", "I", "F")
 PICTURE_FORMATS = (".png", ".tif", ".jpg")
 UID_ROOT = "1.2.826.0.1.3680043.2.1125.77"
+SERIES_ORIGIN = (-20.0, 10.0, 0.0)  # LPS mm of the first voxel of the slice at depth 0
 
 # Values that tend to break parsers: zero, signs, extremes, NaN/Inf in float fields.
 INTERESTING_INTS = (0, 1, -1, 2, 3, 4, 7, 8, 127, 128, 255, 256, 32767, -32768, 65535)
@@ -235,7 +238,7 @@ def make_dicom_series(
         )
         row, column = orientation[:3], orientation[3:]
         normal = np.cross(row, column)
-        origin = np.array([-20.0, 10.0, 0.0]) + depth * normal
+        origin = np.array(SERIES_ORIGIN) + depth * normal
         if lateral is not None:
             origin = origin + lateral[k] * row
         write_dicom_slice(
@@ -247,6 +250,110 @@ def make_dicom_series(
             instance=k + 1,
         )
     return folder
+
+
+def random_edits(rng: random.Random, most: int = 8) -> list[tuple[int, int]]:
+    """1 to ``most`` random ``(offset, value)`` byte edits for :func:`flip_bytes`."""
+    return [(rng.randrange(1 << 16), rng.randrange(256)) for _ in range(rng.randint(1, most))]
+
+
+def make_random_series(folder: Path, rng: random.Random) -> dict | None:
+    """Write a DICOM series with random defects; return what a correct reader must give.
+
+    Defects: missing slices, duplicates (identical or not), uneven positions, a tilted slice,
+    a sheared stack, a slice of another size, files in shuffled order, and sometimes a
+    damaged file. Returns the oracle for :func:`check_series`: ``{"refuse": bool,
+    "depths": [mm], "values": [...]}`` (``refuse`` when the series must not be read), or
+    ``None`` when a file was damaged (then any clean outcome will do).
+    """
+    count = rng.randint(1, 8)
+    spacing = rng.choice([1.0, 2.5, 3.0])
+    positions = [k * spacing for k in range(count)]
+    pixels = [slice_pixels(k) for k in range(count)]
+    orientations = [(1.0, 0.0, 0.0, 0.0, 1.0, 0.0)] * count
+    shear = 0.0
+    for _ in range(rng.randint(0, 3)):
+        defect = rng.choice(["missing", "duplicate", "uneven", "tilt", "shear", "size", "shuffle"])
+        if defect == "missing" and len(positions) > 2:
+            k = rng.randrange(1, len(positions) - 1)
+            del positions[k], pixels[k], orientations[k]
+        elif defect == "duplicate" and positions:
+            k = rng.randrange(len(positions))
+            same = rng.random() < 0.5
+            positions.insert(k, positions[k])
+            pixels.insert(k, pixels[k] if same else pixels[k] + 7)
+            orientations.insert(k, orientations[k])
+        elif defect == "uneven" and positions:
+            k = rng.randrange(len(positions))
+            positions[k] += rng.uniform(-0.6, 0.6) * spacing
+        elif defect == "tilt" and positions:
+            k = rng.randrange(len(positions))
+            angle = rng.choice([0.05, 0.3, 1.57])
+            orientations[k] = (1.0, 0.0, 0.0, 0.0, math.cos(angle), math.sin(angle))
+        elif defect == "shear":
+            shear = rng.uniform(0.1, 1.0)
+        elif defect == "size" and pixels:
+            k = rng.randrange(len(pixels))
+            pixels[k] = slice_pixels(k, (rng.randint(1, 7), rng.randint(1, 7)))
+        elif defect == "shuffle":
+            order = list(range(len(positions)))
+            rng.shuffle(order)
+            positions = [positions[k] for k in order]
+            pixels = [pixels[k] for k in order]
+            orientations = [orientations[k] for k in order]
+    if not positions:
+        positions, pixels, orientations = (
+            [0.0],
+            [slice_pixels(0)],
+            orientations[:1] or [(1.0, 0.0, 0.0, 0.0, 1.0, 0.0)],
+        )
+    # What a correct reader gives: slice k's values are 100 * k + column (see slice_pixels);
+    # tilted, sheared, resized or conflicting duplicate slices must be refused.
+    refuse = (shear != 0.0 and len(positions) > 1) or len({tuple(o) for o in orientations}) > 1
+    refuse = refuse or len({p.shape for p in pixels}) > 1
+    refuse = refuse or any(
+        positions[i] == positions[j] and not np.array_equal(pixels[i], pixels[j])
+        for i in range(len(positions))
+        for j in range(i)
+    )
+    oracle = {"refuse": refuse, "depths": positions, "values": [float(p[0, 0]) for p in pixels]}
+    make_dicom_series(
+        folder,
+        positions,
+        orientations=orientations,
+        pixels=pixels,
+        lateral=[k * shear for k in range(len(positions))] if shear else None,
+    )
+    if rng.random() < 0.2:  # damage one slice file as well
+        victim = rng.choice(sorted(folder.iterdir()))
+        data = victim.read_bytes()
+        cut = rng.randrange(len(data)) if rng.random() < 0.5 else None
+        oracle = None
+        victim.write_bytes(
+            flip_bytes(data[: cut if cut is not None else len(data)], random_edits(rng, 3))
+            if cut is None
+            else data[:cut]
+        )
+    return oracle
+
+
+def check_series(image: sitk.Image, oracle: dict) -> str | None:
+    """What is wrong with a series read from :func:`make_random_series`'s files, or ``None``."""
+    if oracle["refuse"]:
+        return "a defective series (tilt, shear, sizes or conflicting slices) was read"
+    normal = np.reshape(image.GetDirection(), (3, 3))[:, 2]
+    start = np.dot(image.GetOrigin(), normal) - np.dot(SERIES_ORIGIN, normal)
+    depths = start + image.GetSpacing()[2] * np.arange(image.GetSize()[2])
+    order = np.argsort(oracle["depths"])
+    expected = np.interp(
+        depths, np.array(oracle["depths"])[order], np.array(oracle["values"])[order]
+    )
+    got = sitk.GetArrayViewFromImage(image)[:, 0, 0]
+    # Gaps within 1% of each other count as even (DICOM positions are rounded): a slice may
+    # sit up to 1% of a gap off, which moves values by up to 1 (100 per slice).
+    if not np.allclose(got, expected, rtol=0, atol=2.0):
+        return f"slice values {got.tolist()} at {depths.tolist()} mm, expected {expected.tolist()}"
+    return None
 
 
 # --------------------------------------------------------------------------- text headers

@@ -26,9 +26,11 @@ from fuzz_inputs import (
     PICTURE_FORMATS,
     PICTURE_MODES,
     POINT_TOKENS,
+    check_series,
     make_damaged_file,
     make_picture,
     make_points_text,
+    make_random_series,
     read_outcome,
     replace_header_value,
     seed_bytes,
@@ -166,6 +168,18 @@ def test_points_files(rows, header, separator, raw):
             text = make_points_text([header, *rows] if header else rows, separator=separator)
             path.write_text(text, encoding="utf-8")
         assert_clean("points", path)
+
+
+@fuzz_settings
+@given(rng=st.randoms(use_true_random=False))
+def test_dicom_series_with_random_defects(rng):
+    # Gaps, duplicates, tilt, shear, sizes, shuffled files, damaged files: refused, or read
+    # with every slice where it belongs (checked against the slice positions written).
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "series"
+        oracle = make_random_series(folder, rng)
+        if assert_clean("dicom_series", folder) == "read" and oracle is not None:
+            assert check_series(read_image(folder), oracle) is None
 
 
 # --------------------------------------------------------------------------- regressions
