@@ -54,8 +54,14 @@ def read_image(path: str | os.PathLike[str], *, series: str | None = None) -> si
         A 2D or 3D image of pixel type ``sitkFloat32``. A 3D file with one slice stays 3D.
 
     Raises:
-        ImageReadError: a missing, truncated, corrupt or unsupported file; an empty, 4D or
-            multi-component image; NaN or infinite values; zero or negative spacing.
+        ImageReadError: a missing, truncated, corrupt or unsupported file; a header that
+            contradicts itself or declares more voxels than the file can hold; an empty, 4D
+            or multi-component image; NaN or infinite values; zero or negative spacing; a
+            non-finite or singular orientation; a DICOM series whose slices cannot be
+            stacked faithfully (see :mod:`intermodal.io.dicom`: mixed orientations, gantry
+            tilt, conflicting duplicates, a gap too wide to interpolate). An uneven DICOM
+            series is resampled onto a regular grid with a logged warning naming the gaps.
+            The message is one line and names the file.
 
     Example:
         >>> fixed = read_image("ct.nii.gz")
