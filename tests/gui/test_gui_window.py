@@ -422,6 +422,7 @@ def test_export_writes_what_register_writes_and_open_result_reads_it(
     assert fresh.scene.fixed.source == str(pair_2d_files["ct"])
     assert fresh.scene.moving.source == str(pair_2d_files["mr"])
     assert fresh.moving_state == "after"
+    assert fresh.registration_options() == {**FAST, "init": "affine", "device": "auto"}
     np.testing.assert_allclose(
         fresh.scene.result.warped, window.scene.result.warped, rtol=1e-5, atol=1e-3
     )

@@ -1066,6 +1066,10 @@ class MainWindow(QMainWindow):
         finally:
             QGuiApplication.restoreOverrideCursor()
         self.show_result(layers)
+        recorded = layers.report.get("settings") or {}
+        self.set_registration_options(
+            {k: recorded[k] for k in ("model", "refine", "init", "device") if k in recorded}
+        )
         self.statusBar().showMessage(f"opened result {folder}", 10000)
         return True
 
