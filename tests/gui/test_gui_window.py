@@ -491,3 +491,51 @@ def test_keys_step_slices_in_the_views_and_spin_boxes_in_the_panel(qtbot, window
     assert window.cursor[0] == z + 1
     qtbot.keyClick(graphics, Qt.Key.Key_8)
     assert {view.mode for view in window.views.values()} == {"jacobian"}
+
+
+def _write_dicom_series(folder: Path, slices: int = 6, shape=(16, 20)) -> Path:
+    """A small axial CT series: slice k holds -1000 + 100 k HU, 2.5 mm apart."""
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True)
+    uid = "1.2.826.0.1.3680043.8.498.4242"
+    for k in range(slices):
+        image = sitk.GetImageFromArray(np.full(shape, -1000 + 100 * k, np.int16))
+        tags = {
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
+            "0008|0018": f"{uid}.2.{k + 1}",
+            "0008|0060": "CT",
+            "0020|000d": f"{uid}.1",
+            "0020|000e": f"{uid}.3",
+            "0020|0013": str(k + 1),
+            "0020|0032": f"0\\0\\{2.5 * k:.3f}",
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0028|0030": "1.5\\1.5",
+        }
+        for tag, value in tags.items():
+            image.SetMetaData(tag, value)
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(folder / f"slice{k:02d}.dcm"))
+        writer.Execute(image)
+    return folder
+
+
+def test_open_from_dialogs_and_a_dicom_folder(window, tmp_path, small_pair_files, monkeypatch):
+    from PySide6.QtWidgets import QFileDialog
+
+    series = _write_dicom_series(tmp_path / "ct_series")
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(series))
+    window.choose_folder("fixed")
+    assert window.scene.fixed.source == str(series)
+    assert window.scene.fixed.modality == "ct"  # from the DICOM Modality tag
+    assert window.scene.grid.shape == (6, 16, 20)
+    assert set(window.views) == {"axial", "coronal", "sagittal"}
+    assert "Axial</b> 4/6" in window.views["axial"].title.text()
+    chosen = str(small_pair_files["mr"])
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (chosen, ""))
+    window.choose_file("moving")
+    assert window.scene.moving.source == chosen
+    monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: ("", ""))
+    window.choose_file("moving")  # a cancelled dialog changes nothing
+    assert window.scene.moving.source == chosen

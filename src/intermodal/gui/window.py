@@ -49,6 +49,7 @@ from intermodal.gui.scene import (
     read_layer,
     read_result_folder,
     result_layers,
+    same_grid,
 )
 from intermodal.gui.views import SliceView
 from intermodal.gui.worker import JobThread, error_line
@@ -1040,8 +1041,6 @@ class MainWindow(QMainWindow):
         QGuiApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
         try:
             saved = read_result_folder(folder)
-            from intermodal.gui.scene import same_grid
-
             fixed = self.scene.fixed
             if fixed is None or not same_grid(fixed.image, saved.warped):
                 path = saved.input_path("fixed")
