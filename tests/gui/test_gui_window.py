@@ -16,6 +16,7 @@ from PySide6.QtCore import QMimeData, QPoint, QPointF, Qt, QUrl  # noqa: E402
 from PySide6.QtGui import QDropEvent  # noqa: E402
 
 from intermodal import __version__  # noqa: E402
+from intermodal.errors import IntermodalError  # noqa: E402
 from intermodal.gui.display import VIEW_MODES  # noqa: E402
 from intermodal.gui.scene import result_layers  # noqa: E402
 from intermodal.gui.window import MainWindow  # noqa: E402
@@ -461,8 +462,12 @@ def test_dropping_a_result_folder_opens_it(window, pair_2d_files, registered_2d,
 
 def test_screenshot_is_a_png(window, pair_2d_files, tmp_path):
     _open_pair(window, pair_2d_files)
-    path = window.save_screenshot(tmp_path / "shot.png")
+    (tmp_path / "shots").mkdir()
+    path = window.save_screenshot(tmp_path / "shots" / "shot.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in path.parent.iterdir()] == ["shot.png"]  # no temporary left behind
+    with pytest.raises(IntermodalError, match="cannot write the screenshot"):
+        window.save_screenshot(tmp_path / "absent" / "folder" / "shot.png")
 
 
 def test_click_in_a_real_view(qtbot, window, pair_2d_files):

@@ -10,7 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QBuffer, QByteArray, QEventLoop, QIODevice, QSettings, Qt, Signal
+from PySide6.QtCore import (
+    QBuffer,
+    QByteArray,
+    QEventLoop,
+    QIODevice,
+    QSaveFile,
+    QSettings,
+    Qt,
+    Signal,
+)
 from PySide6.QtGui import QAction, QDragEnterEvent, QDropEvent, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
     QComboBox,
@@ -1138,10 +1147,23 @@ class MainWindow(QMainWindow):
         return bytes(data.data())
 
     def save_screenshot(self, path: str | os.PathLike) -> Path:
-        """Write the window as a PNG to ``path`` (atomically)."""
-        from intermodal.io import write_bytes_atomic
+        """Write the window as a PNG to ``path``, atomically (a temporary file renamed into
+        place by QSaveFile, so torch, which ``intermodal.io`` imports, is not needed).
 
-        return write_bytes_atomic(path, self.grab_png())
+        Raises:
+            IntermodalError: the file cannot be written.
+        """
+        path = Path(path)
+        if path.is_dir():
+            raise IntermodalError(f"{path}: is a directory, expected a .png file name")
+        data = self.grab_png()
+        target = QSaveFile(str(path))
+        if not target.open(QIODevice.OpenModeFlag.WriteOnly):
+            raise IntermodalError(f"{path}: cannot write the screenshot ({target.errorString()})")
+        target.write(QByteArray(data))
+        if not target.commit():
+            raise IntermodalError(f"{path}: cannot write the screenshot ({target.errorString()})")
+        return path
 
     def choose_screenshot(self) -> None:
         """Ask for a file name and save a screenshot of the window."""
