@@ -4,7 +4,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean model-3d model-2d
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ bench: setup
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/real_pair.py
 	$(BIN)/python benchmarks/similarity_choice.py
+
+# Retrain a bundled model from nothing (synth -> prepare -> train -> install into the package).
+model-3d: setup
+	$(BIN)/python tools/train_bundled.py pelvis3d
+
+model-2d: setup
+	$(BIN)/python tools/train_bundled.py pelvis2d
 
 clean:
 	rm -rf $(VENV) intermodal-demo .pytest_cache

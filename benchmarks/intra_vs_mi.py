@@ -121,10 +121,11 @@ def render(rows: dict[str, list[dict]], args: argparse.Namespace, pairs: int) ->
         "",
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M}Z; command: "
         f"`.venv/bin/python benchmarks/intra_vs_mi.py --subjects {args.subjects} "
-        f"--steps {args.steps} --refine {args.refine}`",
+        f"--steps {args.steps} --refine {args.refine} --lr {args.lr:g}`",
         f"- {args.subjects} synthetic 2D subjects (seed {args.seed}), split about 70/15/15; "
         f"{pairs} ordered test pairs (raw MR_i onto raw CT_j, i != j), all unseen in training",
         f"- both models: the same network and config, {args.steps} steps, batch 4, "
+        f"Adam lr {args.lr:g}, "
         "MR->CT pairs (the paper's direction), on the CPU",
         "",
         "| method | Dice bone | Dice bladder | Dice prostate | Dice rectum | mean Dice "
@@ -154,6 +155,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--refine", type=int, default=60)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "intra_vs_mi")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "RESULTS.md")
     args = parser.parse_args()
@@ -174,11 +176,12 @@ def main() -> None:
     intermodal("prepare", str(raw / "dataset.json"), "--out", str(prepared))
     models = {}
     for loss in ("intra", "mi"):
-        run = out / f"run_{loss}"
+        run = out / f"run_{loss}_lr{args.lr:g}"
         config = out / f"{loss}.toml"
         config.write_text(
             f'out = "{run}"\ndevice = "cpu"\n[data]\nmanifest = "{prepared / "dataset.json"}"\n'
             f'dim = 2\n[loss]\nname = "{loss}"\n[train]\nsteps = {args.steps}\nbatch_size = 4\n'
+            f"lr = {args.lr}\n"
             'direction = "mr_to_ct"\nvalidate_every = 250\ncheckpoint_every = 500\nseed = 0\n'
         )
         card = run / "model.json"

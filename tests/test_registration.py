@@ -46,6 +46,7 @@ def test_known_displacement_is_recovered_across_contrasts():
     for image in (fixed, moving):
         image.SetSpacing((spacing, spacing))
     settings = Settings(
+        model=None,
         init="none",
         refine=200,
         spacing=spacing,
@@ -67,7 +68,7 @@ def test_known_displacement_is_recovered_across_contrasts():
 
 @pytest.fixture(scope="module")
 def phantom_result(small_pair):
-    settings = Settings(refine=60, spacing=5.0, device="cpu")
+    settings = Settings(model=None, refine=60, spacing=5.0, device="cpu")
     return register(small_pair.ct, small_pair.mr, settings)
 
 
@@ -167,7 +168,9 @@ def test_map_points_follows_the_transform(small_pair, phantom_result):
 
 
 def test_2d_pair_registers(small_pair_2d):
-    result = register(small_pair_2d.ct, small_pair_2d.mr, Settings(refine=40, device="cpu"))
+    result = register(
+        small_pair_2d.ct, small_pair_2d.mr, Settings(model=None, refine=40, device="cpu")
+    )
     assert result.warped.GetDimension() == 2
     assert result.report["nmi"]["after"] > result.report["nmi"]["before"]
     identity = sitk.Transform(2, sitk.sitkIdentity)
@@ -223,7 +226,7 @@ def test_ants_applies_the_written_transforms(tmp_path, small_pair, phantom_resul
 
 
 def test_same_inputs_and_settings_give_identical_results(small_pair_2d):
-    settings = Settings(refine=20, device="cpu")
+    settings = Settings(model=None, refine=20, device="cpu")
     first = register(small_pair_2d.ct, small_pair_2d.mr, settings)
     second = register(small_pair_2d.ct, small_pair_2d.mr, settings)
     for name in ("warped", "displacement", "jacobian"):
@@ -232,3 +235,49 @@ def test_same_inputs_and_settings_give_identical_results(small_pair_2d):
             sitk.GetArrayFromImage(getattr(second, name)),
         )
     assert first.affine.GetParameters() == second.affine.GetParameters()
+
+
+def test_model_keeps_its_trained_spacing_when_refining_at_another(tmp_path, small_pair_2d):
+    """A network trained at 6 mm, asked for a 3 mm working grid, gives the same field in mm.
+
+    The network is made to predict a constant velocity of 0.5 voxels of its coarse grid along
+    array axis 0 (y); integrated, that is a uniform shift. Run at its own spacing and at half
+    of it, the physical displacement inside the image agrees to within 10%.
+    """
+    import torch
+
+    from intermodal.checkpoint import save_model
+    from intermodal.networks import RegistrationModel
+
+    model = RegistrationModel(ndim=2)
+    with torch.no_grad():
+        model.unet.head.weight.zero_()
+        model.unet.head.bias.copy_(torch.tensor([0.5, 0.0]))
+    path = save_model(
+        model, tmp_path / "shift.safetensors", {"preprocessing": {"spacing": [6.0, 6.0]}}
+    )
+    fields = {}
+    for spacing in (None, 3.0):
+        settings = Settings(model=str(path), refine=0, init="none", spacing=spacing, device="cpu")
+        result = register(small_pair_2d.ct, small_pair_2d.mr, settings)
+        array = sitk.GetArrayFromImage(result.displacement)  # (y, x, 2) mm, channels (x, y)
+        fields[spacing] = array[16:48, 16:48]
+    shift = np.abs(fields[None][..., 1]).mean()
+    assert shift > 3.0  # about 0.5 coarse voxels of 12 mm, scaled a little by the resizing
+    assert np.abs(fields[3.0] - fields[None]).mean() < 0.1 * shift
+
+
+def test_jacobian_output_respects_the_image_direction(small_pair_2d):
+    """The Jacobian image is det(I + grad d) in mm, with the fixed image's direction (ITK's
+    DisplacementFieldJacobianDeterminant ignores the direction; this guards against it)."""
+    from intermodal.metrics import jacobian_determinant
+
+    fixed, moving = sitk.Image(small_pair_2d.ct), sitk.Image(small_pair_2d.mr)
+    fixed.SetDirection((0.0, -1.0, 1.0, 0.0))  # rotated 90 degrees
+    moving.SetDirection((0.0, -1.0, 1.0, 0.0))
+    result = register(fixed, moving, Settings(model=None, refine=20, device="cpu"))
+    expected = jacobian_determinant(result.displacement)
+    np.testing.assert_allclose(
+        sitk.GetArrayFromImage(result.jacobian), expected, rtol=1e-5, atol=1e-5
+    )
+    assert result.report["jacobian"]["min"] == pytest.approx(expected.min(), rel=1e-5)

@@ -55,7 +55,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def _add_registration_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", default="none", help="model weights (.safetensors) or 'none' (default: none)"
+        "--model",
+        default="auto",
+        help="'auto' (default: the bundled model for the images' dimension), a bundled model "
+        "(pelvis3d, pelvis2d), a .safetensors model path, or 'none' (refinement alone)",
     )
     parser.add_argument(
         "--refine", type=int, default=None, metavar="N", help="test-time optimisation steps"
@@ -170,9 +173,11 @@ def cmd_warp(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     import SimpleITK as sitk
 
-    from intermodal.data.phantom import LABELS, ORGANS, make_phantom_pair
+    from intermodal.data.synth import LABELS, SEED_STRIDE, generate_subject
     from intermodal.metrics import dice_per_label
     from intermodal.registration import Settings, register
     from intermodal.report import save_result
@@ -180,44 +185,61 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     _check_output_dir(out, args.overwrite)
     start = time.perf_counter()
-    pair = make_phantom_pair(seed=args.seed)
-    settings = Settings(
-        spacing=2.5,
-        refine=args.refine if args.refine is not None else Settings.refine,
-        seed=args.seed,
-        device=args.device,
-    )
+    # Two subjects of synthetic dataset ``--seed``: the MR of one onto the CT of the other,
+    # the inter-subject pairs the network is trained on. The bundled models were trained on
+    # dataset seed 1, so the default seed's subjects are unseen.
+    fixed_subject = generate_subject(args.seed * SEED_STRIDE, dim=3)
+    moving_subject = generate_subject(args.seed * SEED_STRIDE + 1, dim=3)
+    ct, ct_labels = fixed_subject.ct, fixed_subject.ct_labels
+    mr, mr_labels = moving_subject.mr, moving_subject.mr_labels
+    refine = args.refine if args.refine is not None else Settings.refine
+    settings = Settings(model=args.model, refine=refine, device=args.device)
     reporter = _Reporter(args.quiet)
-    result = register(pair.ct, pair.mr, settings, progress=reporter)
-    reporter.close()
-    organs = {name: LABELS[name] for name in ORGANS}
+    organs = {name: LABELS[name] for name in ("bone", "bladder", "prostate", "rectum")}
     identity = sitk.Transform(3, sitk.sitkIdentity)
-    unregistered = sitk.Resample(pair.mr_labels, pair.ct, identity, sitk.sitkNearestNeighbor, 0)
-    affine_only = sitk.Resample(pair.mr_labels, pair.ct, result.affine, sitk.sitkNearestNeighbor, 0)
-    warped_labels = result.warp_image(pair.mr_labels, labels=True)
-    dice = {
-        "before": dice_per_label(pair.ct_labels, unregistered, organs),
-        "affine": dice_per_label(pair.ct_labels, affine_only, organs),
-        "after": dice_per_label(pair.ct_labels, warped_labels, organs),
-    }
+    unregistered = sitk.Resample(mr_labels, ct, identity, sitk.sitkNearestNeighbor, 0)
+    stages: dict[str, sitk.Image] = {"before": unregistered}
+    network_only = None
+    if settings.model.lower() != "none" and refine > 0:
+        network_only = register(ct, mr, replace(settings, refine=0), progress=reporter)
+    result = register(ct, mr, settings, progress=reporter)
+    reporter.close()
+    stages["affine"] = sitk.Resample(mr_labels, ct, result.affine, sitk.sitkNearestNeighbor, 0)
+    if network_only is not None:
+        stages["model"] = network_only.warp_image(mr_labels, labels=True)
+    stages["after"] = result.warp_image(mr_labels, labels=True)
+    dice = {name: dice_per_label(ct_labels, image, organs) for name, image in stages.items()}
+    model_path = result.report.get("model_path")
     save_result(
         result,
         out,
         overwrite=args.overwrite,
-        labels=pair.mr_labels,
-        extra_report={"demo": {"dice": dice}},
+        labels=mr_labels,
+        extra_report={
+            "demo": {
+                "dice": dice,
+                "fixed_subject_seed": fixed_subject.params["seed"],
+                "moving_subject_seed": moving_subject.params["seed"],
+            }
+        },
         extra_images={
-            "fixed_ct.nii.gz": pair.ct,
-            "moving_mr.nii.gz": pair.mr,
-            "fixed_labels.nii.gz": pair.ct_labels,
-            "moving_labels.nii.gz": pair.mr_labels,
+            "fixed_ct.nii.gz": ct,
+            "moving_mr.nii.gz": mr,
+            "fixed_labels.nii.gz": ct_labels,
+            "moving_labels.nii.gz": mr_labels,
         },
     )
     elapsed = time.perf_counter() - start
+    model = Path(model_path).stem if model_path else "none"
+    print(
+        f"MR of synthetic subject {moving_subject.params['seed']} onto the CT of subject "
+        f"{fixed_subject.params['seed']}; model {model}, refine {refine} steps"
+    )
+    labels = {"model": "model", "after": "model+refine" if network_only else "after"}
     for stage, scores in dice.items():
         line = "  ".join(f"{name} {value:.3f}" for name, value in scores.items())
         mean = sum(scores.values()) / len(scores)
-        print(f"Dice {stage:>6}: mean {mean:.3f}   {line}")
+        print(f"Dice {labels.get(stage, stage):>12}: mean {mean:.3f}   {line}")
     print(f"demo finished in {elapsed:.1f} s; outputs in {out}")
     return 0
 
@@ -425,8 +447,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="intermodal-demo", help="output directory")
     demo.add_argument("--overwrite", action="store_true")
     demo.add_argument("--refine", type=int, default=None, metavar="N")
+    demo.add_argument("--model", default="auto", help="as for register (default: auto)")
     demo.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--seed",
+        type=int,
+        default=7,
+        help="synthetic dataset seed whose subjects 0 and 1 are registered (default 7; the "
+        "bundled models were trained on seed 1)",
+    )
     _add_common(demo)
     demo.set_defaults(handler=cmd_demo)
 

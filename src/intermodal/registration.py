@@ -27,7 +27,15 @@ from intermodal import __version__, classical, preprocess
 from intermodal.errors import IntermodalError
 from intermodal.io import displacement_to_image, geometry, image_to_tensor
 from intermodal.losses import diffusion, mind_descriptor_loss, mind_ssc, ngf, nmi
-from intermodal.spatial import integrate_velocity, resize_displacement, voxel_to_physical, warp
+from intermodal.metrics import jacobian_determinant
+from intermodal.models import resolve_model
+from intermodal.spatial import (
+    integrate_velocity,
+    physical_to_voxel,
+    resize_displacement,
+    voxel_to_physical,
+    warp,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +51,9 @@ class Settings:
     """Everything that decides a registration; recorded in ``report.json``.
 
     Attributes:
-        model: path of a ``.safetensors`` model, or ``None`` for refinement alone.
+        model: ``"auto"`` (the bundled model for the inputs' dimension, the default), a
+            bundled model's name, the path of a ``.safetensors`` model, or ``None`` (or
+            ``"none"``) for refinement alone; see :mod:`intermodal.models`.
         refine: test-time optimisation steps on the velocity field (0 disables it).
         init: initial alignment, one of :data:`intermodal.classical.INIT_CHOICES`.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
@@ -62,7 +72,7 @@ class Settings:
         seed: seed for every random choice (metric sampling, torch).
     """
 
-    model: str | None = None
+    model: str | None = "auto"
     refine: int = 90
     init: str = "affine"
     device: str = "auto"
@@ -101,7 +111,7 @@ class Settings:
             raise IntermodalError(
                 f"pyramid levels must be factors among 1, 2, 4, 8, not {self.pyramid}"
             )
-        if self.model is None and self.refine == 0:
+        if (self.model is None or self.model.lower() == "none") and self.refine == 0:
             raise IntermodalError("--model none with --refine 0 would do no deformable step")
 
 
@@ -273,6 +283,43 @@ def _physical_field_on(
     )
 
 
+def _predict_velocity(
+    model: torch.nn.Module,
+    trained_spacing: Sequence[float] | None,
+    grid: sitk.Image,
+    fixed: sitk.Image,
+    fixed_n: sitk.Image,
+    moving_n: sitk.Image,
+    affine: sitk.Transform,
+    fixed_w: torch.Tensor,
+    moving_w: torch.Tensor,
+) -> torch.Tensor:
+    """The network's velocity for the working grid ``grid``, in its voxels, full size.
+
+    The network runs at the spacing it was trained at. When the working grid has another
+    spacing (``--spacing``), the inputs are resampled onto a grid at the trained spacing
+    and the predicted velocity is carried over to the working grid through millimetres, so a
+    model trained at 4 mm can start a refinement at 2 mm.
+    """
+    device = fixed_w.device
+    same = trained_spacing is None or np.allclose(grid.GetSpacing(), trained_spacing)
+    with torch.no_grad():
+        if same:
+            return model.unet(fixed_w, moving_w)
+        network_grid = preprocess.working_grid(fixed, trained_spacing, model.required_multiple)
+        fixed_net = image_to_tensor(preprocess.resample(fixed_n, network_grid)).to(device)
+        moving_net = image_to_tensor(preprocess.resample(moving_n, network_grid, affine))
+        velocity = model.unet(fixed_net, moving_net.to(device))
+        velocity = resize_displacement(velocity, list(network_grid.GetSize()[::-1]))
+    physical = _physical_field_on(velocity, network_grid, grid)
+    ndim = grid.GetDimension()
+    array = np.moveaxis(sitk.GetArrayFromImage(physical), -1, 0)[None]
+    mm = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(device)
+    return physical_to_voxel(mm, grid.GetSpacing(), grid.GetDirection()).reshape(
+        1, ndim, *grid.GetSize()[::-1]
+    )
+
+
 def _nmi_on(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor) -> float:
     return float(nmi(fixed.cpu().numpy(), moving.cpu().numpy(), mask=mask.cpu().numpy() > 0))
 
@@ -326,17 +373,25 @@ def register(
     spacing = settings.spacing
     # every pyramid level and the velocity grid divide the working grid exactly
     multiple = math.lcm(settings.velocity_stride, *settings.pyramid)
-    if settings.model is not None:
+    model_path = resolve_model(settings.model, ndim)
+    if model_path is not None:
         from intermodal.checkpoint import load_model
 
-        model, card = load_model(settings.model, device=str(device))
+        model, card = load_model(model_path, device=str(device))
         if card["network"].get("ndim") != ndim:
             raise IntermodalError(
-                f"{settings.model}: model is for {card['network'].get('ndim')}D images, "
+                f"{model_path}: model is for {card['network'].get('ndim')}D images, "
                 f"the inputs are {ndim}D"
             )
-        trained = card.get("preprocessing", {})
-        spacing = spacing if spacing is not None else trained.get("spacing")
+        direction = card.get("training", {}).get("direction")
+        order = f"{moving_modality}_to_{fixed_modality}"
+        if direction in ("mr_to_ct", "ct_to_mr") and order != direction:
+            logger.warning(
+                "%s was trained %s only; these inputs are %s, so expect a poorer prediction",
+                model_path, direction.replace("_to_", " -> "), order.replace("_to_", " -> "),
+            )  # fmt: skip
+        trained_spacing = card.get("preprocessing", {}).get("spacing")
+        spacing = spacing if spacing is not None else trained_spacing
         multiple = math.lcm(multiple, model.required_multiple)
     timings["preprocess"] = time.perf_counter() - start
 
@@ -358,8 +413,9 @@ def register(
     coarse = [n // settings.velocity_stride for n in working_shape]
     if model is not None:
         stage("network")
-        with torch.no_grad():
-            velocity = model.unet(fixed_w, moving_w)
+        velocity = _predict_velocity(
+            model, trained_spacing, grid, fixed, fixed_n, moving_n, affine, fixed_w, moving_w
+        )
         velocity = resize_displacement(velocity, coarse)
     else:
         velocity = torch.zeros((1, ndim, *coarse), device=device)
@@ -417,7 +473,10 @@ def register(
     transform.AddTransform(affine)
     transform.AddTransform(sitk.DisplacementFieldTransform(sitk.Image(displacement)))
     warped = apply_transform(transform, fixed, moving)
-    jacobian = sitk.DisplacementFieldJacobianDeterminant(displacement)
+    # metrics.jacobian_determinant, not ITK's DisplacementFieldJacobianDeterminant: the latter
+    # ignores the image direction, so it was wrong for every non-identity direction.
+    jacobian = sitk.GetImageFromArray(jacobian_determinant(displacement).astype(np.float32))
+    jacobian.CopyInformation(displacement)
     timings["output"] = time.perf_counter() - start
 
     report = {
@@ -427,6 +486,7 @@ def register(
             "moving": {"modality": moving_modality, **geometry(moving)},
         },
         "settings": asdict(settings),
+        "model_path": model_path,
         "model_card": card,
         "device": str(device),
         "working_grid": geometry(grid),

@@ -116,7 +116,7 @@ _MR_SUPERSAMPLING = {3: (2, 2, 3), 2: (2, 2, 3)}
 _SLICE_THICKNESS_2D = {"ct": 1.5, "mr": 5.0}
 _CT_CENTRE_Z = 10.0  # mm; the 3D CT covers the iliac crests down to below the symphysis
 _BIAS_MAX = 0.2
-_SEED_STRIDE = 100003
+SEED_STRIDE = 100003
 """Subject ``k`` of a dataset with seed ``S`` has seed ``S * 100003 + k``."""
 
 
@@ -774,8 +774,8 @@ def write_dataset(
     from intermodal.io import write_image  # io pulls in DICOM support; only needed here
 
     subjects = _check_int("subjects", subjects, 1)
-    if subjects > _SEED_STRIDE:
-        raise IntermodalError(f"subjects must be at most {_SEED_STRIDE}, not {subjects}")
+    if subjects > SEED_STRIDE:
+        raise IntermodalError(f"subjects must be at most {SEED_STRIDE}, not {subjects}")
     seed = _check_int("seed", seed, 0)
     dim = _check_dim(dim)
     out = Path(out_dir)
@@ -792,7 +792,7 @@ def write_dataset(
 
     entries = []
     for k in range(subjects):
-        subject_seed = seed * _SEED_STRIDE + k
+        subject_seed = seed * SEED_STRIDE + k
         subject = generate_subject(subject_seed, dim=dim)
         name = f"subject_{k:03d}"
         files = {

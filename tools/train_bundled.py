@@ -1,0 +1,110 @@
+"""Retrain a bundled model from nothing: synth -> prepare -> train -> install.
+
+Usage (from the repository root; ``make model-3d`` and ``make model-2d`` run exactly this)::
+
+    .venv/bin/python tools/train_bundled.py pelvis3d
+    .venv/bin/python tools/train_bundled.py pelvis2d
+
+Every step goes through the ``intermodal`` command line, so the bundled model is trained the
+way a user would train one. Intermediate data lives in ``build/bundled/NAME/`` (ignored);
+each step resumes where it stopped. The last step copies the weights, unchanged, into
+``src/intermodal/models/`` and writes the card beside them with the training paths made
+relative and a ``provenance`` entry: this command, the synthetic data's recipe, the machine,
+torch and the date.
+
+The synthetic subjects come from dataset seed 1 (subject ``k`` has seed ``100003 + k``); the
+demo, the tests and the benchmarks use other dataset seeds, so they never see a training
+subject.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = {
+    "pelvis3d": {"dim": 3, "subjects": 24, "seed": 1, "spacing": 4.0},
+    "pelvis2d": {"dim": 2, "subjects": 60, "seed": 1, "spacing": None},
+}
+
+
+def intermodal(*args: str) -> None:
+    command = [str(Path(sys.executable).parent / "intermodal"), *args]
+    print("+", " ".join(command[1:]), flush=True)
+    subprocess.run(command, check=True, cwd=REPO)
+
+
+def relative(value):
+    """Paths under the repository written relative to it, recursively."""
+    if isinstance(value, dict):
+        return {k: relative(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [relative(v) for v in value]
+    if isinstance(value, str) and value.startswith(str(REPO) + os.sep):
+        return os.path.relpath(value, REPO)
+    return value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name", choices=sorted(RECIPES))
+    parser.add_argument("--no-install", action="store_true", help="train, but do not install")
+    args = parser.parse_args()
+    recipe = RECIPES[args.name]
+    work = REPO / "build" / "bundled" / args.name
+    raw, prepared = work / "raw", work / "prepared"
+    config = REPO / "configs" / f"{args.name}.toml"
+
+    if not (raw / "dataset.json").is_file():
+        intermodal(
+            "synth", "--subjects", str(recipe["subjects"]), "--dim", str(recipe["dim"]),
+            "--seed", str(recipe["seed"]), "--out", str(raw), "--quiet",
+        )  # fmt: skip
+    spacing = [] if recipe["spacing"] is None else ["--spacing", str(recipe["spacing"])]
+    intermodal("prepare", str(raw / "dataset.json"), "--out", str(prepared), *spacing, "--quiet")
+    run = work / "run"
+    resume = ["--resume"] if (run / "trainer_state.json").is_file() else []
+    intermodal("train", "--config", str(config.relative_to(REPO)), *resume)
+    if args.no_install:
+        return
+
+    import torch
+
+    card = json.loads((run / "model.json").read_text())
+    card = relative(card)
+    card["provenance"] = {
+        "command": f"make model-{recipe['dim']}d "
+        f"(= .venv/bin/python tools/train_bundled.py {args.name})",
+        "config": str(config.relative_to(REPO)),
+        "data": {
+            "generator": "intermodal synth",
+            **{k: recipe[k] for k in ("dim", "subjects", "seed")},
+            "prepare_spacing_mm": recipe["spacing"],
+            "prepare": relative(json.loads((prepared / "prepare.json").read_text())),
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "installed": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M}Z",
+    }
+    target = REPO / "src" / "intermodal" / "models"
+    shutil.copyfile(run / "model.safetensors", target / f"{args.name}.safetensors.tmp")
+    (target / f"{args.name}.json.tmp").write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(target / f"{args.name}.safetensors.tmp", target / f"{args.name}.safetensors")
+    os.replace(target / f"{args.name}.json.tmp", target / f"{args.name}.json")
+    print(f"installed {target / args.name}.safetensors (+ .json)")
+
+
+if __name__ == "__main__":
+    main()
