@@ -5,7 +5,8 @@ flattened (``optimizer.<param index>.<name>``) and, in its header metadata under
 ``"trainer"``, a JSON document: the step, the optimiser's parameter groups and scalars, the
 gradient scaler, the RNG states (as lists of ints), the wall time so far and the resolved
 configuration. One file, replaced atomically, so weights and optimiser state can never come
-from different steps. ``trainer_state.json`` beside it is a readable copy of the JSON.
+from different steps. ``trainer_state.json`` beside it is a readable copy of the JSON; both are
+written in full before either replaces the previous pair.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor
 
 from intermodal.errors import IntermodalError
-from intermodal.io._atomic import atomic_write
+from intermodal.io._atomic import atomic_write, write_files_atomic
 
 __all__ = ["STATE_FILE", "load_state", "save_state", "write_json"]
 
@@ -102,8 +103,10 @@ def save_state(
     document = {"format": _FORMAT, **meta, "optimizer": optimizer_meta, "rng": rng_states()}
     data = save(tensors, metadata={"trainer": json.dumps(document)})
     path = out / STATE_FILE
-    atomic_write(path, lambda tmp: tmp.write_bytes(data), suffix=".safetensors", overwrite=True)
-    write_json(path.with_suffix(".json"), document)
+    text = json.dumps(document, indent=2) + "\n"
+    # Both files are written in full before either replaces anything, so a full disk leaves
+    # the previous state and its readable copy as they were.
+    write_files_atomic({path: data, path.with_suffix(".json"): text.encode()})
     return path
 
 
@@ -115,7 +118,9 @@ def load_state(out: Path) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, 
         ``state_dict`` (on the CPU) and the JSON document.
 
     Raises:
-        IntermodalError: no state file in ``out``, or one that cannot be read.
+        IntermodalError: no state file in ``out``, one that cannot be read, or one whose
+            metadata is malformed (a format that is not an integer or is newer than this
+            version, missing keys, a malformed optimiser state); one line naming the file.
     """
     from safetensors import SafetensorError, safe_open
 
@@ -128,9 +133,20 @@ def load_state(out: Path) -> tuple[dict[str, Tensor], dict[str, Any], dict[str, 
             tensors = {key: stream.get_tensor(key) for key in stream.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as error:
         raise IntermodalError(f"{path}: not a readable trainer state ({error})") from None
-    if document.get("format", 0) > _FORMAT:
-        raise IntermodalError(f"{path}: trainer state format {document['format']} is too new")
+    if not isinstance(document, dict):
+        raise IntermodalError(f"{path}: trainer state metadata is not a JSON object")
+    version = document.get("format", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise IntermodalError(f"{path}: trainer state format must be an integer, got {version!r}")
+    if version > _FORMAT:
+        raise IntermodalError(f"{path}: trainer state format {version} is too new")
+    missing = [key for key in ("step", "optimizer", "rng") if key not in document]
+    if missing:
+        raise IntermodalError(f"{path}: trainer state lacks {', '.join(missing)}")
     model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     optimizer_tensors = {k: v for k, v in tensors.items() if k.startswith("optimizer.")}
-    optimizer_state = _unflatten_optimizer(optimizer_tensors, document["optimizer"])
+    try:
+        optimizer_state = _unflatten_optimizer(optimizer_tensors, document["optimizer"])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise IntermodalError(f"{path}: malformed optimiser state ({error!r})") from None
     return model_state, optimizer_state, document
