@@ -58,6 +58,7 @@ def test_bundled_card_records_how_it_was_trained(name):
     assert training["steps"] == training["config"]["train"]["steps"]
     assert training["wall_time_s"] > 0
     assert 0 < training["validation_dice"]["mean"] <= 1
+    assert 0 < training["validation_dice_identity"] <= 1  # the baseline it is read against
     provenance = card["provenance"]
     assert provenance["command"].startswith(f"make model-{BUNDLED[name]}d")
     assert provenance["data"]["seed"] == 1  # demo and benchmarks use other dataset seeds

@@ -53,6 +53,27 @@ def relative(value):
     return value
 
 
+def identity_dice(manifest: Path, dim: int, card: dict) -> float:
+    """The validation Dice with no deformation: what the model's validation Dice beats, or not."""
+    import torch
+
+    from intermodal.data.manifest import load_manifest
+    from intermodal.networks import RegistrationModel
+    from intermodal.training.pairs import validation_pairs
+    from intermodal.training.trainer import validation_dice
+    from intermodal.training.volumes import load_volumes
+
+    volumes = load_volumes(load_manifest(manifest), "validation", dim=dim)
+    model = RegistrationModel.from_config(card["network"])
+    with torch.no_grad():
+        model.unet.head.weight.zero_()
+        model.unet.head.bias.zero_()
+    labels = card["training"]["config"]["data"]["validation_labels"]
+    direction = card["training"]["direction"]
+    pairs = validation_pairs(len(volumes), direction)
+    return validation_dice(model, volumes, pairs, labels)["mean"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name", choices=sorted(RECIPES))
@@ -80,6 +101,9 @@ def main() -> None:
 
     card = json.loads((run / "model.json").read_text())
     card = relative(card)
+    card["training"]["validation_dice_identity"] = identity_dice(
+        prepared / "dataset.json", recipe["dim"], card
+    )
     card["provenance"] = {
         "command": f"make model-{recipe['dim']}d "
         f"(= .venv/bin/python tools/train_bundled.py {args.name})",
