@@ -43,7 +43,7 @@ from intermodal.spatial import warp
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- throughput:begin -->", "<!-- throughput:end -->"
 # (spatial shape in array order, batch): the bundled models' training grids and batches
-PRESETS = {"2d": ((160, 160), 4), "3d": ((80, 80, 64), 1)}
+PRESETS = {"2d": ((160, 160), 4), "3d": ((64, 64, 64), 1)}
 
 
 class Intermodal(torch.nn.Module):
