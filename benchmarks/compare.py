@@ -611,6 +611,10 @@ def scaling(sizes: list[int], kinds: list[str], repeats: int) -> dict[str, Any]:
     shapes = [(n, n, n) for n in sizes]
     if FORWARD_SHAPE not in shapes:
         shapes.append(FORWARD_SHAPE)
+    # rows of earlier runs stay unless this run measures the same shape and kind again
+    previous = (load_part("scaling") or {}).get("rows", [])
+    measured = {(tuple(shape), kind) for shape in shapes for kind in kinds}
+    kept = [r for r in previous if (tuple(r["shape"]), r["kind"]) not in measured]
     rows: list[dict[str, Any]] = []
     for shape in shapes:
         # the pair in (x, y, z) order on disk, the shape here in array order
@@ -631,7 +635,8 @@ def scaling(sizes: list[int], kinds: list[str], repeats: int) -> dict[str, Any]:
             Path(spec["out"]).mkdir(parents=True, exist_ok=True)
             print(f"scaling {shape} {kind} ...", flush=True)
             wall, rss, code = run_measured(worker_command(spec), Path(spec["out"]) / "log.txt")
-            row = {"shape": list(shape), "kind": kind, "process_s": wall, "wait4_maxrss_mib": rss}
+            row = {"shape": list(shape), "kind": kind, "process_s": wall,
+                   "wait4_maxrss_mib": rss, "date": now(), "command": command_line()}  # fmt: skip
             if code == 0:
                 row.update(json.loads((Path(spec["out"]) / "result.json").read_text()))
                 print(f"    {row['seconds']:.2f} s, {rss:.0f} MiB", flush=True)
@@ -639,9 +644,11 @@ def scaling(sizes: list[int], kinds: list[str], repeats: int) -> dict[str, Any]:
                 row["error"] = (Path(spec["out"]) / "log.txt").read_text()[-400:]
                 print(f"    failed: {row['error']}", flush=True)
             rows.append(row)
-            save_part("scaling", {"rows": rows, "partial": True})
-    payload = {"date": now(), "command": command_line(), "rows": rows, "repeats": repeats,
-               "register_model": "auto" if has_bundled(3) else None}  # fmt: skip
+            save_part("scaling", {"rows": kept + rows, "partial": True})
+    rows = sorted(
+        kept + rows, key=lambda r: (np.prod(r["shape"]), list(SCALING_LABELS).index(r["kind"]))
+    )
+    payload = {"date": now(), "command": command_line(), "rows": rows, "repeats": repeats}
     save_part("scaling", payload)
     plot_scaling(payload, REPO / "benchmarks" / "scaling.png")
     return payload
@@ -689,7 +696,8 @@ def render_scaling(part: dict[str, Any], memory: dict[str, Any] | None) -> str:
         "<!-- compare_scaling:begin -->",
         "## Scaling with volume size, and memory (synthetic 3D, CPU, one thread)",
         "",
-        f"- date: {part['date']}; command: `{part['command']}`; plot: `benchmarks/scaling.png`",
+        f"- date: {part['date']} (last run); commands below the table; plot: "
+        "`benchmarks/scaling.png`",
         "- the held-out synthetic pair (CT of subject 0, MR of subject 1, dataset seed 5) "
         "resampled onto N^3 voxels over each image's own extent (CT 240x240x200 mm); each "
         "measurement in a fresh subprocess; peak RSS is that process's `VmHWM` at its end "
@@ -700,31 +708,35 @@ def render_scaling(part: dict[str, Any], memory: dict[str, Any] | None) -> str:
         f"{part['repeats']} calls; intermodal: `RegistrationModel(3, features=(16, 32, 32, 32), "
         "output_stride=2, integration_steps=7)` (configs/pelvis3d.toml) incl. integration and "
         "resize; VoxelMorph: `VxmPairwise(3, 1, 1)` defaults incl. its integration",
-        "- register: `register(ct, mr, Settings(model="
-        + ('"auto"' if part.get("register_model") else "None")
-        + ', device="cpu"))`'
-        + (
-            ""
-            if part.get("register_model")
-            else " (no bundled 3D model is installed, so "
-            'the default `model="auto"` cannot run in 3D: refinement alone)'
-        )
-        + "; its working grid is 2 mm whatever the input size; ANTs SyNRA as in the other "
-        "sections, at the input resolution (its finest SyN level gets 0 iterations by default)",
+        '- register: `register(ct, mr, Settings(device="cpu"))`, the defaults (`model="auto"`); '
+        "the last column names the model that ran: the bundled 3D model `pelvis3d` was "
+        "installed during this work, so rows measured before it ran refinement alone (no "
+        "model) at the 2 mm default grid, rows after it the model at its training spacing then "
+        "the refinement; ANTs SyNRA as in the other sections, at the input resolution (its "
+        "finest SyN level gets 0 iterations by default)",
+        "- the machine was shared with other jobs whose load changed a lot during the sweep "
+        "(a 3D training run at high priority ended half way), so times of different rows "
+        "are not comparable to better than a factor of about 2; ratios at one size are",
         "",
-        "| array shape | method | time s | peak RSS MiB | RSS before call MiB |",
-        "| --- | --- | ---: | ---: | ---: |",
+        "| array shape | method | time s | peak RSS MiB | RSS before call MiB | model / date |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
     ]
     for row in part["rows"]:
         shape = "x".join(map(str, row["shape"]))
         if "error" in row:
-            lines.append(f"| {shape} | {SCALING_LABELS[row['kind']]} | failed | | |")
+            lines.append(f"| {shape} | {SCALING_LABELS[row['kind']]} | failed | | | |")
             continue
+        note = row.get("date", part["date"])
+        if row["kind"] == "register":
+            model = row.get("info", {}).get("model_path")
+            note = f"{Path(model).stem if model else 'none'}, {note}"
         lines.append(
             f"| {shape} | {SCALING_LABELS[row['kind']]} | {row['seconds']:.2f} "
-            f"| {row['peak_rss_mib']:.0f} | {row.get('rss_before_mib', float('nan')):.0f} |"
+            f"| {row['peak_rss_mib']:.0f} | {row.get('rss_before_mib', float('nan')):.0f} "
+            f"| {note} |"
         )
-    lines.append("")
+    commands = sorted({r.get("command", part["command"]) for r in part["rows"]})
+    lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in commands), ""]
     if memory:
         lines.append(
             f"- memory ({memory['date']}, `{memory['command']}`): `register` "
@@ -737,6 +749,14 @@ def render_scaling(part: dict[str, Any], memory: dict[str, Any] | None) -> str:
                 if "peak_rss_mib" in memory and "error" not in memory
                 else f"failed: {memory.get('error', '?')[-300:]!r}"
             )
+        )
+    previous = load_part("memory_previous")
+    if previous and "peak_rss_mib" in previous:
+        stages = previous.get("info", {}).get("stage_s", {})
+        lines.append(
+            f"- an earlier memory run ({previous['date']}; {previous['note']}): peak RSS "
+            f"{previous['peak_rss_mib'] / GIB:.2f} GiB, registration {previous['seconds']:.0f} s "
+            f"(stages s: {stages})"
         )
     lines += ["", "<!-- compare_scaling:end -->"]
     return "\n".join(lines)

@@ -363,7 +363,11 @@ def elastix_register(fixed_ct: sitk.Image, moving_mr: sitk.Image) -> PeerResult:
         fixed, moving, parameter_object=parameters, log_to_console=False, number_of_threads=1
     )
     seconds_registration = time.perf_counter() - start
-    field = itk.transformix_deformation_field(moving, transform_parameters)
+    # transformix writes deformationField.nii into its output directory (default: the cwd)
+    with tempfile.TemporaryDirectory() as temporary:
+        field = itk.transformix_deformation_field(
+            moving, transform_parameters, output_directory=temporary
+        )
     array = itk.GetArrayFromImage(field).astype(np.float64)
     displacement = sitk.GetImageFromArray(array, isVector=True)
     displacement.CopyInformation(fixed_n)
