@@ -447,8 +447,24 @@ def real(methods: list[str]) -> dict[str, Any]:
         array = evaluator.warp(sitk.ReadTransform(str(workdir / "transform.h5")))
         warped[method] = array
         rows[method] = {"process_s": wall, "wait4_maxrss_mib": rss, **result,
-                        "nmi": evaluator.nmi(array)}  # fmt: skip
+                        "nmi": evaluator.nmi(array), "date": now(),
+                        "command": command_line()}  # fmt: skip
         print(f"    {result['seconds']:.1f} s, {rss:.0f} MiB, NMI {rows[method]['nmi']:.4f}")
+    # methods of an earlier run that this one did not measure again stay, with their command
+    previous = load_part("real") or {}
+    for method, row in (previous.get("rows") or {}).items():
+        if method in rows or method in skipped:
+            continue
+        rows[method] = {"date": previous["date"], "command": previous["command"], **row}
+        transform = OUT / "real" / method / "transform.h5"
+        if "error" not in row and transform.is_file():
+            warped[method] = evaluator.warp(sitk.ReadTransform(str(transform)))
+    for method, reason in (previous.get("skipped") or {}).items():
+        if method not in rows and method not in skipped:
+            skipped[method] = reason
+    order = list(LABELS)
+    rows = dict(sorted(rows.items(), key=lambda item: order.index(item[0])))
+    warped = {"identity": identity, **{m: warped[m] for m in rows if m in warped}}
     write_real_qc(OUT / "real_qc.png", evaluator.fixed_array, warped)
     payload = {
         "date": now(),
@@ -495,7 +511,7 @@ def render_real(part: dict[str, Any]) -> str:
         lines += [f"Not run: {part['skipped']}.", "", "<!-- compare_real:end -->"]
         return "\n".join(lines)
     lines += [
-        f"- date: {part['date']}; command: `{part['command']}`",
+        f"- date: {part['date']} (last run; each row names its run, commands below the table)",
         "- one run per method (time allowed no repeats: single runs on a shared machine, so "
         "times are indicative; see the `real_pair` section for 3 repeats of three of these "
         "methods), each in its own subprocess on one thread; CT fixed, T2 MR moving",
@@ -506,21 +522,24 @@ def render_real(part: dict[str, Any]) -> str:
         "section for why not `ru_maxrss`). QC "
         "figure: `benchmarks/out/compare/real_qc.png` (not committed)",
         "",
-        "| method | time s | process s | peak RSS MiB | NMI after | SDlogJ | non-positive J % |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        f"| identity (no registration) | - | - | - | {part['nmi_before']:.4f} | - | - |",
+        "| method | time s | process s | peak RSS MiB | NMI after | SDlogJ | non-positive J % "
+        "| run |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        f"| identity (no registration) | - | - | - | {part['nmi_before']:.4f} | - | - | - |",
     ]
     for method, row in part["rows"].items():
         if "error" in row:
-            lines.append(f"| {LABELS[method]} | failed: {row['error'][-120:]!r} | | | | | |")
+            lines.append(f"| {LABELS[method]} | failed: {row['error'][-120:]!r} | | | | | | |")
             continue
         lines.append(
             f"| {LABELS[method]} | {row['seconds']:.1f} | {row['process_s']:.1f} "
             f"| {row['peak_rss_mib']:.0f} | {row['nmi']:.4f} | {row['sdlogj']:.3f} "
-            f"| {100 * row['folding']:.4f} |"
+            f"| {100 * row['folding']:.4f} | {row.get('date', part['date'])} |"
         )
     for method, reason in part.get("skipped", {}).items():
-        lines.append(f"| {LABELS[method]} | not run: {reason} | | | | | |")
+        lines.append(f"| {LABELS[method]} | not run: {reason} | | | | | | |")
+    commands = sorted({r.get("command", part["command"]) for r in part["rows"].values()})
+    lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in commands)]
     lines += ["", "<!-- compare_real:end -->"]
     return "\n".join(lines)
 
@@ -678,10 +697,13 @@ def plot_scaling(part: dict[str, Any], path: Path) -> None:
         voxels = [float(np.prod(r["shape"])) for r in rows]
         left.plot(voxels, [r["seconds"] for r in rows], "o-", label=label)
         right.plot(voxels, [r["peak_rss_mib"] / GIB for r in rows], "o-", label=label)
+    edges = sorted({r["shape"][0] for r in part["rows"] if len(set(r["shape"])) == 1})
     for axis, ylabel in ((left, "time s (1 thread)"), (right, "peak RSS GiB (process)")):
         axis.set_xscale("log")
         axis.set_yscale("log")
-        axis.set_xlabel("voxels (64^3 .. N^3)")
+        axis.set_xticks([float(n) ** 3 for n in edges], [f"{n}^3" for n in edges])
+        axis.minorticks_off()
+        axis.set_xlabel("input voxels (CT and MR each)")
         axis.set_ylabel(ylabel)
         axis.grid(True, which="both", alpha=0.3)
     left.legend(fontsize=8)
@@ -716,7 +738,9 @@ def render_scaling(part: dict[str, Any], memory: dict[str, Any] | None) -> str:
         "finest SyN level gets 0 iterations by default)",
         "- the machine was shared with other jobs whose load changed a lot during the sweep "
         "(a 3D training run at high priority ended half way), so times of different rows "
-        "are not comparable to better than a factor of about 2; ratios at one size are",
+        "are not comparable to better than a factor of about 2 (the rows of one size ran one "
+        "after another, minutes apart; the `register` rows were rerun at 64 and 128 once the "
+        "3D model was installed)",
         "",
         "| array shape | method | time s | peak RSS MiB | RSS before call MiB | model / date |",
         "| --- | --- | ---: | ---: | ---: | --- |",
@@ -823,20 +847,27 @@ def render_targets() -> str:
                 and ours["sdlogj"] <= SDLOGJ_MAX
                 and ours["folding"] < FOLDING_MAX
             )
+            verdicts = (
+                f"Dice margin {'ok' if margin >= DICE_MARGIN else 'too small'}, SDlogJ "
+                f"{'ok' if ours['sdlogj'] <= SDLOGJ_MAX else 'too high'}, folding "
+                f"{'ok' if ours['folding'] < FOLDING_MAX else 'too high'}"
+            )
             lines.append(
                 f"- Dice {dim}D, {LABELS[ours_key]} vs {LABELS[peer]} (>= +{DICE_MARGIN} with "
                 f"SDlogJ <= {SDLOGJ_MAX} and non-positive J < 0.01 %): "
-                f"**{'MET' if ok else 'NOT MET'}**: mean Dice {ours['dice']:.3f} vs "
-                f"{theirs['dice']:.3f} (margin {margin:+.3f}), SDlogJ {ours['sdlogj']:.3f}, "
-                f"non-positive J {100 * ours['folding']:.4f} %"
+                f"**{'MET' if ok else 'NOT MET'}** ({verdicts}): mean Dice {ours['dice']:.3f} vs "
+                f"{theirs['dice']:.3f} (margin {margin:+.3f}, {ours['n']} pairs), SDlogJ "
+                f"{ours['sdlogj']:.3f} (peer {theirs['sdlogj']:.3f}), non-positive J "
+                f"{100 * ours['folding']:.4f} %"
             )
         if ours and summary.get("ants"):
             ratio = ours["seconds"] / summary["ants"]["seconds"]
             accurate = ours["dice"] >= summary["ants"]["dice"]
             ok = ratio <= TIME_RATIO_MAX and accurate
             lines.append(
-                f"- time {dim}D, {LABELS[ours_key]} vs ANTs (<= {TIME_RATIO_MAX} x at equal or "
-                f"better Dice): **{'MET' if ok else 'NOT MET'}**: median {ours['seconds']:.2f} s "
+                f"- time {dim}D (per pair, in process), {LABELS[ours_key]} vs ANTs "
+                f"(<= {TIME_RATIO_MAX} x at equal or better Dice): "
+                f"**{'MET' if ok else 'NOT MET'}**: median {ours['seconds']:.2f} s "
                 f"vs {summary['ants']['seconds']:.2f} s per pair (ratio {ratio:.2f}), Dice "
                 f"{ours['dice']:.3f} vs {summary['ants']['dice']:.3f}"
             )
