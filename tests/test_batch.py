@@ -55,7 +55,7 @@ def open_manifest(path: Path):
 
 def manifest_variant(dataset: Path, name: str, **changes) -> Path:
     """A copy of the dataset's manifest beside it (so relative paths hold), with ``changes``."""
-    data = json.loads((dataset / "dataset.json").read_text())
+    data = json.loads((dataset / "dataset.json").read_text(encoding="utf-8"))
     data.update(changes)
     path = dataset / name
     path.write_text(json.dumps(data))
@@ -67,7 +67,7 @@ def dataset(tmp_path_factory) -> Path:
     """Three synthetic 2D subjects, all in the test split, with CT landmarks for subject_000."""
     folder = tmp_path_factory.mktemp("batch") / "dataset"
     write_dataset(folder, len(SUBJECTS), dim=2)
-    data = json.loads((folder / "dataset.json").read_text())
+    data = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
     data.update(training=[], validation=[], test=SUBJECTS)
     (folder / "ct_points.csv").write_text("x,y\n0,0\n10,5\n")
     (folder / "mr_points.csv").write_text("x,y\n1,0\n10,6\n")
@@ -165,7 +165,7 @@ def test_bad_pair_sources(dataset, tmp_path):
 
 
 def test_bad_subject_ids_and_landmarks(dataset):
-    data = json.loads((dataset / "dataset.json").read_text())
+    data = json.loads((dataset / "dataset.json").read_text(encoding="utf-8"))
     data["subjects"][1]["id"] = "a--b"
     data["subjects"][2]["mr_landmarks"] = "nowhere.csv"
     data["test"] = ["subject_000", "a--b", "subject_002"]
@@ -276,8 +276,13 @@ def test_batch_writes_a_done_marker_last_and_skips_done_pairs(tmp_path):
     for pair in PAIRS:
         record = read_done(out / pair.name, pair)
         assert record["rank"] == 0 and record["inputs"] == pair.inputs()
-        assert json.loads((out / pair.name / "report.json").read_text())["batch"]["rank"] == 0
-    assert json.loads((out / RUN_FILE).read_text()) == {
+        assert (
+            json.loads((out / pair.name / "report.json").read_text(encoding="utf-8"))["batch"][
+                "rank"
+            ]
+            == 0
+        )
+    assert json.loads((out / RUN_FILE).read_text(encoding="utf-8")) == {
         "method": "fake",
         "settings": {"setting": 1, "tuple": [1, 2]},
     }
@@ -292,14 +297,14 @@ def test_batch_resumes_after_an_interruption(tmp_path):
         run_batch(PAIRS, out, FakeMethod(interrupt={PAIRS[2].name}))
     assert (out / PAIRS[2].name / "half.txt").is_file()  # half written, not marked done
     assert read_done(out / PAIRS[2].name, PAIRS[2]) is None
-    markers = {p.name: (out / p.name / DONE_FILE).read_text() for p in PAIRS[:2]}
+    markers = {p.name: (out / p.name / DONE_FILE).read_text(encoding="utf-8") for p in PAIRS[:2]}
     resumed = FakeMethod()
     summary = run_batch(PAIRS, out, resumed)
     assert resumed.calls == [PAIRS[2].name, PAIRS[3].name]
     assert summary.skipped == [PAIRS[0].name, PAIRS[1].name]
     assert not (out / PAIRS[2].name / "half.txt").exists()
     for name, text in markers.items():  # the done pairs were not touched
-        assert (out / name / DONE_FILE).read_text() == text
+        assert (out / name / DONE_FILE).read_text(encoding="utf-8") == text
 
 
 def test_batch_removes_leftovers_of_a_killed_writer_only_for_its_pair(tmp_path):
@@ -369,7 +374,7 @@ def test_bad_batch_folders(tmp_path):
     redo = FakeMethod(setting=2)
     summary = run_batch(PAIRS, out, redo, overwrite=True)
     assert redo.calls == [p.name for p in PAIRS] and len(summary.done) == 4
-    assert json.loads((out / RUN_FILE).read_text())["settings"]["setting"] == 2
+    assert json.loads((out / RUN_FILE).read_text(encoding="utf-8"))["settings"]["setting"] == 2
 
 
 def test_ranks_share_the_pairs(tmp_path):
@@ -381,7 +386,11 @@ def test_ranks_share_the_pairs(tmp_path):
     assert [read_done(out / p.name, p)["rank"] for p in PAIRS] == [0, 1, 2, 0]
 
 
-def test_method_registry():
+def test_method_registry(monkeypatch):
+    import intermodal.batch
+
+    # a private copy of the registry, so "fake-test" does not outlive this test
+    monkeypatch.setattr(intermodal.batch, "_METHODS", dict(intermodal.batch._METHODS))
     assert "intermodal" in method_names()
     assert isinstance(make_method("intermodal"), IntermodalMethod)
     with pytest.raises(IntermodalError, match="unknown method 'nope'; methods are"):
@@ -437,8 +446,8 @@ def test_two_ranks_do_every_pair_exactly_once(dataset, tmp_path):
     )
     done_by = {}
     for index, name in enumerate(names):
-        report = json.loads((out / name / "report.json").read_text())
-        marker = json.loads((out / name / DONE_FILE).read_text())
+        report = json.loads((out / name / "report.json").read_text(encoding="utf-8"))
+        marker = json.loads((out / name / DONE_FILE).read_text(encoding="utf-8"))
         assert report["batch"]["rank"] == marker["rank"] == index % 2
         assert report["batch"]["world_size"] == 2
         assert REGISTER_OUTPUTS <= {p.name for p in (out / name).iterdir()}
@@ -460,7 +469,7 @@ def test_killed_run_resumes_without_redoing_done_pairs(dataset, tmp_path, capsys
     process.communicate()
     assert first.exists(), "the first pair never finished"
     done = sorted(p.parent.name for p in out.glob(f"*/{DONE_FILE}"))
-    markers = {name: (out / name / DONE_FILE).read_text() for name in done}
+    markers = {name: (out / name / DONE_FILE).read_text(encoding="utf-8") for name in done}
     if len(done) == len(SUBJECTS):
         pytest.skip("the run finished before it could be killed")
     code = main(["register-batch", str(dataset), "--out", str(out), *FAST])
@@ -469,7 +478,7 @@ def test_killed_run_resumes_without_redoing_done_pairs(dataset, tmp_path, capsys
     redone = len(SUBJECTS) - len(done)
     assert f"{redone} pairs registered, {len(done)} already done, 0 failed" in stdout
     for name, text in markers.items():
-        assert (out / name / DONE_FILE).read_text() == text
+        assert (out / name / DONE_FILE).read_text(encoding="utf-8") == text
     assert sorted(p.parent.name for p in out.glob(f"*/{DONE_FILE}")) == [
         f"{s}--{s}" for s in SUBJECTS
     ]
@@ -482,7 +491,7 @@ def test_command_reports_a_failing_pair_and_exits_nonzero(dataset, tmp_path, cap
     truncated = tmp_path / "mr.nii"
     sitk.WriteImage(mr, str(truncated))
     truncated.write_bytes(truncated.read_bytes()[:1000])
-    data = json.loads((dataset / "dataset.json").read_text())
+    data = json.loads((dataset / "dataset.json").read_text(encoding="utf-8"))
     data["subjects"][1]["mr"] = str(truncated)
     data["subjects"][1].pop("mr_labels")
     data["test"] = ["subject_000", "subject_001"]
@@ -536,7 +545,10 @@ def test_torchrun_shares_the_pairs_between_two_ranks(dataset, tmp_path):
     assert process.returncode == 0, process.stderr[-2000:]
     for rank in range(2):
         assert f"rank {rank} of 2: " in process.stdout
-    ranks = [json.loads((out / f"{s}--{s}" / DONE_FILE).read_text())["rank"] for s in SUBJECTS]
+    ranks = [
+        json.loads((out / f"{s}--{s}" / DONE_FILE).read_text(encoding="utf-8"))["rank"]
+        for s in SUBJECTS
+    ]
     assert ranks == [0, 1, 0]
 
 

@@ -35,7 +35,8 @@ def test_round_trip_gives_identical_outputs(saved_model):
 def test_register_with_a_model_uses_its_card(small_pair, saved_model):
     _, path = saved_model
     result = register(small_pair.ct, small_pair.mr, Settings(model=str(path), refine=5))
-    assert result.report["working_grid"]["spacing"] == [5.0, 5.0, 5.0]
+    assert result.report["network_spacing"] == [5.0, 5.0, 5.0]  # the card's spacing
+    assert result.report["working_grid"]["spacing"] == [2.0, 2.0, 2.0]  # the 3D default
     assert result.report["model_card"]["weights_sha256"]
 
 
@@ -64,7 +65,7 @@ def test_bad_missing_card(saved_model):
 
 def test_bad_newer_card_format(saved_model):
     _, path = saved_model
-    card = json.loads(card_path(path).read_text())
+    card = json.loads(card_path(path).read_text(encoding="utf-8"))
     card["format"] = 99
     card_path(path).write_text(json.dumps(card))
     with pytest.raises(IntermodalError, match="newer"):

@@ -63,7 +63,7 @@ def registered(tmp_path_factory, small_pair_files):
 def test_register_writes_every_output(registered):
     names = {p.name for p in registered.iterdir()}
     assert OUTPUTS | {"warped_labels.nii.gz", "points.csv"} <= names
-    report = json.loads((registered / "report.json").read_text())
+    report = json.loads((registered / "report.json").read_text(encoding="utf-8"))
     for key in ("inputs", "settings", "timings_s", "nmi", "jacobian"):
         assert key in report
     assert report["nmi"]["after"] > report["nmi"]["before"]
@@ -73,7 +73,7 @@ def test_register_writes_every_output(registered):
 
 def test_points_csv_matches_the_transform(registered):
     transform = sitk.ReadTransform(str(registered / "transform.h5"))
-    lines = (registered / "points.csv").read_text().strip().splitlines()
+    lines = (registered / "points.csv").read_text(encoding="utf-8").strip().splitlines()
     assert lines[0].replace(" ", "") == "x,y,z"
     mapped = np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
     expected = [transform.TransformPoint(p) for p in [(0.0, 0.0, 0.0), (12.5, -7.5, 10.0)]]
@@ -292,7 +292,7 @@ def test_demo_prints_dice_gain(capsys, tmp_path):
     assert set(means) == {"before", "affine", "model", "model+refine"}
     assert means["model+refine"] > means["affine"] + 0.1
     assert (tmp_path / "demo" / "warped_labels.nii.gz").is_file()
-    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    report = json.loads((tmp_path / "demo" / "report.json").read_text(encoding="utf-8"))
     assert report["model_path"].endswith("pelvis3d.safetensors")
 
 
@@ -301,7 +301,7 @@ def test_synth_writes_a_manifest(capsys, tmp_path):
         capsys, "synth", "--subjects", "3", "--dim", "2", "--out", tmp_path / "data", "--seed", "4"
     )
     assert code == 0 and "dataset.json" in stdout
-    manifest = json.loads((tmp_path / "data" / "dataset.json").read_text())
+    manifest = json.loads((tmp_path / "data" / "dataset.json").read_text(encoding="utf-8"))
     assert len(manifest["subjects"]) == 3
     for subject in manifest["subjects"]:
         assert (tmp_path / "data" / subject["ct"]).is_file()

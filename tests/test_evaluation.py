@@ -193,19 +193,19 @@ def test_written_outputs(case, tmp_path):
     written = write_evaluation(evaluation, out, title="hand")
     assert sorted(p.name for p in written) == sorted(OUTPUT_FILES)
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)  # no temporary left
-    rows = list(csv.DictReader(io.StringIO((out / "metrics.csv").read_text())))
+    rows = list(csv.DictReader(io.StringIO((out / "metrics.csv").read_text(encoding="utf-8"))))
     assert [r["label"] for r in rows] == ["one", "two", "three"]
     assert tuple(rows[0]) == COLUMNS
     assert float(rows[0]["dice"]) == 1.0 and rows[2]["dice"] == "nan"
     for name in OUTPUT_FILES:
         if name.endswith(".png"):
             assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    before = (out / "summary.md").read_text()
+    before = (out / "summary.md").read_text(encoding="utf-8")
     with pytest.raises(OutputExistsError, match="pass --overwrite"):
         write_evaluation(evaluation, out)
-    assert (out / "summary.md").read_text() == before
+    assert (out / "summary.md").read_text(encoding="utf-8") == before
     write_evaluation(evaluation, out, overwrite=True, title="again")
-    assert "# Evaluation: again" in (out / "summary.md").read_text()
+    assert "# Evaluation: again" in (out / "summary.md").read_text(encoding="utf-8")
 
 
 def test_missing_and_unfinished_results(case, tmp_path):
@@ -273,7 +273,7 @@ def registered(tmp_path_factory) -> dict[str, Path]:
     """Three synthetic 2D subjects in the test split, registered by register-batch."""
     root = tmp_path_factory.mktemp("evaluate")
     manifest = write_dataset(root / "dataset", 3, dim=2)
-    data = json.loads(manifest.read_text())
+    data = json.loads(manifest.read_text(encoding="utf-8"))
     data.update(training=[], validation=[], test=[s["id"] for s in data["subjects"]])
     manifest.write_text(json.dumps(data))
     out = root / "batch"
@@ -290,7 +290,7 @@ def test_evaluate_command_on_register_batch_results(registered, tmp_path, capsys
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert captured.out.startswith("evaluated 3 pairs, Dice ")
-    rows = list(csv.DictReader(io.StringIO((out / "metrics.csv").read_text())))
+    rows = list(csv.DictReader(io.StringIO((out / "metrics.csv").read_text(encoding="utf-8"))))
     assert len(rows) == 3 * 5  # three pairs, five labels
     # The Dice computed from transform.h5 agrees with register's own warped_labels.nii.gz.
     for row in rows:
@@ -300,7 +300,7 @@ def test_evaluate_command_on_register_batch_results(registered, tmp_path, capsys
         fixed = sitk.GetArrayFromImage(sitk.ReadImage(str(fixed_path)))
         value = int(row["label_value"])
         assert float(row["dice"]) == pytest.approx(dice(fixed == value, warped == value))
-        report = json.loads((folder / "report.json").read_text())
+        report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
         assert float(row["runtime_s"]) == report["timings_s"]["total"]
     # on average, registration improves on the images' own placement
     assert np.mean([float(r["dice"]) for r in rows]) > np.mean(
@@ -322,7 +322,7 @@ def test_evaluate_command_runs_a_method(registered, tmp_path, capsys):
     assert main(argv) == 0, capsys.readouterr().err
     assert "evaluated 1 pairs" in capsys.readouterr().out
     assert (out / "registrations" / "subject_001--subject_002" / DONE_FILE).is_file()
-    summary = (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text(encoding="utf-8")
     assert "1 pairs evaluated (0 intra-subject, 1 inter-subject)" in summary
     assert "method intermodal" in summary
     # again with --overwrite: the registrations are redone, the evaluation replaced
@@ -384,9 +384,9 @@ def test_failed_registrations_are_listed_and_the_rest_evaluated(registered, tmp_
     assert code == 1
     assert "registration failed for: subject_001--subject_001" in captured.err
     assert "2 pairs, " in captured.out and "1 failed to register" in captured.out
-    summary = (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text(encoding="utf-8")
     assert "- subject_001--subject_001: registration failed: " in summary and "no luck" in summary
-    rows = list(csv.DictReader(io.StringIO((out / "metrics.csv").read_text())))
+    rows = list(csv.DictReader(io.StringIO((out / "metrics.csv").read_text(encoding="utf-8"))))
     assert {r["pair"] for r in rows} == {"subject_000--subject_000", "subject_002--subject_002"}
     # identity: nothing moves
     assert all(r["dice"] == r["dice_before"] for r in rows)

@@ -30,7 +30,7 @@ def test_real_pair_registers_from_the_cli(tmp_path, real_pair):
         ]
     )
     assert code == 0
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["inputs"]["fixed"]["modality"] == "ct"
     assert report["inputs"]["moving"]["modality"] == "mr"
     nmi = report["nmi"]

@@ -73,7 +73,7 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
     if not card_file.is_file():
         raise IntermodalError(f"{path}: model card {card_file.name} not found beside the weights")
     try:
-        card = json.loads(card_file.read_text())
+        card = json.loads(card_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:  # ValueError: bad JSON or bad UTF-8
         raise IntermodalError(f"{card_file}: not a readable JSON model card ({error})") from None
     if not isinstance(card, dict) or "network" not in card or "weights_sha256" not in card:

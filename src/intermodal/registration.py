@@ -358,7 +358,7 @@ def available_memory() -> int | None:
     """
     known: list[int] = []
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("MemAvailable:"):
                 known.append(int(line.split()[1]) * 1024)  # kB
     except (OSError, ValueError, IndexError):
@@ -369,12 +369,13 @@ def available_memory() -> int | None:
          "total_inactive_file"),
     ):  # fmt: skip
         try:
-            limit = Path(folder, limit_name).read_text().strip()
+            limit = Path(folder, limit_name).read_text(encoding="utf-8").strip()
             if not limit.isdigit() or int(limit) >= 1 << 60:  # "max" or v1's "unlimited"
                 continue
-            usage = int(Path(folder, usage_name).read_text())
+            usage = int(Path(folder, usage_name).read_text(encoding="utf-8"))
             stats = dict(
-                line.split() for line in Path(folder, "memory.stat").read_text().splitlines()
+                line.split()
+                for line in Path(folder, "memory.stat").read_text(encoding="utf-8").splitlines()
             )
             usage -= int(stats.get(cache_name, 0))
         except (OSError, ValueError):
@@ -638,6 +639,10 @@ def register(
         "model_card": card,
         "device": str(device),
         "working_grid": geometry(grid),
+        # spacing (mm, x y z) the network ran at: its trained one, whatever the working grid
+        "network_spacing": None
+        if model is None
+        else [float(v) for v in np.broadcast_to(trained_spacing or grid.GetSpacing(), (ndim,))],
         "initial_transform": {
             "type": affine.GetName(),
             "parameters": list(affine.GetParameters()),

@@ -111,7 +111,9 @@ def _json_default(value: Any) -> Any:
 
 def write_json(data: dict[str, Any], path: str | os.PathLike) -> None:
     """Write ``data`` as indented JSON."""
-    Path(path).write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+    Path(path).write_text(
+        json.dumps(data, indent=2, default=_json_default) + "\n", encoding="utf-8"
+    )
 
 
 class OutputDirectory:

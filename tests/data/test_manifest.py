@@ -55,7 +55,7 @@ def test_split_and_subject_helpers(dataset):
 def test_write_manifest_round_trip_keeps_relative_paths(dataset, tmp_path):
     manifest = load_manifest(dataset)
     copy = write_manifest(manifest, tmp_path / "elsewhere" / "copy.json")
-    text = json.loads(copy.read_text())
+    text = json.loads(copy.read_text(encoding="utf-8"))
     first = text["subjects"][0]
     assert first["ct"].startswith("../") and not first["ct"].startswith("/")
     assert first["seed"] == manifest.subjects[0].extra["seed"]
@@ -89,7 +89,7 @@ def test_csv_without_split_column_puts_everything_in_training(dataset):
 
 
 def test_bad_manifest_lists_every_problem(dataset):
-    data = json.loads(dataset.read_text())
+    data = json.loads(dataset.read_text(encoding="utf-8"))
     root = dataset.parent
     subjects = data["subjects"]
     subjects[0]["ct"] = "nowhere/ct.nii.gz"  # missing file
@@ -119,7 +119,7 @@ def test_bad_manifest_lists_every_problem(dataset):
 
 
 def test_bad_dimension_across_the_dataset(dataset, tmp_path):
-    data = json.loads(dataset.read_text())
+    data = json.loads(dataset.read_text(encoding="utf-8"))
     root = dataset.parent
     volume = sitk.GetImageFromArray(np.zeros((4, 5, 6), np.float32))
     sitk.WriteImage(volume, str(root / "vol_ct.nii.gz"))
@@ -157,7 +157,7 @@ def test_bad_missing_manifest(tmp_path):
 
 
 def test_bad_duplicate_and_unknown_ids(dataset):
-    data = json.loads(dataset.read_text())
+    data = json.loads(dataset.read_text(encoding="utf-8"))
     data["subjects"].append(dict(data["subjects"][0]))
     data["validation"] = data["validation"] + ["ghost", data["training"][0]]
     with pytest.raises(ManifestError) as caught:

@@ -46,7 +46,7 @@ def prepared(raw, tmp_path_factory):
 def small_dataset(root, n, dim=2):
     """A copy of the first ``n`` subjects of a fresh dataset, all in training."""
     path = write_dataset(root, n, seed=9, dim=dim)
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     data.update(training=[s["id"] for s in data["subjects"]], validation=[], test=[])
     path.write_text(json.dumps(data))
     return path
@@ -83,7 +83,7 @@ def test_prepared_subjects_share_one_grid(prepared, raw):
         grid = read(entry.ct)
         assert grid.TransformContinuousIndexToPhysicalPoint([79.5, 79.5]) == pytest.approx(centre)
         assert (entry.ct.parent / "qc.png").stat().st_size > 1000
-    assert (out / "summary.md").read_text().count("| ok |") == 4
+    assert (out / "summary.md").read_text(encoding="utf-8").count("| ok |") == 4
 
 
 def test_nmi_improves_with_pre_alignment(prepared):
@@ -196,7 +196,7 @@ def test_failed_subject_is_reported_and_the_others_prepared(tmp_path):
     assert [s.id for s in manifest.subjects] == ["subject_000", "subject_002"]
     assert manifest.splits["training"] == ["subject_000", "subject_002"]
     assert not (out / "subject_001" / "done.json").exists()
-    assert "failed: " in (out / "summary.md").read_text()
+    assert "failed: " in (out / "summary.md").read_text(encoding="utf-8")
 
     # once fixed, a rerun prepares only the subject that failed
     shutil.copy(source.parent / "subject_000" / "mr.nii.gz", source.parent / "subject_001")

@@ -171,7 +171,7 @@ def dataset(tmp_path_factory):
 
 def test_write_dataset_manifest(dataset):
     assert dataset.name == "dataset.json"
-    manifest = json.loads(dataset.read_text())
+    manifest = json.loads(dataset.read_text(encoding="utf-8"))
     assert manifest["name"] == "intermodal-synthetic-pelvis"
     assert manifest["tensorImageSize"] == {"0": "2D"}
     assert manifest["modality"] == {"0": "CT", "1": "MR"}
@@ -197,12 +197,12 @@ def test_write_dataset_manifest(dataset):
 
 
 def test_written_images_match_generate_subject(dataset):
-    entry = json.loads(dataset.read_text())["subjects"][1]
+    entry = json.loads(dataset.read_text(encoding="utf-8"))["subjects"][1]
     subject = generate_subject(entry["seed"], dim=2)
     written = sitk.ReadImage(str(dataset.parent / entry["mr_labels"]))
     assert np.array_equal(array(written), array(subject.mr_labels))
     assert written.GetSpacing() == subject.mr_labels.GetSpacing()
-    params = json.loads((dataset.parent / entry["params"]).read_text())
+    params = json.loads((dataset.parent / entry["params"]).read_text(encoding="utf-8"))
     assert params["deformation"] == subject.params["deformation"]
 
 
@@ -214,7 +214,7 @@ def test_write_dataset_refuses_a_non_empty_folder(dataset):
 def test_write_dataset_overwrite_and_empty_folder(tmp_path):
     (tmp_path / "stale.txt").write_text("x")
     path = write_dataset(tmp_path, 1, seed=5, dim=2, overwrite=True)
-    manifest = json.loads(path.read_text())
+    manifest = json.loads(path.read_text(encoding="utf-8"))
     assert manifest["training"] == ["subject_000"] and manifest["subjects"][0]["seed"] == 500015
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -16,6 +16,18 @@ import pytest  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _keep_the_c_locale():
+    """Something in the Qt stack resets the process's C locale to "C" (measured: after the
+    window tests ``locale.setlocale(LC_ALL)`` read "C"), which makes later ``open()`` calls
+    without an encoding read ASCII; restore it so no GUI test changes the tests after it."""
+    import locale
+
+    before = locale.setlocale(locale.LC_ALL)
+    yield
+    locale.setlocale(locale.LC_ALL, before)
+
+
 @pytest.fixture(scope="session")
 def pair_2d_files(tmp_path_factory, small_pair_2d) -> dict[str, Path]:
     """The 2D phantom pair on disk: ct, mr and the MR's labels (fast to register)."""

@@ -68,7 +68,7 @@ def test_a_full_disk_keeps_the_previous_file(tmp_path, monkeypatch):
     monkeypatch.setattr(pathlib.Path, "write_bytes", full_disk_after_half(pathlib.Path.write_bytes))
     with pytest.raises(IntermodalError):
         write_text_atomic(target, "new" * 1000)
-    assert target.read_text() == "old\n"
+    assert target.read_text(encoding="utf-8") == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["record.json"]
 
 

@@ -50,8 +50,8 @@ def test_available_memory_is_read_on_linux():
     meminfo = Path("/proc/meminfo")
     if not meminfo.is_file():
         pytest.skip("no /proc/meminfo")
-    total = int(next(x for x in meminfo.read_text().splitlines() if x.startswith("MemTotal:"))
-                .split()[1]) * 1024  # fmt: skip
+    lines = meminfo.read_text(encoding="utf-8").splitlines()
+    total = int(next(x for x in lines if x.startswith("MemTotal:")).split()[1]) * 1024
     available = registration.available_memory()
     assert available is not None and 0 < available <= total
 

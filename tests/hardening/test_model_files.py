@@ -44,7 +44,7 @@ def refused(path: Path, *words: str) -> str:
 
 
 def rewrite_card(path: Path, **changes) -> None:
-    card = json.loads(card_path(path).read_text())
+    card = json.loads(card_path(path).read_text(encoding="utf-8"))
     card.update(changes)
     card_path(path).write_text(json.dumps(card))
 

@@ -112,7 +112,7 @@ def test_killed_training_resumes_to_the_uninterrupted_result(prepared, tmp_path)
     assert load_state(killed / "run")[2]["step"] == STEPS
     _, card = load_model(killed / "run" / "model.safetensors")
     assert card["training"]["steps"] == STEPS
-    history = json.loads((killed / "run" / "history.json").read_text())
+    history = json.loads((killed / "run" / "history.json").read_text(encoding="utf-8"))
     assert [e["step"] for e in history if "train/loss" in e] == list(range(1, STEPS + 1))
 
     expected = load_file(str(full / "run" / "model.safetensors"))

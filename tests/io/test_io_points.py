@@ -14,7 +14,7 @@ from intermodal.io import read_points, write_points
 def test_points_round_trip_exactly(tmp_path, ndim):
     points = np.random.default_rng(4).normal(scale=100, size=(7, ndim))
     path = write_points(tmp_path / "landmarks.csv", points)
-    assert path.read_text().splitlines()[0] == "x,y,z"[: 2 * ndim - 1]
+    assert path.read_text(encoding="utf-8").splitlines()[0] == "x,y,z"[: 2 * ndim - 1]
     np.testing.assert_array_equal(read_points(path), points)
     assert [p.name for p in tmp_path.iterdir()] == ["landmarks.csv"]
 

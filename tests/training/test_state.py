@@ -37,7 +37,7 @@ def test_state_round_trip(tmp_path):
     model, optimizer = _model_and_optimizer()
     path = save_state(tmp_path, model, optimizer, {"step": 3})
     assert path == tmp_path / STATE_FILE
-    assert json.loads((tmp_path / "trainer_state.json").read_text())["step"] == 3
+    assert json.loads((tmp_path / "trainer_state.json").read_text(encoding="utf-8"))["step"] == 3
     model_state, optimizer_state, meta = load_state(tmp_path)
     assert meta["step"] == 3 and meta["format"] == 1
     for name, tensor in model.state_dict().items():

@@ -57,7 +57,7 @@ def test_training_lowers_the_loss_and_writes_a_loadable_model(tiny_config):
     assert 0 < training["validation_dice"]["mean"] <= 1
     assert training["config"]["train"]["steps"] == 20
     assert training["wall_time_s"] > 0
-    history = json.loads((out / "history.json").read_text())
+    history = json.loads((out / "history.json").read_text(encoding="utf-8"))
     assert [e["step"] for e in history if "train/loss" in e] == list(range(1, 21))
     with torch.no_grad():
         fixed = torch.rand(1, 1, 64, 64)
@@ -95,7 +95,7 @@ def test_resumed_run_equals_an_uninterrupted_one(tiny_config, tmp_path):
     assert expected.keys() == got.keys()
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
-    history = json.loads((tmp_path / "killed" / "history.json").read_text())
+    history = json.loads((tmp_path / "killed" / "history.json").read_text(encoding="utf-8"))
     assert [e["step"] for e in history if "train/loss" in e] == list(range(1, 11))
 
 

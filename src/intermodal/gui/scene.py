@@ -252,7 +252,7 @@ def read_result_folder(folder: str | os.PathLike) -> SavedResult:
         )
     report_path = folder / RESULT_FILES["report"]
     try:
-        report = json.loads(report_path.read_text())
+        report = json.loads(report_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise IntermodalError(f"{report_path}: not a readable JSON report ({error})") from None
     if not isinstance(report, dict):

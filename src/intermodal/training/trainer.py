@@ -300,7 +300,11 @@ def _train(
         last_validation = meta.get("validation_dice")
         history_file = out / "history.json"
         if history_file.is_file():
-            history = [e for e in json.loads(history_file.read_text()) if e["step"] <= start_step]
+            history = [
+                e
+                for e in json.loads(history_file.read_text(encoding="utf-8"))
+                if e["step"] <= start_step
+            ]
     if start_step >= config.train.steps:
         logger.info("run in %s is already at step %d of %d", out, start_step, config.train.steps)
 
@@ -332,6 +336,9 @@ def _train(
         good_step = step
         if not main:
             return
+        # History first: a run killed between the two writes then still has the history of
+        # every step up to the saved state (resume drops entries past the state's step).
+        log.flush()
         elapsed = wall_time + time.perf_counter() - started
         save_state(
             out,
