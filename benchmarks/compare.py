@@ -334,7 +334,8 @@ def render_heldout(part: dict[str, Any]) -> str:
         f"`intermodal.data.synth.generate_subject({HELDOUT_SEED} * SEED_STRIDE + n, dim={dim})` "
         "(dataset seed 5, never used in training); methods interleaved pair by pair, every "
         "method on one CPU thread (torch, ITK, ANTs, elastix), on a 2-core machine shared "
-        "with other jobs (a training run at high priority): times are medians per pair and "
+        "with other jobs (for part of the time a training run at high priority): times are "
+        "medians per pair and "
         "comparable only within this table",
         "- Dice and HD95: the moving MR's label map warped by each method's transform "
         "(nearest neighbour) onto the fixed CT's grid; HD95 averaged over the four organs. "
@@ -514,7 +515,10 @@ def render_real(part: dict[str, Any]) -> str:
         f"- date: {part['date']} (last run; each row names its run, commands below the table)",
         "- one run per method (time allowed no repeats: single runs on a shared machine, so "
         "times are indicative; see the `real_pair` section for 3 repeats of three of these "
-        "methods), each in its own subprocess on one thread; CT fixed, T2 MR moving",
+        "methods), each in its own subprocess on one thread; CT fixed, T2 MR moving. Rows "
+        "of different runs (the run column) met different loads on the machine: compare times "
+        "within one run only (the bundled 3D model arrived during this work, so its rows and "
+        "ANTs were run again together)",
         "- NMI and its mask exactly as `benchmarks/real_pair.py` (normalised MR resampled "
         "through each method's transform onto the CT grid, 32 bins, CT > -1500 HU); time: "
         "the registration inside the worker (intensity scaling included, reading excluded); "
@@ -730,17 +734,13 @@ def render_scaling(part: dict[str, Any], memory: dict[str, Any] | None) -> str:
         f"{part['repeats']} calls; intermodal: `RegistrationModel(3, features=(16, 32, 32, 32), "
         "output_stride=2, integration_steps=7)` (configs/pelvis3d.toml) incl. integration and "
         "resize; VoxelMorph: `VxmPairwise(3, 1, 1)` defaults incl. its integration",
-        '- register: `register(ct, mr, Settings(device="cpu"))`, the defaults (`model="auto"`); '
-        "the last column names the model that ran: the bundled 3D model `pelvis3d` was "
-        "installed during this work, so rows measured before it ran refinement alone (no "
-        "model) at the 2 mm default grid, rows after it the model at its training spacing then "
-        "the refinement; ANTs SyNRA as in the other sections, at the input resolution (its "
-        "finest SyN level gets 0 iterations by default)",
-        "- the machine was shared with other jobs whose load changed a lot during the sweep "
-        "(a 3D training run at high priority ended half way), so times of different rows "
-        "are not comparable to better than a factor of about 2 (the rows of one size ran one "
-        "after another, minutes apart; the `register` rows were rerun at 64 and 128 once the "
-        "3D model was installed)",
+        '- register: `register(ct, mr, Settings(device="cpu"))`, the defaults (`model="auto"`; '
+        "the last column names the model that ran, `pelvis3d` once it is installed): the "
+        "network at its training spacing, then the refinement on the working grid, whatever "
+        "the input size, so its time hardly depends on the input; ANTs SyNRA as in the other "
+        "sections, at the input resolution (its finest SyN level gets 0 iterations by default)",
+        "- rows are measured one after another on a machine shared with other jobs; the "
+        "load changed during the run, so compare rows of one size first",
         "",
         "| array shape | method | time s | peak RSS MiB | RSS before call MiB | model / date |",
         "| --- | --- | ---: | ---: | ---: | --- |",
