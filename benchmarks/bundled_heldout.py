@@ -34,6 +34,7 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from intra_vs_mi import ORGANS, score  # noqa: E402
+from results_file import write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,9 +59,7 @@ def run(dim: int, pairs: int, seed: int) -> dict[str, list[dict]]:
             normalize_intensity(fixed.ct, "ct"), normalize_intensity(moving.mr, "mr"), "affine"
         )
         seconds = time.perf_counter() - start
-        warped = sitk.Resample(
-            moving.mr_labels, fixed.ct_labels, affine, sitk.sitkNearestNeighbor
-        )
+        warped = sitk.Resample(moving.mr_labels, fixed.ct_labels, affine, sitk.sitkNearestNeighbor)
         rows.setdefault("affine only", []).append(
             {**score(fixed.ct_labels, warped), "sdlogj": 0.0, "folding": 0.0, "seconds": seconds}
         )
@@ -133,13 +132,7 @@ def main() -> None:
     rows = run(args.dim, args.pairs, args.seed)
     section = render(rows, args)
     begin, end = f"<!-- bundled_{args.dim}d:begin -->", f"<!-- bundled_{args.dim}d:end -->"
-    text = args.results.read_text() if args.results.exists() else "# Benchmarks\n"
-    if begin in text:
-        head, rest = text.split(begin, 1)
-        text = head + section + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    args.results.write_text(text)
+    write_section(args.results, begin, end, section)
     print(section)
 
 

@@ -36,6 +36,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import write_section  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- intra_vs_mi:begin -->", "<!-- intra_vs_mi:end -->"
 ORGANS = {"bone": 2, "bladder": 3, "prostate": 4, "rectum": 5}
@@ -193,13 +196,7 @@ def main() -> None:
     rows = evaluate(raw / "dataset.json", models, args.refine)
     pairs = len(next(iter(rows.values())))
     section = render(rows, args, pairs)
-    text = args.results.read_text() if args.results.exists() else "# Benchmarks\n"
-    if BEGIN in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    args.results.write_text(text)
+    write_section(args.results, BEGIN, END, section)
     print(section)
 
 

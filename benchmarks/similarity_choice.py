@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +29,9 @@ from intermodal.losses import nmi
 from intermodal.metrics import dice_per_label
 from intermodal.preprocess import normalize_intensity
 from intermodal.registration import Settings, register
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "mridir"
@@ -98,13 +102,7 @@ def main() -> None:
         END,
     ]
     section = "\n".join(lines)
-    text = args.results.read_text() if args.results.exists() else "# Benchmarks\n"
-    if BEGIN in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    args.results.write_text(text)
+    write_section(args.results, BEGIN, END, section)
     print(section)
 
 

@@ -31,6 +31,7 @@ import datetime
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -39,6 +40,9 @@ import torch
 from intermodal.losses import diffusion, lncc
 from intermodal.networks import RegistrationModel
 from intermodal.spatial import warp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- throughput:begin -->", "<!-- throughput:end -->"
@@ -166,13 +170,7 @@ def main() -> None:
     args = parser.parse_args()
     results = [measure(p, args.blocks, args.steps) for p in args.preset or sorted(PRESETS)]
     section = render(results, args)
-    text = args.results.read_text() if args.results.exists() else "# Benchmarks\n"
-    if BEGIN in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    args.results.write_text(text)
+    write_section(args.results, BEGIN, END, section)
     print(section)
 
 
