@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from intra_vs_mi import ORGANS, score  # noqa: E402
-from results_file import write_section  # noqa: E402
+# benchmarks/ is on sys.path when this runs as a script
+from intra_vs_mi import organ_table, score
+from results_file import write_section
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,23 +99,8 @@ def render(rows: dict[str, list[dict]], args: argparse.Namespace) -> str:
         "- registration settings are the defaults (`--refine 90` on MIND-SSC where refined); "
         "all on the CPU, on a machine shared with other jobs, so times are indicative only",
         "",
-        "| method | Dice bone | Dice bladder | Dice prostate | Dice rectum | mean Dice "
-        "| HD95 mm | SDlogJ | non-positive J % | s per pair |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for method, entries in rows.items():
-
-        def mean(key: str, entries: list[dict] = entries) -> float:
-            return float(np.nanmean([e[key] for e in entries]))
-
-        dice = [mean(f"dice_{organ}") for organ in ORGANS]
-        hd = float(np.nanmean([mean(f"hd95_{organ}") for organ in ORGANS]))
-        lines.append(
-            f"| {method} | "
-            + " | ".join(f"{d:.3f}" for d in dice)
-            + f" | {np.mean(dice):.3f} | {hd:.2f} | {mean('sdlogj'):.3f} "
-            f"| {100 * mean('folding'):.3f} | {mean('seconds'):.1f} |"
-        )
+    lines += organ_table(rows, seconds_digits=1)
     lines += ["", end]
     return "\n".join(lines)
 

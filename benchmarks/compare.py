@@ -40,14 +40,12 @@ for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_O
 import argparse  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import shlex  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
-from importlib import metadata  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -56,6 +54,7 @@ import SimpleITK as sitk  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402
+import real_pair  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out" / "compare"
@@ -118,20 +117,9 @@ def load_part(name: str) -> dict[str, Any] | None:
 
 
 def versions() -> dict[str, str]:
-    found = {}
-    for name in ("intermodal", "torch", "voxelmorph", "antspyx", "itk-elastix", "SimpleITK"):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = "not installed"
-    return found
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+    return real_pair.versions(
+        ("intermodal", "torch", "voxelmorph", "antspyx", "itk-elastix", "SimpleITK")
+    )
 
 
 def run_measured(command: list[str], log: Path) -> tuple[float, float, int]:

@@ -304,9 +304,11 @@ def write_qc(path: Path, fixed_array: Any, warped: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- report
 
 
-def versions() -> dict[str, str]:
+def versions(
+    names: tuple[str, ...] = ("intermodal", "antspyx", "SimpleITK", "torch", "numpy"),
+) -> dict[str, str]:
     found = {}
-    for name in ("intermodal", "antspyx", "SimpleITK", "torch", "numpy"):
+    for name in names:
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from results_file import write_section  # benchmarks/ is on sys.path when run as a script
 
 from intermodal.data.phantom import LABELS, ORGANS, make_phantom_pair
 from intermodal.io import read_image
@@ -29,9 +29,6 @@ from intermodal.losses import nmi
 from intermodal.metrics import dice_per_label
 from intermodal.preprocess import normalize_intensity
 from intermodal.registration import Settings, register
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_file import write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "mridir"

@@ -31,18 +31,15 @@ import datetime
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
+from results_file import write_section  # benchmarks/ is on sys.path when run as a script
 
 from intermodal.losses import diffusion, lncc
 from intermodal.networks import RegistrationModel
 from intermodal.spatial import warp
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_file import write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- throughput:begin -->", "<!-- throughput:end -->"
