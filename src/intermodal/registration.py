@@ -287,9 +287,8 @@ def _physical_field_on(
 
 def _predict_velocity(
     model: torch.nn.Module,
-    trained_spacing: Sequence[float] | None,
+    network_grid: sitk.Image | None,
     grid: sitk.Image,
-    fixed: sitk.Image,
     fixed_n: sitk.Image,
     moving_n: sitk.Image,
     affine: sitk.Transform,
@@ -298,17 +297,17 @@ def _predict_velocity(
 ) -> torch.Tensor:
     """The network's velocity for the working grid ``grid``, in its voxels, full size.
 
-    The network runs at the spacing it was trained at. When the working grid has another
-    spacing (``--spacing``), the inputs are resampled onto a grid at the trained spacing
-    and the predicted velocity is carried over to the working grid through millimetres, so a
-    model trained at 4 mm can start a refinement at 2 mm.
+    The network runs at the spacing it was trained at: ``network_grid`` covers the fixed
+    image at that spacing (``None`` when the model's card names none: the working grid is
+    used). When the working grid has another spacing, the inputs are resampled onto
+    ``network_grid`` and the predicted velocity is carried over to the working grid through
+    millimetres, so a model trained at 4 mm can start a refinement at 2 mm.
     """
     device = fixed_w.device
-    same = trained_spacing is None or np.allclose(grid.GetSpacing(), trained_spacing)
+    same = network_grid is None or np.allclose(grid.GetSpacing(), network_grid.GetSpacing())
     with torch.no_grad():
         if same:
             return model.unet(fixed_w, moving_w)
-        network_grid = preprocess.working_grid(fixed, trained_spacing, model.required_multiple)
         fixed_net = image_to_tensor(preprocess.resample(fixed_n, network_grid)).to(device)
         moving_net = image_to_tensor(preprocess.resample(moving_n, network_grid, affine))
         velocity = model.unet(fixed_net, moving_net.to(device))
@@ -546,10 +545,10 @@ def register(
 
     start = time.perf_counter()
     grid = preprocess.working_grid(fixed, spacing, multiple)
-    network_voxels = 0
+    network_grid = None  # the grid at the model's trained spacing, when it has one
     if model is not None and trained_spacing is not None:
         network_grid = preprocess.working_grid(fixed, trained_spacing, model.required_multiple)
-        network_voxels = math.prod(network_grid.GetSize())
+    network_voxels = 0 if network_grid is None else math.prod(network_grid.GetSize())
     grid, memory = _grid_in_memory(fixed, grid, multiple, device, network_voxels)
     fixed_w = image_to_tensor(preprocess.resample(fixed_n, grid)).to(device)
     moving_w = image_to_tensor(preprocess.resample(moving_n, grid, affine)).to(device)
@@ -563,7 +562,7 @@ def register(
     if model is not None:
         stage("network")
         velocity = _predict_velocity(
-            model, trained_spacing, grid, fixed, fixed_n, moving_n, affine, fixed_w, moving_w
+            model, network_grid, grid, fixed_n, moving_n, affine, fixed_w, moving_w
         )
         velocity = resize_displacement(velocity, coarse)
     else:
