@@ -101,9 +101,8 @@ def now() -> str:
 
 
 def command_line() -> str:
-    return shlex.join(
-        ["nice", "-n", "10", ".venv/bin/python", "benchmarks/compare.py", *sys.argv[1:]]
-    )
+    script = f"benchmarks/{Path(sys.argv[0]).name}"
+    return shlex.join(["nice", "-n", "10", ".venv/bin/python", script, *sys.argv[1:]])
 
 
 def save_part(name: str, payload: dict[str, Any]) -> None:
@@ -602,6 +601,22 @@ def scaling_worker(spec: dict[str, Any]) -> dict[str, Any]:
                     network(moving, fixed)
                 times.append(time.perf_counter() - start)
         return {"seconds": statistics.median(times), "times": times, "rss_before_mib": before}
+    if kind == "register_cli":
+        # the command a user runs, outputs written: `intermodal register CT MR --out DIR`
+        from intermodal.cli import main as cli_main
+
+        out = Path(spec["out"]) / "register_out"
+        start = time.perf_counter()
+        code = cli_main(["register", "--fixed", spec["fixed"], "--moving", spec["moving"],
+                         "--out", str(out),
+                         "--device", "cpu", "--overwrite"])  # fmt: skip
+        seconds = time.perf_counter() - start
+        if code != 0:
+            raise RuntimeError(f"intermodal register exited with {code}")
+        report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+        info = {"stage_s": report["timings_s"], "model_path": report["model_path"],
+                "outputs": sorted(p.name for p in out.iterdir())}  # fmt: skip
+        return {"seconds": seconds, "rss_before_mib": before, "info": info}
     fixed = read_image(spec["fixed"])
     moving = read_image(spec["moving"])
     before = peak_rss_mib()
@@ -750,14 +765,21 @@ def render_scaling(part: dict[str, Any], memory: dict[str, Any] | None) -> str:
     commands = sorted({r.get("command", part["command"]) for r in part["rows"]})
     lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in commands), ""]
     if memory:
+        what = (
+            "`intermodal register CT MR --out DIR` (the CLI in the worker process, every "
+            "output written: " + ", ".join(memory.get("info", {}).get("outputs", [])) + ")"
+            if memory.get("kind") == "register_cli"
+            else "`register`"
+        )
         lines.append(
-            f"- memory ({memory['date']}, `{memory['command']}`): `register` "
+            f"- memory ({memory['date']}, `{memory['command']}`): {what} "
             f"(model={memory['model']!r}, device cpu) of a synthetic {memory['moving_shape']} "
             f"MR onto a {memory['fixed_shape']} CT (x, y, z; the held-out pair resampled, "
             f"int16 CT and float32 MR in uncompressed NIfTI, read by `intermodal.io.read_image`): "
             + (
                 f"peak RSS {memory['peak_rss_mib'] / GIB:.2f} GiB, registration "
-                f"{memory['seconds']:.0f} s, process {memory['process_s']:.0f} s"
+                f"{memory['seconds']:.0f} s, process {memory['process_s']:.0f} s (stages s: "
+                f"{memory.get('info', {}).get('stage_s', {})})"
                 if "peak_rss_mib" in memory and "error" not in memory
                 else f"failed: {memory.get('error', '?')[-300:]!r}"
             )
@@ -783,7 +805,7 @@ def memory_part() -> dict[str, Any]:
         fixed, moving = synthetic_pair(fixed_size, moving_size)
         sitk.WriteImage(fixed, str(fixed_path))
         sitk.WriteImage(moving, str(moving_path))
-    spec = {"task": "scaling", "kind": "register", "fixed": str(fixed_path),
+    spec = {"task": "scaling", "kind": "register_cli", "fixed": str(fixed_path),
             "moving": str(moving_path), "out": str(folder)}  # fmt: skip
     print("memory: register 512x512x400 CT, 512x512x100 MR ...", flush=True)
     wall, rss, code = run_measured(worker_command(spec), folder / "log.txt")
@@ -793,6 +815,7 @@ def memory_part() -> dict[str, Any]:
         "fixed_shape": "x".join(map(str, fixed_size)),
         "moving_shape": "x".join(map(str, moving_size)),
         "model": "auto" if has_bundled(3) else None,
+        "kind": spec["kind"],
         "process_s": wall,
         "wait4_maxrss_mib": rss,
     }

@@ -368,3 +368,27 @@ def test_worst_cases_mean(values, higher_is_worse, expected):
         assert math.isnan(result)
     else:
         assert result == pytest.approx(expected)
+
+
+def test_jacobian_on_a_reference_grid_equals_the_resampled_field(monkeypatch):
+    """Slab-wise sampling onto a finer grid gives the determinant of the resampled field."""
+    import intermodal.metrics as metrics
+
+    monkeypatch.setattr(metrics, "_SLAB_VOXELS", 500)  # many slabs on this small grid
+    rng = np.random.default_rng(1)
+    field = sitk.GetImageFromArray(rng.normal(size=(10, 12, 14, 3)) * 0.8, isVector=True)
+    field.SetSpacing((2.0, 2.0, 2.0))
+    field.SetOrigin((1.0, 2.0, 3.0))
+    rotation = sitk.VersorTransform((0.3, 0.2, 0.9), 0.7).GetMatrix()
+    field.SetDirection(rotation)
+    reference = sitk.Image(25, 21, 17, sitk.sitkUInt8)
+    reference.SetSpacing((1.0, 1.1, 1.2))
+    reference.SetOrigin((1.5, 2.2, 3.1))
+    reference.SetDirection(rotation)
+    identity = sitk.Transform(3, sitk.sitkIdentity)
+    full = sitk.Resample(field, reference, identity, sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64)
+    expected = metrics.jacobian_determinant(full)
+    got = metrics.jacobian_determinant(field, reference=reference, dtype=np.float32)
+    assert got.dtype == np.float32 and got.shape == (17, 21, 25)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    assert np.std(expected) > 0.1  # a field that is far from the identity

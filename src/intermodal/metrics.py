@@ -237,7 +237,9 @@ def target_registration_error(
     return np.linalg.norm(mapped - moving_points, axis=1)
 
 
-def jacobian_determinant(displacement: sitk.Image) -> np.ndarray:
+def jacobian_determinant(
+    displacement: sitk.Image, reference: sitk.Image | None = None, *, dtype: type = np.float64
+) -> np.ndarray:
     """Determinant of the Jacobian of ``p -> p + d(p)`` at every voxel, in array order.
 
     ``d`` is a displacement in physical mm (ITK convention: a vector image whose components are
@@ -248,9 +250,13 @@ def jacobian_determinant(displacement: sitk.Image) -> np.ndarray:
 
     Args:
         displacement: vector image of ``ndim`` float components on the fixed grid.
+        reference: when given, the determinant is taken on this grid instead, of the field
+            linearly interpolated onto it (zero outside the field's grid): slab by slab, so a
+            field kept on a coarse grid is never held at the reference's full size.
+        dtype: of the returned array (each slab is computed in float64 either way).
 
     Returns:
-        float64 array of the grid's shape (array order ``(z, y, x)`` / ``(y, x)``).
+        An array of the (reference) grid's shape (array order ``(z, y, x)`` / ``(y, x)``).
 
     Raises:
         IntermodalError: not a vector image with one component per dimension, or a grid with
@@ -266,21 +272,57 @@ def jacobian_determinant(displacement: sitk.Image) -> np.ndarray:
         raise IntermodalError(
             f"displacement grid {displacement.GetSize()} needs 2 voxels or more along each axis"
         )
-    field = sitk.GetArrayViewFromImage(displacement)  # (*spatial, ndim), a view
-    direction = np.array(displacement.GetDirection()).reshape(ndim, ndim)
-    index_to_mm = np.linalg.inv(direction @ np.diag(displacement.GetSpacing()))
+    grid = displacement if reference is None else reference
+    if reference is not None:
+        if reference.GetDimension() != ndim:
+            raise IntermodalError(
+                f"a {ndim}D displacement cannot be sampled on a {reference.GetDimension()}D grid"
+            )
+        if min(reference.GetSize()) < 2:
+            raise IntermodalError(
+                f"reference grid {reference.GetSize()} needs 2 voxels or more along each axis"
+            )
+    direction = np.array(grid.GetDirection()).reshape(ndim, ndim)
+    index_to_mm = np.linalg.inv(direction @ np.diag(grid.GetSpacing()))
+    shape = grid.GetSize()[::-1]
+    if reference is None:
+        view = sitk.GetArrayViewFromImage(displacement)  # (*spatial, ndim), a view
+
+        def rows(low: int, high: int) -> np.ndarray:
+            return view[low:high].astype(np.float64)
+    else:
+
+        def rows(low: int, high: int) -> np.ndarray:
+            return _sampled_rows(displacement, reference, low, high)
+
     # Slabs along the first array axis keep the memory small on large volumes; each slab is
     # read with one neighbouring slice on either side, so its differences are the same as on
     # the whole grid (central inside, one-sided at the grid's own border).
-    depth = field.shape[0]
-    step = max(1, _SLAB_VOXELS // max(1, math.prod(field.shape[1:-1])))
-    det = np.empty(field.shape[:-1], dtype=np.float64)
+    depth = shape[0]
+    step = max(1, _SLAB_VOXELS // max(1, math.prod(shape[1:])))
+    det = np.empty(shape, dtype=dtype)
     for start in range(0, depth, step):
         stop = min(start + step, depth)
         low, high = max(start - 1, 0), min(stop + 1, depth)
-        slab = _jacobian_det_of(field[low:high].astype(np.float64), index_to_mm)
+        slab = _jacobian_det_of(rows(low, high), index_to_mm)
         det[start:stop] = slab[start - low : start - low + stop - start]
     return det
+
+
+def _sampled_rows(field: sitk.Image, reference: sitk.Image, low: int, high: int) -> np.ndarray:
+    """``field`` sampled linearly on rows ``low:high`` (first array axis) of ``reference``."""
+    ndim = reference.GetDimension()
+    size = list(reference.GetSize())
+    size[-1] = high - low  # the last index axis is the first array axis
+    start = [0] * ndim
+    start[-1] = low
+    origin = reference.TransformIndexToPhysicalPoint(start)
+    identity = sitk.Transform(ndim, sitk.sitkIdentity)
+    slab = sitk.Resample(
+        field, size, identity, sitk.sitkLinear, origin, reference.GetSpacing(),
+        reference.GetDirection(), 0.0, sitk.sitkVectorFloat64,
+    )  # fmt: skip
+    return sitk.GetArrayFromImage(slab)
 
 
 _SLAB_VOXELS = 2_000_000
@@ -291,13 +333,19 @@ def _jacobian_det_of(field: np.ndarray, index_to_mm: np.ndarray) -> np.ndarray:
     ndim = field.shape[-1]
     # gradient[c][k]: derivative of component c (x, y, z) along index axis k (x, y, z).
     gradient = [np.gradient(field[..., c])[::-1] for c in range(ndim)]
-    jacobian = np.empty(field.shape[:-1] + (ndim, ndim))
-    for c in range(ndim):
-        for m in range(ndim):
-            jacobian[..., c, m] = float(c == m) + sum(
-                gradient[c][k] * index_to_mm[k, m] for k in range(ndim)
-            )
-    return np.linalg.det(jacobian)
+    j = [
+        [float(c == m) + sum(gradient[c][k] * index_to_mm[k, m] for k in range(ndim))
+         for m in range(ndim)]
+        for c in range(ndim)
+    ]  # fmt: skip
+    # the determinant written out (cofactors), 3-4x faster than np.linalg.det on (N, 3, 3)
+    if ndim == 2:
+        return j[0][0] * j[1][1] - j[0][1] * j[1][0]
+    return (
+        j[0][0] * (j[1][1] * j[2][2] - j[1][2] * j[2][1])
+        - j[0][1] * (j[1][0] * j[2][2] - j[1][2] * j[2][0])
+        + j[0][2] * (j[1][0] * j[2][1] - j[1][1] * j[2][0])
+    )
 
 
 def _masked(values: np.ndarray, mask: np.ndarray | None) -> np.ndarray:

@@ -16,7 +16,8 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,9 @@ from intermodal.losses import diffusion, mind_descriptor_loss, mind_ssc, ngf, nm
 from intermodal.metrics import jacobian_determinant
 from intermodal.models import resolve_model
 from intermodal.spatial import (
+    gaussian_smooth,
     integrate_velocity,
+    jacobian_det,
     physical_to_voxel,
     resize_displacement,
     voxel_to_physical,
@@ -68,6 +71,10 @@ class Settings:
         smoothness: weight of the diffusion regulariser on the displacement (voxels^2).
         learning_rate: Adam step on the velocity, in coarse-grid voxels.
         velocity_stride: the velocity lives on the working grid subsampled by this factor.
+        velocity_smoothing: the refined velocity is a Gaussian-smoothed field, sigma in
+            velocity-grid voxels (0: no smoothing); see :func:`refine_velocity`.
+        volume_penalty: weight of the mean squared log Jacobian determinant (local volume
+            change), the quantity whose spread SDlogJ measures.
         pyramid: refinement levels, as factors by which the working grid is subsampled, coarse
             to fine; the ``refine`` steps are shared equally between them.
         integration_steps: scaling-and-squaring steps.
@@ -87,6 +94,8 @@ class Settings:
     smoothness: float = 1.0
     learning_rate: float = 0.1
     velocity_stride: int = 2
+    velocity_smoothing: float = 0.0
+    volume_penalty: float = 0.0
     pyramid: tuple[int, ...] = (4, 2, 1)
     integration_steps: int = 7
     seed: int = 0
@@ -107,6 +116,12 @@ class Settings:
             )
         if self.spacing is not None and not self.spacing > 0:
             raise IntermodalError(f"--spacing must be positive (mm), not {self.spacing}")
+        if not 0 <= self.velocity_smoothing <= 8:
+            raise IntermodalError(
+                f"velocity smoothing must be 0 to 8 voxels, not {self.velocity_smoothing}"
+            )
+        if not self.volume_penalty >= 0:
+            raise IntermodalError(f"volume penalty must be 0 or more, not {self.volume_penalty}")
         if self.velocity_stride not in (1, 2, 4):
             raise IntermodalError(f"velocity stride must be 1, 2 or 4, not {self.velocity_stride}")
         if not self.pyramid or any(f not in (1, 2, 4, 8) for f in self.pyramid):
@@ -121,29 +136,49 @@ class Settings:
 class RegistrationResult:
     """What :func:`register` returns. Every image is on the fixed image's own grid.
 
+    The deformable part is kept on the working grid, where it was computed (``field``,
+    ``inverse_field``): the transform interpolates it linearly there, exactly as it would
+    interpolate it after resampling onto the fixed grid, at a fraction of the memory on a
+    large CT. ``displacement`` and ``inverse_displacement`` give it on the fixed grid.
+
     Attributes:
         fixed: the fixed image as read.
         moving: the moving image as read.
         affine: the initial transform, fixed -> moving physical points.
-        displacement: deformable part, a float64 vector image of LPS mm on the fixed grid.
-        inverse_displacement: its inverse (negated velocity), same layout.
-        transform: ``affine`` after ``displacement``, as one ITK composite transform.
+        field: deformable part, a float64 vector image of LPS mm on the working grid.
+        inverse_field: its inverse (negated velocity), same layout.
+        transform: ``affine`` after ``field``, as one ITK composite transform.
         warped: the moving image resampled through ``transform``.
-        jacobian: determinant of the deformable part's Jacobian on the fixed grid.
+        jacobian: determinant of the deformable part's Jacobian on the fixed grid (float32).
         report: inputs, settings, timings and quality figures (JSON-serialisable).
     """
 
     fixed: sitk.Image
     moving: sitk.Image
     affine: sitk.Transform
-    displacement: sitk.Image
-    inverse_displacement: sitk.Image
+    field: sitk.Image
+    inverse_field: sitk.Image
     transform: sitk.CompositeTransform
     warped: sitk.Image
     jacobian: sitk.Image
-    report: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, Any] = dataclass_field(default_factory=dict)
     fixed_normalized: sitk.Image | None = None
     moving_normalized: sitk.Image | None = None
+
+    @property
+    def displacement(self) -> sitk.Image:
+        """The deformable part on the fixed grid: float64 vector image of LPS mm.
+
+        Made on each access (24 bytes per voxel in 3D), in the pixel type that
+        ``sitk.DisplacementFieldTransform`` takes; :func:`intermodal.report.save_result`
+        writes it to a file without ever holding it whole.
+        """
+        return _field_on(self.field, self.fixed)
+
+    @property
+    def inverse_displacement(self) -> sitk.Image:
+        """The inverse of :attr:`displacement`, on the fixed grid, made on each access."""
+        return _field_on(self.inverse_field, self.fixed)
 
     def warp_image(self, image: sitk.Image, *, labels: bool = False) -> sitk.Image:
         """Apply the transform to another image defined in the moving image's space."""
@@ -195,20 +230,30 @@ def jacobian_statistics(jacobian: sitk.Image, mask: sitk.Image | None = None) ->
         ``nonpositive_fraction`` (share of voxels with det <= 0), ``sdlogj`` (standard deviation
         of log det, determinants clipped at 1e-9 as Learn2Reg does), and min/max/mean.
     """
-    values = sitk.GetArrayViewFromImage(jacobian).astype(np.float64)
+    values = sitk.GetArrayViewFromImage(jacobian).ravel()
     if mask is not None:
-        values = values[sitk.GetArrayViewFromImage(mask) > 0]
-    values = values.ravel()
+        values = values[sitk.GetArrayViewFromImage(mask).ravel() > 0]
     if values.size == 0:
         raise IntermodalError("the Jacobian mask selects no voxel")
-    log_det = np.log(np.clip(values, 1e-9, None))
+    # Two passes over chunks in float64 (mean, then squared deviations), so that a 512^3 grid
+    # never needs whole float64 copies of the determinant and of its logarithm.
+    chunks = [values[i : i + _STAT_CHUNK] for i in range(0, values.size, _STAT_CHUNK)]
+
+    def log_of(chunk: np.ndarray) -> np.ndarray:
+        return np.log(np.clip(chunk.astype(np.float64), 1e-9, None))
+
+    log_mean = sum(float(log_of(c).sum()) for c in chunks) / values.size
+    log_var = sum(float(np.square(log_of(c) - log_mean).sum()) for c in chunks) / values.size
     return {
-        "nonpositive_fraction": float(np.mean(values <= 0)),
-        "sdlogj": float(np.std(log_det)),
-        "min": float(values.min()),
-        "max": float(values.max()),
-        "mean": float(values.mean()),
+        "nonpositive_fraction": sum(int(np.count_nonzero(c <= 0)) for c in chunks) / values.size,
+        "sdlogj": math.sqrt(log_var),
+        "min": float(min(c.min() for c in chunks)),
+        "max": float(max(c.max() for c in chunks)),
+        "mean": sum(float(c.sum(dtype=np.float64)) for c in chunks) / values.size,
     }
+
+
+_STAT_CHUNK = 1 << 22
 
 
 def _similarity_loss(
@@ -236,13 +281,19 @@ def refine_velocity(
     smoothness: float = 1.0,
     learning_rate: float = 0.1,
     integration_steps: int = 7,
+    velocity_smoothing: float = 0.0,
+    volume_penalty: float = 0.0,
     progress: Progress | None = None,
 ) -> torch.Tensor:
     """Instance optimisation: Adam on a stationary velocity field.
 
-    Minimises ``similarity(fixed, moving ∘ (id + exp(v))) + smoothness * diffusion(exp(v))``,
+    Minimises ``similarity(fixed, moving ∘ (id + exp(v))) + smoothness * diffusion(exp(v))``.
     The velocity and its integration live on a coarse grid (fewer unknowns, smoother fields);
     the displacement is upsampled to the working grid, where the similarity is evaluated.
+    With ``velocity_smoothing`` > 0 the velocity is ``v = G * w`` for a Gaussian ``G`` and
+    Adam moves ``w`` (started at the given velocity): the update is smoothed the way ANTs
+    SyN and the demons smooth theirs, which keeps large deformations but not the voxel-scale
+    roughness that a stronger diffusion weight would remove only by shrinking everything.
 
     Args:
         fixed: ``(1, 1, *spatial)`` fixed image in ``[0, 1]`` on the working grid.
@@ -253,36 +304,51 @@ def refine_velocity(
         smoothness: diffusion regulariser weight.
         learning_rate: Adam learning rate (coarse voxels per step, roughly).
         integration_steps: scaling-and-squaring steps.
+        velocity_smoothing: sigma of ``G`` in velocity-grid voxels (0: ``v = w``).
+        volume_penalty: weight of ``mean(log(det J)^2)`` of the coarse displacement, which
+            costs local volume change but not rotation or shear, unlike the diffusion term.
         progress: callback ``("refine", step, steps)``.
 
     Returns:
-        The refined velocity, same shape as ``velocity``, detached.
+        The refined velocity ``G * w``, same shape as ``velocity``, detached.
     """
     shape = tuple(fixed.shape[2:])
     score = _similarity_loss(similarity, fixed, moving)
-    velocity = velocity.detach().clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([velocity], lr=learning_rate)
+    weights = velocity.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([weights], lr=learning_rate)
     for step in range(steps):
         optimizer.zero_grad(set_to_none=True)
+        velocity = gaussian_smooth(weights, velocity_smoothing)
         coarse = integrate_velocity(velocity, integration_steps)
         loss = score(resize_displacement(coarse, shape)) + smoothness * diffusion(coarse)
+        if volume_penalty > 0:
+            log_det = torch.log(jacobian_det(coarse).clamp_min(1e-3))
+            loss = loss + volume_penalty * log_det.square().mean()
         loss.backward()
         optimizer.step()
         if progress:
             progress("refine", step + 1, steps)
-    return velocity.detach()
+    with torch.no_grad():
+        return gaussian_smooth(weights, velocity_smoothing).detach()
+
+
+def _physical_field(displacement: torch.Tensor, grid: sitk.Image) -> sitk.Image:
+    """Voxel displacement on ``grid`` -> float64 LPS mm vector image on the same grid."""
+    physical = voxel_to_physical(displacement, grid.GetSpacing(), grid.GetDirection())
+    return displacement_to_image(physical.cpu(), grid)
+
+
+def _field_on(field: sitk.Image, target: sitk.Image) -> sitk.Image:
+    """A vector image of mm resampled linearly onto ``target``'s grid (zero outside), float64."""
+    identity = sitk.Transform(target.GetDimension(), sitk.sitkIdentity)
+    return sitk.Resample(field, target, identity, sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64)
 
 
 def _physical_field_on(
     displacement: torch.Tensor, grid: sitk.Image, target: sitk.Image
 ) -> sitk.Image:
-    """Voxel displacement on ``grid`` -> LPS mm vector image resampled onto ``target``."""
-    physical = voxel_to_physical(displacement, grid.GetSpacing(), grid.GetDirection())
-    field_on_grid = displacement_to_image(physical.cpu(), grid)
-    identity = sitk.Transform(grid.GetDimension(), sitk.sitkIdentity)
-    return sitk.Resample(
-        field_on_grid, target, identity, sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64
-    )
+    """Voxel displacement on ``grid`` -> LPS mm vector image (float64) on ``target``."""
+    return _field_on(_physical_field(displacement, grid), target)
 
 
 def _predict_velocity(
@@ -325,20 +391,22 @@ def _nmi_on(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor) -> fl
     return float(nmi(fixed.cpu().numpy(), moving.cpu().numpy(), mask=mask.cpu().numpy() > 0))
 
 
-# Peak memory of one registration (bytes) ~ per_working * working-grid voxels
-# + per_fixed * fixed-image voxels + constant, fitted by least squares to the peak RSS (VmHWM
-# reset through /proc/self/clear_refs, minus VmRSS after reading the inputs) of register() with
-# --model none, --refine 6, on the CPU, one thread, on phantom pairs (moving as large as fixed):
-# 3D, 9 runs from 48x64x64 to 128x160x160 voxels, working grids of 74k to 3.3M voxels (spacing
-# 1.5, 2 and 4 mm on 2 mm images): the fit is within -22 % .. +13 % of every run (3.3M/3.3M:
-# 1598 MiB measured, 1623 fitted). 2D, 3 runs (512^2 and 1024^2 pixels, working grids of 65k to
-# 1M pixels): fitted exactly. The working-grid term is the refinement's (MIND-SSC descriptors
-# of both images, 12 channels in 3D and 4 in 2D, the warped descriptor and its autograd
-# buffers); the fixed-image term is the outputs (two float64 displacement fields, their
-# resampling, the Jacobian); the constant is allocator pools, thread buffers and ITK's
-# registration. 30 refinement steps instead of 6 raised the peak by 7 %, 2 threads by 1 %; the
-# bundled 2D model at 1024^2 pixels without refinement stayed below the refinement's peak.
-_MEMORY_MODEL = {2: (184.0, 148.0, 91 << 20), 3: (357.0, 103.0, 186 << 20)}
+# Peak memory of one registration and of writing its outputs (bytes) ~ per_working *
+# working-grid voxels + per_fixed * fixed-image voxels + constant, fitted by least squares to
+# the peak RSS (VmHWM reset through /proc/self/clear_refs, minus VmRSS with the inputs read) of
+# register() then save_result(), --model none, --refine 6, on the CPU, one thread, on phantom
+# pairs (moving as large as fixed, so the moving image's copies are in the fixed term).
+# 3D, 5 runs: 64x80x80 to 200x256x256 voxels, working grids of 0.2M to 3.3M voxels (1 mm
+# images on 2 and 4 mm grids, 2 mm images on 2 and 4 mm grids): within -13 % .. +17 % of every
+# run. 2D, 4 runs (512^2 to 2048^2 pixels, working grids of 65k to 1M pixels): within 0.1 %.
+# The working-grid term is the refinement's (MIND-SSC descriptors of both images, 12 channels
+# in 3D and 4 in 2D, the warped descriptor and its autograd buffers); the fixed-image term is
+# the outputs (warped image, Jacobian computed slab by slab, one float32 component of a field
+# at a time while it is written; in 2D also the QC figure); the constant is allocator pools,
+# thread buffers and ITK's registration. The displacement fields stay on the working grid, so
+# a 512x512x400 CT with a 512x512x100 MR peaked at 3.3 GiB in all (benchmarks/RESULTS.md),
+# where fields resampled onto the CT's grid had taken 12 GiB.
+_MEMORY_MODEL = {2: (169.4, 126.1, 110 << 20), 3: (374.1, 28.4, 216 << 20)}
 _MEMORY_MARGIN = 1.25
 """The estimate is multiplied by this before it is compared with the available memory."""
 _MAX_COARSENING = 4
@@ -600,6 +668,8 @@ def register(
                 smoothness=settings.smoothness,
                 learning_rate=settings.learning_rate,
                 integration_steps=settings.integration_steps,
+                velocity_smoothing=settings.velocity_smoothing,
+                volume_penalty=settings.volume_penalty,
                 progress=level_progress,
             )
             done += steps
@@ -615,16 +685,23 @@ def register(
         forward = integrate_velocity(velocity_w, settings.integration_steps)
         backward = integrate_velocity(-velocity_w, settings.integration_steps)
         warped_w = warp(moving_w, forward)
-    displacement = _physical_field_on(forward, grid, fixed)
-    inverse_displacement = _physical_field_on(backward, grid, fixed)
+    # The fields stay on the working grid: the transform interpolates them linearly, which is
+    # what resampling them onto the fixed grid first would do, without 24 bytes per fixed
+    # voxel for each (2.4 GiB each on a 512x512x400 CT).
+    displacement_w = _physical_field(forward, grid)
+    inverse_w = _physical_field(backward, grid)
+    del forward, backward, velocity_w
     transform = sitk.CompositeTransform(ndim)
     transform.AddTransform(affine)
-    transform.AddTransform(sitk.DisplacementFieldTransform(sitk.Image(displacement)))
+    transform.AddTransform(sitk.DisplacementFieldTransform(sitk.Image(displacement_w)))
     warped = apply_transform(transform, fixed, moving)
     # metrics.jacobian_determinant, not ITK's DisplacementFieldJacobianDeterminant: the latter
-    # ignores the image direction, so it was wrong for every non-identity direction.
-    jacobian = sitk.GetImageFromArray(jacobian_determinant(displacement).astype(np.float32))
-    jacobian.CopyInformation(displacement)
+    # ignores the image direction, so it was wrong for every non-identity direction. It is
+    # taken on the fixed grid, slab by slab, of the field interpolated there.
+    jacobian = sitk.GetImageFromArray(
+        jacobian_determinant(displacement_w, reference=fixed, dtype=np.float32)
+    )
+    jacobian.CopyInformation(fixed)
     timings["output"] = time.perf_counter() - start
 
     report = {
@@ -662,8 +739,8 @@ def register(
         fixed=fixed,
         moving=moving,
         affine=affine,
-        displacement=displacement,
-        inverse_displacement=inverse_displacement,
+        field=displacement_w,
+        inverse_field=inverse_w,
         transform=transform,
         warped=warped,
         jacobian=jacobian,

@@ -28,6 +28,32 @@ def _slices(volume: np.ndarray, centre: tuple[int, ...]) -> list[np.ndarray]:
     return [volume[z], volume[:, y, :][::-1], volume[:, :, x][::-1]]
 
 
+def _planes_through(
+    moving: sitk.Image, reference: sitk.Image, transform: sitk.Transform, centre: tuple[int, ...]
+) -> list[np.ndarray]:
+    """``moving`` through ``transform`` on the planes of ``reference`` that :func:`_slices`
+    takes at ``centre`` (array order), each resampled alone; the same arrays, same order."""
+    ndim = reference.GetDimension()
+    if ndim == 2:
+        return [sitk.GetArrayFromImage(sitk.Resample(moving, reference, transform,
+                                                      sitk.sitkLinear, 0.0))]  # fmt: skip
+    planes = []
+    for array_axis in range(3):  # axial (z), coronal (y), sagittal (x)
+        index_axis = 2 - array_axis
+        size = list(reference.GetSize())
+        size[index_axis] = 1
+        start = [0, 0, 0]
+        start[index_axis] = centre[array_axis]
+        origin = reference.TransformIndexToPhysicalPoint(start)
+        plane = sitk.Resample(
+            moving, size, transform, sitk.sitkLinear, origin, reference.GetSpacing(),
+            reference.GetDirection(), 0.0, moving.GetPixelID(),
+        )  # fmt: skip
+        array = np.take(sitk.GetArrayFromImage(plane), 0, axis=array_axis)
+        planes.append(array if array_axis == 0 else array[::-1])
+    return planes
+
+
 def checkerboard(a: np.ndarray, b: np.ndarray, tiles: int = 8) -> np.ndarray:
     """Alternate square tiles of ``a`` and ``b`` (same 2D shape), ``tiles`` along the long side."""
     size = max(1, max(a.shape) // tiles)
@@ -59,12 +85,18 @@ def qc_figure(result: RegistrationResult, path: str | os.PathLike) -> None:
     if fixed is None or moving is None:
         raise IntermodalError("the result holds no normalised images for the QC figure")
     identity = sitk.Transform(fixed.GetDimension(), sitk.sitkIdentity)
-    before = sitk.Resample(moving, fixed, identity, sitk.sitkLinear, 0.0)
-    after = sitk.Resample(moving, fixed, result.transform, sitk.sitkLinear, 0.0)
-    fixed_a, before_a, after_a = (sitk.GetArrayFromImage(i) for i in (fixed, before, after))
+    fixed_a = sitk.GetArrayViewFromImage(fixed)
     centre = tuple(n // 2 for n in fixed_a.shape)
     spacing = fixed.GetSpacing()[::-1]
-    views = list(zip(_slices(fixed_a, centre), _slices(before_a, centre), _slices(after_a, centre)))
+    # Only the planes shown are resampled: on a 512x512x400 CT two whole resampled volumes
+    # and their array copies would be 2 GiB for three slices.
+    views = list(
+        zip(
+            _slices(fixed_a, centre),
+            _planes_through(moving, fixed, identity, centre),
+            _planes_through(moving, fixed, result.transform, centre),
+        )
+    )
     aspects = (
         [1.0]
         if fixed_a.ndim == 2
@@ -181,15 +213,16 @@ def save_result(
         The output directory.
     """
     from intermodal.io import write_points
+    from intermodal.io.nifti import write_displacement_nifti
 
     with OutputDirectory(out_dir, overwrite=overwrite) as staging:
         sitk.WriteImage(result.warped, str(staging / "warped.nii.gz"), useCompression=True)
-        for name, image in (
-            ("displacement", result.displacement),
-            ("inverse_displacement", result.inverse_displacement),
-            ("jacobian", result.jacobian),
-        ):
-            sitk.WriteImage(image, str(staging / f"{name}.nii.gz"), useCompression=True)
+        # The fields go onto the fixed grid one component at a time (float32), never whole.
+        write_displacement_nifti(result.field, result.fixed, staging / "displacement.nii.gz")
+        write_displacement_nifti(
+            result.inverse_field, result.fixed, staging / "inverse_displacement.nii.gz"
+        )
+        sitk.WriteImage(result.jacobian, str(staging / "jacobian.nii.gz"), useCompression=True)
         sitk.WriteTransform(result.transform, str(staging / "transform.h5"))
         # The initial affine on its own, so that tools taking a chain of files can rebuild the
         # transform: ANTs as `-t displacement.nii.gz -t affine.mat`.

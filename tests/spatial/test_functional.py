@@ -571,3 +571,24 @@ def test_bad_physical_geometry() -> None:
         voxel_to_physical(field, [1.0, 1.0, 1.0], identity_direction(2))
     with pytest.raises(ValueError, match="singular"):
         physical_to_voxel(field, [1.0, 1.0, 1.0], [0.0] * 9)
+
+
+def test_gaussian_smooth_keeps_sums_constants_and_shape():
+    from intermodal.spatial import gaussian_smooth
+
+    impulse = torch.zeros(1, 2, 9, 11, 13, dtype=torch.float64)
+    impulse[0, 0, 4, 5, 6] = 1.0
+    smoothed = gaussian_smooth(impulse, 1.0)
+    assert smoothed.shape == impulse.shape and smoothed.dtype == impulse.dtype
+    assert float(smoothed[0, 0].sum()) == pytest.approx(1.0, abs=1e-3)  # tails past 3 sigma
+    # the centre of a unit 3D Gaussian sampled at the integers, normalised per axis
+    axis = torch.exp(-0.5 * torch.arange(-3, 4, dtype=torch.float64) ** 2)
+    assert float(smoothed[0, 0, 4, 5, 6]) == pytest.approx(float(1 / axis.sum()) ** 3)
+    assert float(smoothed[0, 1].abs().max()) == 0.0  # channels stay apart
+    constant = torch.full((1, 2, 5, 6), 2.5)
+    torch.testing.assert_close(gaussian_smooth(constant, 2.0), constant)
+    assert gaussian_smooth(impulse, 0.0) is impulse
+    with pytest.raises(ValueError, match="sigma"):
+        gaussian_smooth(impulse, -1.0)
+    with pytest.raises(ValueError, match="shape"):
+        gaussian_smooth(torch.zeros(3, 4), 1.0)

@@ -7,6 +7,7 @@ and warp backwards: ``warped(x) = moving(x + u(x))``. See ``docs/conventions.md`
 from intermodal.spatial.functional import (
     SpatialArgumentError,
     compose,
+    gaussian_smooth,
     identity_grid,
     integrate_velocity,
     jacobian_det,
@@ -19,6 +20,7 @@ from intermodal.spatial.functional import (
 __all__ = [
     "SpatialArgumentError",
     "compose",
+    "gaussian_smooth",
     "identity_grid",
     "integrate_velocity",
     "jacobian_det",

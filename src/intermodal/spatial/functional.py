@@ -15,6 +15,7 @@ the device, and in the floating dtype, of its inputs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -26,6 +27,7 @@ from intermodal.errors import IntermodalError
 __all__ = [
     "SpatialArgumentError",
     "compose",
+    "gaussian_smooth",
     "identity_grid",
     "integrate_velocity",
     "jacobian_det",
@@ -440,6 +442,48 @@ def resize_displacement(displacement: Tensor, shape: Sequence[int]) -> Tensor:
     factors = [(m - 1) / (n - 1) for m, n in zip(new_shape, old_shape, strict=True)]
     factors = torch.tensor(factors, device=resized.device, dtype=resized.dtype)
     return resized * factors.view(1, ndim, *([1] * ndim))
+
+
+def gaussian_smooth(field: Tensor, sigma: float) -> Tensor:
+    """Smooth every channel of ``field`` with a Gaussian of ``sigma`` voxels, axis by axis.
+
+    The kernel is sampled out to ``ceil(3 sigma)`` voxels and normalised to sum 1; the border
+    is extended by replication, so a constant field stays constant, and the output has the
+    input's shape, device and dtype. ``sigma == 0`` returns ``field`` itself.
+
+    Args:
+        field: ``(B, C, *spatial)``, 2D or 3D.
+        sigma: standard deviation in voxels, the same along every axis, ``>= 0``.
+
+    Raises:
+        ValueError: (a :class:`SpatialArgumentError`) for a negative ``sigma`` or a field
+            that is not ``(B, C, H, W)`` / ``(B, C, D, H, W)``.
+    """
+    if field.dim() not in (4, 5):
+        raise SpatialArgumentError(
+            f"field must be (B, C, H, W) or (B, C, D, H, W), not of shape {tuple(field.shape)}"
+        )
+    if not sigma >= 0:
+        raise SpatialArgumentError(f"sigma must be 0 or more voxels, not {sigma}")
+    if sigma == 0:
+        return field
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, device=field.device, dtype=field.dtype)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    ndim = field.dim() - 2
+    channels = field.shape[1]
+    conv = F.conv2d if ndim == 2 else F.conv3d
+    out = field
+    for axis in range(ndim):
+        # a 1D kernel laid along one spatial axis, one per channel (depthwise)
+        shape = [channels, 1] + [1] * ndim
+        shape[2 + axis] = 2 * radius + 1
+        pad = [0, 0] * ndim
+        pad[2 * (ndim - 1 - axis)] = pad[2 * (ndim - 1 - axis) + 1] = radius
+        out = conv(F.pad(out, pad, mode="replicate"), kernel.repeat(channels).view(shape),
+                   groups=channels)  # fmt: skip
+    return out
 
 
 # --------------------------------------------------------------------------- voxel <-> physical
