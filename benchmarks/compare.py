@@ -72,6 +72,7 @@ LABELS = {
     "im_model": "intermodal: bundled model alone (`refine=0`)",
     "im_default": "intermodal: model + refine (defaults)",
     "im_refine": "intermodal: refinement alone (`model=None`)",
+    "im_smooth": "intermodal: model + refine, smoother (`smoothness=2, velocity_smoothing=4`)",
     "vxm_intra": "VoxelMorph VxmPairwise, intra loss (LNCC CT + LNCC MR)",
     "vxm_mi": "VoxelMorph VxmPairwise, MI loss",
     "ants": "ANTs SyNRA, Mattes MI",
@@ -82,6 +83,9 @@ INTERMODAL_SETTINGS = {
     "im_model": {"model": "auto", "refine": 0, "device": "cpu"},
     "im_default": {"model": "auto", "device": "cpu"},
     "im_refine": {"model": None, "device": "cpu"},
+    # the setting of benchmarks/regularisation.py's 2D sweep with SDlogJ <= 0.10 and the
+    # highest Dice there
+    "im_smooth": {"model": "auto", "device": "cpu", "smoothness": 2.0, "velocity_smoothing": 4.0},
 }
 # Issue 4's targets
 DICE_MARGIN = 0.05
@@ -404,7 +408,7 @@ def real_worker(method: str, workdir: Path) -> dict[str, Any]:
     return {"seconds": result.seconds, **jacobian_scores(result.jacobian_det), "info": result.info}
 
 
-def real(methods: list[str]) -> dict[str, Any]:
+def real(methods: list[str], repeats: int = 1) -> dict[str, Any]:
     from real_pair import Evaluator
 
     if not (DATA / "ct_2mm.nii.gz").is_file():
@@ -416,28 +420,49 @@ def real(methods: list[str]) -> dict[str, Any]:
     rows: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     warped: dict[str, np.ndarray] = {"identity": identity}
+    active = []
     for method in methods:
-        if method in ("im_model", "im_default") and not has_bundled(3):
+        if method in ("im_model", "im_default", "im_smooth") and not has_bundled(3):
             skipped[method] = "no bundled 3D model is installed (pelvis3d)"
-            continue
-        if method.startswith("vxm"):
+        elif method.startswith("vxm"):
             skipped[method] = "no 3D VoxelMorph model (not trained in 3D)"
+        else:
+            active.append(method)
+    runs: dict[str, list[dict[str, Any]]] = {m: [] for m in active}
+    # the methods take turns, so that a change in the machine's load hits them alike
+    for repeat in range(repeats):
+        for method in active:
+            if runs[method] and "error" in runs[method][-1]:
+                continue
+            workdir = OUT / "real" / method
+            workdir.mkdir(parents=True, exist_ok=True)
+            print(f"real pair: {method} (run {repeat + 1}/{repeats}) ...", flush=True)
+            spec = {"task": "real", "method": method, "out": str(workdir)}
+            wall, rss, code = run_measured(worker_command(spec), workdir / "log.txt")
+            if code != 0:
+                runs[method].append({"error": (workdir / "log.txt").read_text()[-500:]})
+                continue
+            result = json.loads((workdir / "result.json").read_text())
+            runs[method].append({"process_s": wall, "wait4_maxrss_mib": rss, **result})
+            print(f"    {result['seconds']:.1f} s, {result['peak_rss_mib']:.0f} MiB", flush=True)
+    for method, done in runs.items():
+        if not done or "error" in done[-1]:
+            rows[method] = done[-1] if done else {"error": "not run"}
             continue
-        workdir = OUT / "real" / method
-        workdir.mkdir(parents=True, exist_ok=True)
-        print(f"real pair: {method} ...", flush=True)
-        spec = {"task": "real", "method": method, "out": str(workdir)}
-        wall, rss, code = run_measured(worker_command(spec), workdir / "log.txt")
-        if code != 0:
-            rows[method] = {"error": (workdir / "log.txt").read_text()[-500:]}
-            continue
-        result = json.loads((workdir / "result.json").read_text())
-        array = evaluator.warp(sitk.ReadTransform(str(workdir / "transform.h5")))
+        array = evaluator.warp(sitk.ReadTransform(str(OUT / "real" / method / "transform.h5")))
         warped[method] = array
-        rows[method] = {"process_s": wall, "wait4_maxrss_mib": rss, **result,
-                        "nmi": evaluator.nmi(array), "date": now(),
-                        "command": command_line()}  # fmt: skip
-        print(f"    {result['seconds']:.1f} s, {rss:.0f} MiB, NMI {rows[method]['nmi']:.4f}")
+        rows[method] = {
+            **done[-1],
+            "seconds": statistics.median(r["seconds"] for r in done),
+            "process_s": statistics.median(r["process_s"] for r in done),
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in done),
+            "seconds_runs": [r["seconds"] for r in done],
+            "repeats": len(done),
+            "nmi": evaluator.nmi(array),
+            "date": now(),
+            "command": command_line(),
+        }
+        print(f"{method}: median {rows[method]['seconds']:.1f} s, NMI {rows[method]['nmi']:.4f}")
     # methods of an earlier run that this one did not measure again stay, with their command
     previous = load_part("real") or {}
     for method, row in (previous.get("rows") or {}).items():
@@ -500,12 +525,10 @@ def render_real(part: dict[str, Any]) -> str:
         return "\n".join(lines)
     lines += [
         f"- date: {part['date']} (last run; each row names its run, commands below the table)",
-        "- one run per method (time allowed no repeats: single runs on a shared machine, so "
-        "times are indicative; see the `real_pair` section for 3 repeats of three of these "
-        "methods), each in its own subprocess on one thread; CT fixed, T2 MR moving. Rows "
-        "of different runs (the run column) met different loads on the machine: compare times "
-        "within one run only (the bundled 3D model arrived during this work, so its rows and "
-        "ANTs were run again together)",
+        "- each method in its own subprocess on one thread, the methods taking turns; "
+        "time s is the median over the runs column's count of runs (1: a single run, "
+        "indicative only); CT fixed, T2 MR moving. Rows of different dates met different "
+        "loads on the machine: compare times within one date only",
         "- NMI and its mask exactly as `benchmarks/real_pair.py` (normalised MR resampled "
         "through each method's transform onto the CT grid, 32 bins, CT > -1500 HU); time: "
         "the registration inside the worker (intensity scaling included, reading excluded); "
@@ -513,22 +536,23 @@ def render_real(part: dict[str, Any]) -> str:
         "section for why not `ru_maxrss`). QC "
         "figure: `benchmarks/out/compare/real_qc.png` (not committed)",
         "",
-        "| method | time s | process s | peak RSS MiB | NMI after | SDlogJ | non-positive J % "
-        "| run |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-        f"| identity (no registration) | - | - | - | {part['nmi_before']:.4f} | - | - | - |",
+        "| method | time s (median) | runs | process s | peak RSS MiB | NMI after | SDlogJ "
+        "| non-positive J % | date |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        f"| identity (no registration) | - | - | - | - | {part['nmi_before']:.4f} | - | - | - |",
     ]
     for method, row in part["rows"].items():
         if "error" in row:
-            lines.append(f"| {LABELS[method]} | failed: {row['error'][-120:]!r} | | | | | | |")
+            lines.append(f"| {LABELS[method]} | failed: {row['error'][-120:]!r} | | | | | | | |")
             continue
+        runs = row.get("seconds_runs", [row["seconds"]])
         lines.append(
-            f"| {LABELS[method]} | {row['seconds']:.1f} | {row['process_s']:.1f} "
+            f"| {LABELS[method]} | {row['seconds']:.1f} | {len(runs)} | {row['process_s']:.1f} "
             f"| {row['peak_rss_mib']:.0f} | {row['nmi']:.4f} | {row['sdlogj']:.3f} "
             f"| {100 * row['folding']:.4f} | {row.get('date', part['date'])} |"
         )
     for method, reason in part.get("skipped", {}).items():
-        lines.append(f"| {LABELS[method]} | not run: {reason} | | | | | | |")
+        lines.append(f"| {LABELS[method]} | not run: {reason} | | | | | | | |")
     commands = sorted({r.get("command", part["command"]) for r in part["rows"].values()})
     lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in commands)]
     lines += ["", "<!-- compare_real:end -->"]
@@ -846,12 +870,17 @@ def render_targets() -> str:
         summary = {m: summarise(e) for m, e in part["rows"].items()}
         ours_key = "im_default" if summary.get("im_default") else "im_refine"
         ours = summary.get(ours_key)
-        for peer in ("ants", "vxm_mi"):
+        candidates = [k for k in (ours_key, "im_smooth") if summary.get(k)]
+        for key, peer in [(k, p) for k in candidates for p in ("ants", "vxm_mi")] or [
+            (ours_key, "ants")
+        ]:
+            ours_here = summary.get(key)
             theirs = summary.get(peer)
-            if not ours or not theirs:
+            if not ours_here or not theirs:
                 reason = part.get("skipped", {}).get(peer, "not run")
                 lines.append(f"- Dice {dim}D vs {LABELS[peer]}: not measured ({reason})")
                 continue
+            ours, ours_label = ours_here, LABELS[key]
             margin = ours["dice"] - theirs["dice"]
             ok = (
                 margin >= DICE_MARGIN
@@ -864,13 +893,14 @@ def render_targets() -> str:
                 f"{'ok' if ours['folding'] < FOLDING_MAX else 'too high'}"
             )
             lines.append(
-                f"- Dice {dim}D, {LABELS[ours_key]} vs {LABELS[peer]} (>= +{DICE_MARGIN} with "
+                f"- Dice {dim}D, {ours_label} vs {LABELS[peer]} (>= +{DICE_MARGIN} with "
                 f"SDlogJ <= {SDLOGJ_MAX} and non-positive J < 0.01 %): "
                 f"**{'MET' if ok else 'NOT MET'}** ({verdicts}): mean Dice {ours['dice']:.3f} vs "
                 f"{theirs['dice']:.3f} (margin {margin:+.3f}, {ours['n']} pairs), SDlogJ "
                 f"{ours['sdlogj']:.3f} (peer {theirs['sdlogj']:.3f}), non-positive J "
                 f"{100 * ours['folding']:.4f} %"
             )
+        ours = summary.get(ours_key)
         if ours and summary.get("ants"):
             ratio = ours["seconds"] / summary["ants"]["seconds"]
             accurate = ours["dice"] >= summary["ants"]["dice"]
@@ -893,7 +923,9 @@ def render_targets() -> str:
             lines.append(
                 f"- time, real pair, {LABELS[ours_key]} vs ANTs (<= {TIME_RATIO_MAX} x at equal "
                 f"or better NMI): **{'MET' if ok else 'NOT MET'}**: {ours['seconds']:.1f} s vs "
-                f"{ants['seconds']:.1f} s (ratio {ratio:.2f}, one run each), NMI "
+                f"{ants['seconds']:.1f} s (ratio {ratio:.2f}, medians of "
+                f"{len(ours.get('seconds_runs', [0]))} and {len(ants.get('seconds_runs', [0]))} "
+                "runs), NMI "
                 f"{ours['nmi']:.4f} vs {ants['nmi']:.4f}"
             )
     scaling_part = load_part("scaling")
@@ -990,6 +1022,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(LABELS), help="comma-separated method keys")
     parser.add_argument("--pairs-2d", type=int, default=20)
     parser.add_argument("--pairs-3d", type=int, default=2)
+    parser.add_argument("--real-repeats", type=int, default=3, help="runs per method, real pair")
     parser.add_argument("--sizes", default="64,96,128,160", help="cube edges for the sweep")
     parser.add_argument("--scaling-kinds", default=",".join(SCALING_LABELS))
     parser.add_argument("--forward-repeats", type=int, default=3)
@@ -1017,7 +1050,7 @@ def main(argv: list[str] | None = None) -> int:
             elif part == "heldout3d":
                 heldout(3, args.pairs_3d, methods, args.retrain)
             elif part == "real":
-                real([m for m in methods if m != "affine"])
+                real([m for m in methods if m != "affine"], args.real_repeats)
             elif part == "scaling":
                 sizes = [int(s) for s in args.sizes.split(",") if s]
                 scaling(sizes, args.scaling_kinds.split(","), args.forward_repeats)

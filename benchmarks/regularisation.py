@@ -29,6 +29,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import compare  # noqa: E402
@@ -104,7 +105,7 @@ def render(payload: dict[str, Any]) -> str:
         begin,
         f"## Accuracy against smoothness, {dim}D held-out synthetic pelvis (issue 4)",
         "",
-        f"- date: {payload['date']}; command: `{payload['command']}`",
+        f"- date: {payload['date']}; commands: `{payload['command']}`",
         f"- {payload['pairs']} held-out pairs (dataset seed 5, the pairs of `compare.py`), "
         "scored as there: mean organ Dice of the warped MR labels, SDlogJ and non-positive "
         "Jacobians of the deformable part on the fixed CT grid (no mask); one CPU thread on a "
@@ -134,17 +135,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=20)
     parser.add_argument("--candidates", default=DEFAULT_CANDIDATES)
     parser.add_argument("--no-render", action="store_true", help="store the JSON only")
+    parser.add_argument(
+        "--render-from", nargs="+", type=Path, metavar="JSON",
+        help="render the section from stored runs (same dim and pairs) instead of running",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    peers.single_threaded()
-    candidates = [c.strip() for c in args.candidates.split(";") if c.strip()]
-    payload = sweep(args.dim, args.pairs, candidates)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{args.dim}d.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    if args.render_from:
+        runs = [json.loads(path.read_text(encoding="utf-8")) for path in args.render_from]
+        if len({(r["dim"], r["pairs"]) for r in runs}) != 1:
+            parser.error("--render-from runs must share their dimension and pair count")
+        payload = {
+            **runs[-1],
+            "rows": {k: v for r in runs for k, v in r["rows"].items()},
+            "command": "`; `".join(r["command"] for r in runs),
+            "date": ", ".join(r["date"] for r in runs),
+        }
+    else:
+        peers.single_threaded()
+        candidates = [c.strip() for c in args.candidates.split(";") if c.strip()]
+        payload = sweep(args.dim, args.pairs, candidates)
+        OUT.mkdir(parents=True, exist_ok=True)
+        path = OUT / f"{args.dim}d.json"
+        path.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
     section = render(payload)
     print(section)
     if not args.no_render:
-        begin = f"<!-- regularisation_{args.dim}d:begin -->"
-        end = f"<!-- regularisation_{args.dim}d:end -->"
+        begin = f"<!-- regularisation_{payload['dim']}d:begin -->"
+        end = f"<!-- regularisation_{payload['dim']}d:end -->"
         write_section(compare.RESULTS, begin, end, section)
     return 0
 

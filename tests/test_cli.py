@@ -309,3 +309,22 @@ def test_synth_writes_a_manifest(capsys, tmp_path):
         capsys, "synth", "--subjects", "3", "--dim", "2", "--out", tmp_path / "data"
     )
     assert code == 2 and len(stderr.strip().splitlines()) == 1
+
+
+def test_regularisation_options_reach_the_settings(capsys, small_pair_files, tmp_path):
+    out = tmp_path / "r"
+    code, _, _ = _run(
+        capsys, "register", "--fixed", small_pair_files["ct"], "--moving",
+        small_pair_files["mr"], "--out", out, "--smoothness", "2.5", "--velocity-smoothing",
+        "3", "--volume-penalty", "0.5", *FAST,
+    )  # fmt: skip
+    assert code == 0
+    settings = json.loads((out / "report.json").read_text(encoding="utf-8"))["settings"]
+    assert (settings["smoothness"], settings["velocity_smoothing"]) == (2.5, 3.0)
+    assert settings["volume_penalty"] == 0.5
+    code, _, stderr = _run(
+        capsys, "register", "--fixed", small_pair_files["ct"], "--moving",
+        small_pair_files["mr"], "--out", tmp_path / "bad", "--velocity-smoothing", "20", *FAST,
+    )  # fmt: skip
+    assert code != 0 and "velocity smoothing" in stderr and len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()

@@ -67,6 +67,18 @@ def _add_registration_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--spacing", type=float, default=None, help="working spacing in mm")
     parser.add_argument("--similarity", default="mind", choices=("mind", "ngf"))
+    parser.add_argument(
+        "--smoothness", type=float, default=None, metavar="W",
+        help="weight of the refinement's diffusion regulariser (default 1)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--velocity-smoothing", type=float, default=None, metavar="SIGMA",
+        help="Gaussian sigma (velocity-grid voxels) of the refined velocity (default 2)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--volume-penalty", type=float, default=None, metavar="W",
+        help="weight of the mean squared log Jacobian in the refinement (default 0)",
+    )  # fmt: skip
     parser.add_argument("--fixed-modality", default="auto", choices=("ct", "mr", "auto"))
     parser.add_argument("--moving-modality", default="auto", choices=("ct", "mr", "auto"))
     parser.add_argument(
@@ -91,6 +103,11 @@ def _settings(args: argparse.Namespace):
         hu_window=tuple(args.hu_window),
         similarity=args.similarity,
         seed=args.seed,
+        **{
+            name: value
+            for name in ("smoothness", "velocity_smoothing", "volume_penalty")
+            if (value := getattr(args, name)) is not None
+        },
     )
 
 

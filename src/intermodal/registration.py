@@ -94,7 +94,7 @@ class Settings:
     smoothness: float = 1.0
     learning_rate: float = 0.1
     velocity_stride: int = 2
-    velocity_smoothing: float = 0.0
+    velocity_smoothing: float = 2.0
     volume_penalty: float = 0.0
     pyramid: tuple[int, ...] = (4, 2, 1)
     integration_steps: int = 7
