@@ -603,12 +603,14 @@ def scaling_worker(spec: dict[str, Any]) -> dict[str, Any]:
     if kind.startswith("forward"):
         shape = tuple(spec["shape"])
         torch.manual_seed(0)
+        info: dict[str, Any] = {}
         if kind == "forward_intermodal":
-            from intermodal.networks import RegistrationModel
+            from intermodal.checkpoint import load_model
+            from intermodal.models import bundled_path
 
-            # configs/pelvis3d.toml's network (the 3D bundled model's)
-            network = RegistrationModel(3, features=(16, 32, 32, 32), output_stride=2,
-                                        integration_steps=7)  # fmt: skip
+            # the network that ships: the bundled 3D model, read from its files
+            network, card = load_model(bundled_path("pelvis3d"), device="cpu")
+            info["network"] = card["network"]
         else:
             network = peers._vxm_network(3)
         network.eval()
@@ -624,7 +626,8 @@ def scaling_worker(spec: dict[str, Any]) -> dict[str, Any]:
                 else:
                     network(moving, fixed)
                 times.append(time.perf_counter() - start)
-        return {"seconds": statistics.median(times), "times": times, "rss_before_mib": before}
+        return {"seconds": statistics.median(times), "times": times, "rss_before_mib": before,
+                "info": info}  # fmt: skip
     if kind == "register_cli":
         # the command a user runs, outputs written: `intermodal register CT MR --out DIR`
         from intermodal.cli import main as cli_main
@@ -758,9 +761,11 @@ def render_scaling(part: dict[str, Any], memory: dict[str, Any] | None) -> str:
         "shown too). Not `ru_maxrss` through `os.wait4`: Linux carries maxrss across `execve`, "
         "so a child of a parent that had grown to 750 MiB reported at least 750 MiB",
         f"- forward: batch 1, `torch.no_grad()`, random inputs and weights, median of "
-        f"{part['repeats']} calls; intermodal: `RegistrationModel(3, features=(16, 32, 32, 32), "
-        "output_stride=2, integration_steps=7)` (configs/pelvis3d.toml) incl. integration and "
-        "resize; VoxelMorph: `VxmPairwise(3, 1, 1)` defaults incl. its integration",
+        f"{part['repeats']} calls; intermodal: the bundled 3D model's network as loaded from "
+        "its files (features and output stride in the row; rows without them were measured "
+        "with `features=(16, 32, 32, 32), output_stride=2`, the 3D model before this one), "
+        "incl. integration and resize; VoxelMorph: `VxmPairwise(3, 1, 1)` defaults incl. its "
+        "integration",
         '- register: `register(ct, mr, Settings(device="cpu"))`, the defaults (`model="auto"`; '
         "the last column names the model that ran, `pelvis3d` once it is installed): the "
         "network at its training spacing, then the refinement on the working grid, whatever "
@@ -778,11 +783,15 @@ def render_scaling(part: dict[str, Any], memory: dict[str, Any] | None) -> str:
             lines.append(f"| {shape} | {SCALING_LABELS[row['kind']]} | failed | | | |")
             continue
         note = row.get("date", part["date"])
+        label = SCALING_LABELS[row["kind"]]
+        network = row.get("info", {}).get("network")
+        if row["kind"] == "forward_intermodal" and network:
+            label += f" (features {network['features']}, output stride {network['output_stride']})"
         if row["kind"] == "register":
             model = row.get("info", {}).get("model_path")
             note = f"{Path(model).stem if model else 'none'}, {note}"
         lines.append(
-            f"| {shape} | {SCALING_LABELS[row['kind']]} | {row['seconds']:.2f} "
+            f"| {shape} | {label} | {row['seconds']:.2f} "
             f"| {row['peak_rss_mib']:.0f} | {row.get('rss_before_mib', float('nan')):.0f} "
             f"| {note} |"
         )
