@@ -35,6 +35,7 @@ bench: setup
 	$(BIN)/python benchmarks/similarity_choice.py
 	$(BIN)/python -m pip install --quiet itk-elastix
 	OMP_NUM_THREADS=1 ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 nice -n 10 $(BIN)/python benchmarks/compare.py
+	nice -n 10 $(BIN)/python benchmarks/ants_seeds.py
 
 # Retrain a bundled model from nothing (synth -> prepare -> train -> install into the package).
 model-3d: setup

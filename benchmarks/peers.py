@@ -286,13 +286,33 @@ def _to_ants(image: sitk.Image, folder: Path, name: str):
     return ants.image_read(str(path))
 
 
-def ants_register(fixed_ct: sitk.Image, moving_mr: sitk.Image) -> PeerResult:
+def ants_register(
+    fixed_ct: sitk.Image, moving_mr: sitk.Image, *, seed: int | None = None
+) -> PeerResult:
     """ANTs SyNRA (rigid + affine + SyN), Mattes MI in every stage, antspyx defaults otherwise.
 
     The returned transform is ANTs' own chain read back into SimpleITK (ANTs writes ITK
     formats): the generic affine after the forward warp field, as ``antsApplyTransforms``
     applies them. In 2D the images go through NIfTI files (antspyx reads from files).
+
+    ``seed``: antspyx has no seed argument; ANTs reads ``ANTS_RANDOM_SEED`` from the
+    environment when none is given, so it is set for this call. ``None`` (the default, as
+    antspyx users run it) leaves ANTs to seed its metric sampling from the clock.
     """
+    if seed is None:
+        return _ants_register(fixed_ct, moving_mr)
+    previous = os.environ.get("ANTS_RANDOM_SEED")
+    os.environ["ANTS_RANDOM_SEED"] = str(seed)
+    try:
+        return _ants_register(fixed_ct, moving_mr)
+    finally:
+        if previous is None:
+            del os.environ["ANTS_RANDOM_SEED"]
+        else:
+            os.environ["ANTS_RANDOM_SEED"] = previous
+
+
+def _ants_register(fixed_ct: sitk.Image, moving_mr: sitk.Image) -> PeerResult:
     import ants
 
     start = time.perf_counter()

@@ -66,22 +66,14 @@ def parse_candidate(text: str) -> dict[str, Any]:
 
 
 def sweep(dim: int, pairs: int, candidates: list[str]) -> dict[str, Any]:
-    from intermodal.data.synth import SEED_STRIDE, generate_subject
-
     rows: dict[str, list[dict[str, Any]]] = {c: [] for c in candidates}
     for k in range(pairs):
-        fixed = generate_subject(compare.HELDOUT_SEED * SEED_STRIDE + 2 * k, dim=dim)
-        moving = generate_subject(compare.HELDOUT_SEED * SEED_STRIDE + 2 * k + 1, dim=dim)
+        fixed, moving = compare.heldout_pair(dim, k)
         order = candidates[k % len(candidates) :] + candidates[: k % len(candidates)]
         for candidate in order:
             settings = {"device": "cpu", **parse_candidate(candidate)}
             result = peers.intermodal_register(fixed.ct, moving.mr, settings)
-            entry = {
-                "pair": k,
-                "seconds": result.seconds,
-                **compare.label_scores(fixed.ct_labels, moving.mr_labels, result.transform),
-                **compare.jacobian_scores(result.jacobian_det),
-            }
+            entry = {"pair": k, **compare.pair_scores(fixed, moving, result)}
             rows[candidate].append(entry)
             dice = np.mean([entry[f"dice_{o}"] for o in compare.ORGANS])
             print(
