@@ -29,17 +29,12 @@ import sys  # noqa: E402
 from typing import Any  # noqa: E402
 
 import compare  # noqa: E402
-import numpy as np  # noqa: E402
 import peers  # noqa: E402
 from results_file import write_section  # noqa: E402
 
 OUT = compare.REPO / "benchmarks" / "out" / "ants_seeds"
 BEGIN, END = "<!-- ants_seeds:begin -->", "<!-- ants_seeds:end -->"
 OURS = ("im_default", "im_smooth")
-
-
-def mean_dice(entry: dict[str, Any]) -> float:
-    return float(np.mean([entry[f"dice_{organ}"] for organ in compare.ORGANS]))
 
 
 def run(dim: int, pairs: int, seeds: list[int]) -> dict[str, Any]:
@@ -52,15 +47,14 @@ def run(dim: int, pairs: int, seeds: list[int]) -> dict[str, Any]:
             result = peers.ants_register(fixed.ct, moving.mr, seed=seed)
             entry = {"pair": k, **compare.pair_scores(fixed, moving, result)}
             rows[str(seed)].append(entry)
-            print(
-                f"{dim}D pair {k + 1}/{pairs} seed {seed}: Dice {mean_dice(entry):.3f}", flush=True
-            )
+            dice = compare.mean_dice(entry)
+            print(f"{dim}D pair {k + 1}/{pairs} seed {seed}: Dice {dice:.3f}", flush=True)
         if k == 0:
             again = peers.ants_register(fixed.ct, moving.mr, seed=seeds[0])
             second = compare.pair_scores(fixed, moving, again)
             repeat = {
                 "seed": seeds[0],
-                "dice": [mean_dice(rows[str(seeds[0])][0]), mean_dice(second)],
+                "dice": [compare.mean_dice(rows[str(seeds[0])][0]), compare.mean_dice(second)],
                 "sdlogj": [rows[str(seeds[0])][0]["sdlogj"], second["sdlogj"]],
             }
     return {
@@ -117,7 +111,7 @@ def render(runs: list[dict[str, Any]]) -> str:
             label = (
                 "ANTs SyNRA, clock-seeded (the compare run)"
                 if method == "ants"
-                else compare.LABELS[method].split(" (")[0]
+                else compare.short_label(method)
             )
             lines.append(
                 f"| {dim}D | {s['n']} | {label} | {s['dice']:.3f} | {s['sdlogj']:.3f} "
@@ -127,7 +121,7 @@ def render(runs: list[dict[str, Any]]) -> str:
         best = max(dice)
         note = f"- {dim}D: ANTs mean Dice over seeds {min(dice):.3f} to {best:.3f}"
         for method, s in ours.items():
-            note += f"; {compare.LABELS[method].split(' (')[0]} {s['dice']:.3f}, margin over the "
+            note += f"; {compare.short_label(method)} {s['dice']:.3f}, margin over the "
             note += f"best seed {s['dice'] - best:+.3f}"
         repeat = payload.get("repeat") or {}
         if repeat:

@@ -75,7 +75,7 @@ def sweep(dim: int, pairs: int, candidates: list[str]) -> dict[str, Any]:
             result = peers.intermodal_register(fixed.ct, moving.mr, settings)
             entry = {"pair": k, **compare.pair_scores(fixed, moving, result)}
             rows[candidate].append(entry)
-            dice = np.mean([entry[f"dice_{o}"] for o in compare.ORGANS])
+            dice = compare.mean_dice(entry)
             print(
                 f"{dim}D pair {k + 1}/{pairs} [{candidate}]: Dice {dice:.3f}, SDlogJ "
                 f"{entry['sdlogj']:.3f}, {result.seconds:.1f} s",
@@ -109,7 +109,7 @@ def render(payload: dict[str, Any]) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for candidate, entries in payload["rows"].items():
-        dice = [np.mean([e[f"dice_{o}"] for o in compare.ORGANS]) for e in entries]
+        dice = [compare.mean_dice(e) for e in entries]
         sdlogj = [e["sdlogj"] for e in entries]
         folding = [e["folding"] for e in entries]
         lines.append(
