@@ -317,7 +317,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.set or ())
     if args.print_config:
-        print(config.to_toml())
+        print(config.to_toml(), end="")
+        return 0
     reporter = _Reporter(args.quiet)
     steps = config.train.steps
 
@@ -521,7 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     trainer.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     trainer.add_argument("--overwrite", action="store_true", help="replace an existing run")
-    trainer.add_argument("--print-config", action="store_true", help="print the resolved config")
+    trainer.add_argument(
+        "--print-config", action="store_true", help="print the resolved config and exit"
+    )
     _add_common(trainer)
     trainer.set_defaults(handler=cmd_train)
 

@@ -30,3 +30,13 @@ def test_bad_unknown_config_key(capsys, tmp_path):
     assert code == 2
     assert "smothness" in stderr and "smoothness" in stderr
     assert len(stderr.strip().splitlines()) == 1
+
+
+def test_print_config_prints_the_overrides_and_trains_nothing(capsys, tmp_path):
+    out = tmp_path / "run"
+    code = main(["train", "--set", f"out={out}", "--set", "train.lr=0.0003",
+                 "--set", "model.instance_norm=true", "--print-config"])  # fmt: skip
+    stdout = capsys.readouterr().out
+    assert code == 0
+    assert "lr = 0.0003" in stdout and "instance_norm = true" in stdout
+    assert not out.exists()
