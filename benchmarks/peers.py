@@ -127,7 +127,13 @@ def _vxm_network(ndim: int):
 
 
 def train_voxelmorph(
-    config_path: Path, loss: str, out: Path, *, steps: int | None = None
+    config_path: Path,
+    loss: str,
+    out: Path,
+    *,
+    steps: int | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Train ``VxmPairwise`` on the data, pairs, batches, steps and lr of an intermodal config.
 
@@ -142,13 +148,18 @@ def train_voxelmorph(
     Args:
         config_path: an intermodal training config (e.g. ``configs/pelvis2d.toml``).
         loss: ``"intra"`` or ``"mi"``.
-        out: folder for ``model.pt`` and ``card.json``.
+        out: folder for ``model.safetensors`` and ``card.json``.
         steps: override the config's step count (None: the config's).
+        overrides: further ``KEY=VALUE`` config overrides, as ``intermodal train --set``
+            takes them (``train.batch_size=4``).
+        device: ``"cpu"`` or ``"cuda"``; on CUDA in fp32 (intermodal's trainer uses fp16
+            autocast there).
 
     Returns:
         The card: loss, steps, batch, lr, wall time, final loss.
     """
     import torch
+    from safetensors.torch import save_file
 
     from intermodal.data.manifest import load_manifest
     from intermodal.networks import RegistrationOutput
@@ -157,12 +168,12 @@ def train_voxelmorph(
     from intermodal.training.pairs import make_batch, sample_pairs, step_generator
     from intermodal.training.volumes import load_volumes
 
-    overrides = [f"loss.name={loss}"] + ([f"train.steps={steps}"] if steps else [])
+    overrides = [f"loss.name={loss}", *overrides] + ([f"train.steps={steps}"] if steps else [])
     config = load_config(config_path, overrides)
     manifest = load_manifest(config.data.manifest)
-    volumes = load_volumes(manifest, "training", dim=config.data.dim, labels="never")
+    volumes = load_volumes(manifest, "training", dim=config.data.dim, labels="never").to(device)
     torch.manual_seed(config.train.seed)
-    network = _vxm_network(config.data.dim)
+    network = _vxm_network(config.data.dim).to(device)
     network.train()
     optimizer = torch.optim.Adam(network.parameters(), lr=config.train.lr)
     out.mkdir(parents=True, exist_ok=True)
@@ -202,11 +213,12 @@ def train_voxelmorph(
             history.append({"step": step + 1, **terms, "s": time.perf_counter() - start})
             print(f"vxm {loss} step {step + 1}/{config.train.steps} {terms}", flush=True)
     wall = time.perf_counter() - start
-    torch.save(network.state_dict(), out / "model.pt")
+    state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+    save_file(state, out / "model.safetensors")
     card = {
         "network": "voxelmorph.nn.models.VxmPairwise(ndim, 1, 1) (defaults)",
         "parameters": sum(p.numel() for p in network.parameters()),
-        "config": str(config_path),
+        "config": _repo_relative(config_path),
         "loss": loss,
         "smoothness": config.loss.smoothness,
         "lncc_window": config.loss.lncc_window,
@@ -222,19 +234,28 @@ def train_voxelmorph(
         "spacing": list(volumes.spacing),
         "wall_time_s": wall,
         "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+        "torch": torch.__version__,
         "history": history,
     }
     (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
     return card
 
 
+def _repo_relative(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it (cards travel)."""
+    repo = Path(__file__).resolve().parents[1]
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(repo)) if resolved.is_relative_to(repo) else str(path)
+
+
 def load_voxelmorph(folder: Path):
     """A trained ``VxmPairwise`` (eval mode) and its card."""
-    import torch
+    from safetensors.torch import load_file
 
     card = json.loads((folder / "card.json").read_text())
     network = _vxm_network(len(card["shape"]))
-    network.load_state_dict(torch.load(folder / "model.pt", map_location="cpu"))
+    network.load_state_dict(load_file(folder / "model.safetensors"))
     network.eval()
     return network, card
 
