@@ -254,7 +254,9 @@ def voxelmorph_models(dim: int, retrain: bool) -> tuple[dict[str, tuple[Any, dic
 # --------------------------------------------------------------------------- held-out pairs
 
 
-def heldout(dim: int, pairs: int, methods: list[str], retrain: bool) -> dict[str, Any]:
+def heldout(
+    dim: int, pairs: int, methods: list[str], retrain: bool, load_note: str | None = None
+) -> dict[str, Any]:
     """Register every pair with every method, interleaved; scores per pair and method."""
     from intermodal.classical import initial_alignment
 
@@ -321,6 +323,7 @@ def heldout(dim: int, pairs: int, methods: list[str], retrain: bool) -> dict[str
         )
     payload = {
         "dim": dim,
+        "load_note": load_note or "its other load not recorded",
         "pairs": pairs,
         "pairs_done": pairs,
         "rows": rows,
@@ -429,9 +432,9 @@ def render_heldout(part: dict[str, Any]) -> str:
         f"- {part['pairs_done']} inter-subject pairs: MR of subject 2k+1 onto CT of subject 2k of "
         f"`intermodal.data.synth.generate_subject({HELDOUT_SEED} * SEED_STRIDE + n, dim={dim})` "
         "(dataset seed 5, never used in training); methods interleaved pair by pair, every "
-        "method on one CPU thread (torch, ITK, ANTs, elastix), on a 2-core machine with no "
-        "other benchmark or training running: times are medians per pair and comparable "
-        "only within this table",
+        "method on one CPU thread (torch, ITK, ANTs, elastix), on a 2-core machine "
+        f"({part.get('load_note', 'its other load not recorded')}): times are medians per "
+        "pair and comparable only within this table",
         "- Dice and HD95: the moving MR's label map warped by each method's transform "
         "(nearest neighbour) onto the fixed CT's grid; HD95 averaged over the four organs. "
         "SDlogJ and non-positive J: the deformable part's Jacobian determinant on the fixed "
@@ -1183,6 +1186,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scaling-kinds", default=",".join(SCALING_LABELS))
     parser.add_argument("--forward-repeats", type=int, default=3)
     parser.add_argument("--retrain", action="store_true", help="retrain VoxelMorph")
+    parser.add_argument(
+        "--load-note", help="what else ran on the machine meanwhile (for the held-out tables)"
+    )
     parser.add_argument("--render-only", action="store_true", help="rewrite RESULTS.md only")
     parser.add_argument("--no-render", action="store_true", help="store the parts only")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -1202,9 +1208,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.render_only:
         for part in parts:
             if part == "heldout2d":
-                heldout(2, args.pairs_2d, methods, args.retrain)
+                heldout(2, args.pairs_2d, methods, args.retrain, args.load_note)
             elif part == "heldout3d":
-                heldout(3, args.pairs_3d, methods, args.retrain)
+                heldout(3, args.pairs_3d, methods, args.retrain, args.load_note)
             elif part == "real":
                 real([m for m in methods if m != "affine"], args.real_repeats)
             elif part == "scaling":
