@@ -323,6 +323,32 @@ def test_batch_removes_leftovers_of_a_killed_writer_only_for_its_pair(tmp_path):
     assert unrelated.is_dir()
 
 
+def test_batch_lists_the_output_folder_a_fixed_number_of_times_however_many_pairs(
+    tmp_path, monkeypatch
+):
+    listings = {}
+    real_iterdir = Path.iterdir
+
+    def counting_iterdir(self):
+        listings[self] = listings.get(self, 0) + 1
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", counting_iterdir)
+    counts = []
+    for n in (3, 12):
+        out = tmp_path / f"out{n}"
+        pairs = [fake_pair(f"s{k}") for k in range(n)]
+        run_batch(pairs, out, FakeMethod())
+        (out / pairs[-1].name / DONE_FILE).unlink()  # resume with one pair left to redo
+        (out / f".{pairs[-1].name}.ab_cd123").mkdir()
+        method = FakeMethod()
+        run_batch(pairs, out, method)
+        assert method.calls == [pairs[-1].name]
+        assert not (out / f".{pairs[-1].name}.ab_cd123").exists()
+        counts.append(listings.get(out.absolute(), 0))
+    assert counts[0] == counts[1]
+
+
 def test_batch_redoes_a_pair_whose_inputs_changed(tmp_path):
     out = tmp_path / "out"
     run_batch(PAIRS, out, FakeMethod())

@@ -540,19 +540,32 @@ def _claim_folder(out: Path, record: dict[str, Any], rank: int, overwrite: bool)
         )
 
 
-def _remove_leftovers(out: Path, name: str) -> None:
-    """Remove an incomplete folder of pair ``name`` and hidden staging folders of killed runs.
+_STAGING = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}(\.old)?")
+
+
+def _staging_folders(out: Path) -> dict[str, list[Path]]:
+    """Hidden staging folders of killed runs in ``out``, by pair name, from one listing.
 
     Staging folders are those of :class:`intermodal.report.OutputDirectory`:
     ``.<name>.<8 random characters>`` and, while an old folder is being replaced, ``...old``.
+    One listing for the whole run, not one per pair, so that resuming a run of many pairs
+    stays linear in their number.
     """
-    staging = re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}(\.old)?")
+    found: dict[str, list[Path]] = {}
     for path in out.iterdir():
-        if path.name == name or (staging.fullmatch(path.name) and path.is_dir()):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+        match = _STAGING.fullmatch(path.name)
+        if match and path.is_dir() and not path.is_symlink():
+            found.setdefault(match["name"], []).append(path)
+    return found
+
+
+def _remove_leftovers(folder: Path, staging: Sequence[Path]) -> None:
+    """Remove a pair's incomplete output ``folder`` and its ``staging`` folders."""
+    for path in (folder, *staging):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 def _one_line(err: BaseException) -> str:
@@ -614,6 +627,7 @@ def run_batch(
     record = _json_normal({"method": method.name, "settings": method.settings()})
     _claim_folder(out, record, rank, overwrite)
     mine = shard(pairs, rank, world_size)
+    staging = _staging_folders(out)
     summary = BatchSummary(out_dir=out, rank=rank, world_size=world_size)
     if progress:
         progress(None, 0, len(mine))
@@ -625,7 +639,8 @@ def run_batch(
         else:
             if progress:
                 progress(PairOutcome(pair.name, "running"), number - 1, len(mine))
-            outcome = _run_pair(pair, folder, method, rank, world_size, keep_going)
+            leftovers = staging.get(pair.name, [])
+            outcome = _run_pair(pair, folder, leftovers, method, rank, world_size, keep_going)
             if outcome.status == "done":
                 summary.done.append(pair.name)
             else:
@@ -637,7 +652,13 @@ def run_batch(
 
 
 def _run_pair(
-    pair: Pair, folder: Path, method: PairMethod, rank: int, world_size: int, keep_going: bool
+    pair: Pair,
+    folder: Path,
+    leftovers: Sequence[Path],
+    method: PairMethod,
+    rank: int,
+    world_size: int,
+    keep_going: bool,
 ) -> PairOutcome:
     start = time.perf_counter()
     batch = {
@@ -649,7 +670,7 @@ def _run_pair(
         "world_size": world_size,
     }
     try:
-        _remove_leftovers(folder.parent, pair.name)
+        _remove_leftovers(folder, leftovers)
         method(pair, folder, extra_report={"batch": batch})
         if not (folder / REQUIRED_OUTPUT).is_file():
             raise IntermodalError(f"{folder}: method {method.name!r} wrote no {REQUIRED_OUTPUT}")
