@@ -4,7 +4,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean model-3d model-2d
+.PHONY: setup demo test lint bench clean model-3d model-2d bench-gpu
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ bench: setup
 	$(BIN)/python -m pip install --quiet itk-elastix
 	OMP_NUM_THREADS=1 ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 nice -n 10 $(BIN)/python benchmarks/compare.py
 	nice -n 10 $(BIN)/python benchmarks/ants_seeds.py
+
+# On a machine with a CUDA GPU (and a CUDA build of torch: TORCH_SPEC=...): section gpu_timings
+bench-gpu: setup
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python benchmarks/gpu_timings.py --out benchmarks/measured/gpu_timings.json
+	$(BIN)/python benchmarks/gpu_timings.py --render benchmarks/measured/gpu_timings.json
 
 # Retrain a bundled model from nothing (synth -> prepare -> train -> install into the package).
 model-3d: setup
