@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +18,8 @@ from intermodal.errors import IntermodalError, OutputExistsError
 
 if TYPE_CHECKING:
     from intermodal.registration import RegistrationResult
+
+logger = logging.getLogger(__name__)
 
 PLANES = ("axial", "coronal", "sagittal")
 
@@ -148,12 +152,60 @@ def write_json(data: dict[str, Any], path: str | os.PathLike) -> None:
     )
 
 
+_OWNER_FILE = ".intermodal-owner.json"  # in a staging folder: the process writing it
+
+
+def _process_is_gone(pid: int) -> bool:
+    """True only when no process ``pid`` exists on this machine (unsure: False)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OSError):  # alive under another user, or not ours to ask
+        return False
+    return False
+
+
+def remove_stale_staging(destination: str | os.PathLike) -> list[Path]:
+    """Remove the staging folders that killed runs left beside ``destination``.
+
+    A staging folder (``.<name>.<8 characters>``) records the process writing it. It is stale
+    when that process ran on this machine and no longer exists: a run killed by SIGKILL or
+    the machine's out-of-memory killer had no chance to remove it. Folders of live
+    processes, of other machines or without a record are left alone, and so are ``...old``
+    folders (an earlier output being replaced).
+
+    Returns:
+        The folders removed.
+    """
+    target = Path(destination).absolute()
+    if not target.parent.is_dir():
+        return []
+    prefix, removed = f".{target.name}.", []
+    host = socket.gethostname()
+    for path in target.parent.iterdir():
+        name = path.name
+        if not (name.startswith(prefix) and len(name) == len(prefix) + 8) or path.is_symlink():
+            continue
+        try:
+            owner = json.loads((path / _OWNER_FILE).read_text(encoding="utf-8"))
+            stale = owner["host"] == host and _process_is_gone(int(owner["pid"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 class OutputDirectory:
     """An output folder that appears complete or not at all.
 
     Files are written into a hidden sibling folder; :meth:`commit` renames it into place (and
     only then removes an older folder when ``overwrite`` was asked for). On any error before
-    that, the partial folder is deleted and the destination is left as it was.
+    that, the partial folder is deleted and the destination is left as it was. A run killed
+    outright cannot clean up: its staging folder records the process, and the next run into
+    the same destination removes it (:func:`remove_stale_staging`).
 
     Example:
         >>> with OutputDirectory("out", overwrite=False) as staging:   # doctest: +SKIP
@@ -175,7 +227,11 @@ class OutputDirectory:
         parent = self.destination.absolute().parent
         if not parent.is_dir():
             raise IntermodalError(f"{self.destination}: parent directory {parent} does not exist")
+        for path in remove_stale_staging(self.destination):
+            logger.info("removed %s, left by a run that was killed", path)
         self.staging = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.", dir=parent))
+        owner = {"pid": os.getpid(), "host": socket.gethostname()}
+        (self.staging / _OWNER_FILE).write_text(json.dumps(owner), encoding="utf-8")
         return self.staging
 
     def __exit__(self, kind, value, traceback) -> None:
@@ -183,6 +239,7 @@ class OutputDirectory:
         if kind is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
             return
+        (self.staging / _OWNER_FILE).unlink(missing_ok=True)
         os.chmod(self.staging, 0o755)
         if self.destination.exists():
             retired = self.staging.with_name(self.staging.name + ".old")
