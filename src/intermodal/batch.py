@@ -43,7 +43,6 @@ import csv
 import json
 import logging
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -540,20 +539,19 @@ def _claim_folder(out: Path, record: dict[str, Any], rank: int, overwrite: bool)
         )
 
 
-_STAGING = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}(\.old)?")
-
-
 def _staging_folders(out: Path) -> dict[str, list[Path]]:
     """Hidden staging folders of killed runs in ``out``, by pair name, from one listing.
 
-    Staging folders are those of :class:`intermodal.report.OutputDirectory`:
-    ``.<name>.<8 random characters>`` and, while an old folder is being replaced, ``...old``.
-    One listing for the whole run, not one per pair, so that resuming a run of many pairs
-    stays linear in their number.
+    Staging folders are those of :class:`intermodal.report.OutputDirectory`
+    (:data:`intermodal.report.STAGING_NAME`), ``...old`` ones included. One listing for the
+    whole run, not one per pair, so that resuming a run of many pairs stays linear in their
+    number.
     """
+    from intermodal.report import STAGING_NAME
+
     found: dict[str, list[Path]] = {}
     for path in out.iterdir():
-        match = _STAGING.fullmatch(path.name)
+        match = STAGING_NAME.fullmatch(path.name)
         if match and path.is_dir() and not path.is_symlink():
             found.setdefault(match["name"], []).append(path)
     return found

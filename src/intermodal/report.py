@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -152,6 +153,9 @@ def write_json(data: dict[str, Any], path: str | os.PathLike) -> None:
     )
 
 
+# OutputDirectory's staging folders: ".<destination name>.<tempfile.mkdtemp's 8 characters>",
+# and that name + ".old" for an earlier output while it is being replaced
+STAGING_NAME = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}(?P<old>\.old)?")
 _OWNER_FILE = ".intermodal-owner.json"  # in a staging folder: the process writing it
 
 
@@ -161,7 +165,7 @@ def _process_is_gone(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except (PermissionError, OSError):  # alive under another user, or not ours to ask
+    except OSError:  # e.g. alive under another user
         return False
     return False
 
@@ -181,11 +185,10 @@ def remove_stale_staging(destination: str | os.PathLike) -> list[Path]:
     target = Path(destination).absolute()
     if not target.parent.is_dir():
         return []
-    prefix, removed = f".{target.name}.", []
-    host = socket.gethostname()
+    removed, host = [], socket.gethostname()
     for path in target.parent.iterdir():
-        name = path.name
-        if not (name.startswith(prefix) and len(name) == len(prefix) + 8) or path.is_symlink():
+        match = STAGING_NAME.fullmatch(path.name)
+        if not match or match["name"] != target.name or match["old"] or path.is_symlink():
             continue
         try:
             owner = json.loads((path / _OWNER_FILE).read_text(encoding="utf-8"))
