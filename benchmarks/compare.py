@@ -68,6 +68,7 @@ HELDOUT_SEED = 5  # dataset seed no bundled model was trained on (they use seed 
 CONFIG_2D = REPO / "configs" / "pelvis2d.toml"
 VXM_3D = REPO / "benchmarks" / "weights"  # VxmPairwise 3D, trained on a GPU (tools/train_gpu.py)
 GIB = 1024.0
+UNRECORDED_LOAD = "its other load not recorded"  # without --load-note
 
 # method key -> row label
 LABELS = {
@@ -323,7 +324,7 @@ def heldout(
         )
     payload = {
         "dim": dim,
-        "load_note": load_note or "its other load not recorded",
+        "load_note": load_note,
         "pairs": pairs,
         "pairs_done": pairs,
         "rows": rows,
@@ -433,7 +434,7 @@ def render_heldout(part: dict[str, Any]) -> str:
         f"`intermodal.data.synth.generate_subject({HELDOUT_SEED} * SEED_STRIDE + n, dim={dim})` "
         "(dataset seed 5, never used in training); methods interleaved pair by pair, every "
         "method on one CPU thread (torch, ITK, ANTs, elastix), on a 2-core machine "
-        f"({part.get('load_note', 'its other load not recorded')}): times are medians per "
+        f"({part.get('load_note') or UNRECORDED_LOAD}): times are medians per "
         "pair and comparable only within this table",
         "- Dice and HD95: the moving MR's label map warped by each method's transform "
         "(nearest neighbour) onto the fixed CT's grid; HD95 averaged over the four organs. "
@@ -750,7 +751,9 @@ def scaling_worker(spec: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": result.seconds, "rss_before_mib": before, "info": result.info}
 
 
-def scaling(sizes: list[int], kinds: list[str], repeats: int) -> dict[str, Any]:
+def scaling(
+    sizes: list[int], kinds: list[str], repeats: int, load_note: str | None = None
+) -> dict[str, Any]:
     """Every kind at every size (smallest first), each in its own subprocess."""
     folder = OUT / "scaling"
     folder.mkdir(parents=True, exist_ok=True)
@@ -782,7 +785,8 @@ def scaling(sizes: list[int], kinds: list[str], repeats: int) -> dict[str, Any]:
             print(f"scaling {shape} {kind} ...", flush=True)
             wall, rss, code = run_measured(worker_command(spec), Path(spec["out"]) / "log.txt")
             row = {"shape": list(shape), "kind": kind, "process_s": wall,
-                   "wait4_maxrss_mib": rss, "date": now(), "command": command_line()}  # fmt: skip
+                   "wait4_maxrss_mib": rss, "date": now(), "command": command_line(),
+                   "load_note": load_note}  # fmt: skip
             if code == 0:
                 row.update(json.loads((Path(spec["out"]) / "result.json").read_text()))
                 print(f"    {row['seconds']:.2f} s, {rss:.0f} MiB", flush=True)
@@ -864,8 +868,9 @@ def render_scaling(part: dict[str, Any], memory: dict[str, Any] | None) -> str:
         "network at its training spacing, then the refinement on the working grid, whatever "
         "the input size, so its time hardly depends on the input; ANTs SyNRA as in the other "
         "sections, at the input resolution (its finest SyN level gets 0 iterations by default)",
-        "- rows are measured one after another, with no other benchmark or training running; "
-        "compare rows of one size first",
+        "- rows are measured one after another (machine load, by run: "
+        + "; ".join(sorted({r.get("load_note") or UNRECORDED_LOAD for r in part["rows"]}))
+        + "); compare rows of one size first",
         "",
         "| array shape | method | time s | peak RSS MiB | RSS before call MiB | model / date |",
         "| --- | --- | ---: | ---: | ---: | --- |",
@@ -1187,7 +1192,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--forward-repeats", type=int, default=3)
     parser.add_argument("--retrain", action="store_true", help="retrain VoxelMorph")
     parser.add_argument(
-        "--load-note", help="what else ran on the machine meanwhile (for the held-out tables)"
+        "--load-note", help="what else ran on the machine meanwhile (held-out and scaling)"
     )
     parser.add_argument("--render-only", action="store_true", help="rewrite RESULTS.md only")
     parser.add_argument("--no-render", action="store_true", help="store the parts only")
@@ -1215,7 +1220,7 @@ def main(argv: list[str] | None = None) -> int:
                 real([m for m in methods if m != "affine"], args.real_repeats)
             elif part == "scaling":
                 sizes = [int(s) for s in args.sizes.split(",") if s]
-                scaling(sizes, args.scaling_kinds.split(","), args.forward_repeats)
+                scaling(sizes, args.scaling_kinds.split(","), args.forward_repeats, args.load_note)
             elif part == "memory":
                 memory_part()
     if not args.no_render:

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                 settings = Settings(model=model, refine=0, device="cpu")
                 transform = register(fixed["ct"], moving["mr"], settings).transform
             organs = compare.label_scores(fixed["labels"], moving["mr_labels"], transform)
-            mean = float(np.mean([organs[f"dice_{o}"] for o in compare.ORGANS]))
+            mean = compare.mean_dice(organs)
             scores[name].append(mean)
             print(f"pair {subjects[i].id} -> {subjects[j].id} {name}: {mean:.3f}", flush=True)
     lines = [
