@@ -4,7 +4,7 @@ Run on the GPU machine, from the repository root, with the prepared 3D data of
 ``make model-3d`` in ``build/bundled/pelvis3d/prepared`` (carried there; the data cannot be
 made there in time: ``prepare`` takes about 50 s a subject)::
 
-    python tools/train_gpu.py --steps 6000 --batch 4 --out "$OUT"
+    python tools/train_gpu.py --steps 3000 --batch 4 --out "$OUT"
 
 Every run starts at once in its own process on the one GPU:
 
@@ -15,10 +15,11 @@ Every run starts at once in its own process on the one GPU:
   losses; the same steps and batch).
 
 Each run's files (weights, card, history) go into ``runs.tar.gz`` under ``--out``, with
-``summary.json``: wall time, steps per second and the last validation Dice per run. Back on
-the development machine, ``tools/train_bundled.py pelvis3d --install-run DIR`` installs an
-intermodal run as the bundled model, and ``benchmarks/compare.py`` reads the VoxelMorph runs
-from ``benchmarks/weights/``.
+``summary.json``: the command, the machine, wall time, steps per second and the validation
+Dice of each run. Back on the development machine, ``benchmarks/model_selection_3d.py``
+scores intermodal runs after the affine, ``--render SUMMARY...`` writes section
+``gpu_training_3d`` of ``benchmarks/RESULTS.md``, and ``benchmarks/compare.py`` reads the
+VoxelMorph runs once copied into ``benchmarks/weights/vxm_3d_{intra,mi}/``.
 """
 
 from __future__ import annotations
@@ -200,7 +201,6 @@ def main() -> int:
         summary["runs"][name] = entry
         print(name, json.dumps(entry), flush=True)
     (runs / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (runs / "machine.json").write_text(json.dumps(machine(), indent=1) + "\n")
     keep = {"model.safetensors", "model.json", "history.json", "config.json", "card.json",
             "trainer_state.json", "trainer_state.safetensors"}  # fmt: skip
     with tarfile.open(args.out / "runs.tar.gz", "w:gz") as tar:
