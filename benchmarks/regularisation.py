@@ -65,10 +65,12 @@ def parse_candidate(text: str) -> dict[str, Any]:
     return settings
 
 
-def sweep(dim: int, pairs: int, candidates: list[str]) -> dict[str, Any]:
+def sweep(
+    dim: int, pairs: int, candidates: list[str], dataset_seed: int = compare.HELDOUT_SEED
+) -> dict[str, Any]:
     rows: dict[str, list[dict[str, Any]]] = {c: [] for c in candidates}
     for k in range(pairs):
-        fixed, moving = compare.heldout_pair(dim, k)
+        fixed, moving = compare.heldout_pair(dim, k, dataset_seed)
         order = candidates[k % len(candidates) :] + candidates[: k % len(candidates)]
         for candidate in order:
             settings = {"device": "cpu", **parse_candidate(candidate)}
@@ -84,22 +86,39 @@ def sweep(dim: int, pairs: int, candidates: list[str]) -> dict[str, Any]:
     return {
         "dim": dim,
         "pairs": pairs,
+        "dataset_seed": dataset_seed,
         "rows": rows,
         "date": compare.now(),
         "command": compare.command_line(),
     }
 
 
+def section_name(dim: int, dataset_seed: int) -> str:
+    """``regularisation_3d`` on the held-out pairs, ``tuning_3d`` on the tuning seed's."""
+    return f"regularisation_{dim}d" if dataset_seed == compare.HELDOUT_SEED else f"tuning_{dim}d"
+
+
 def render(payload: dict[str, Any]) -> str:
     dim = payload["dim"]
-    begin, end = f"<!-- regularisation_{dim}d:begin -->", f"<!-- regularisation_{dim}d:end -->"
+    seed = payload.get("dataset_seed", compare.HELDOUT_SEED)
+    name = section_name(dim, seed)
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    if seed == compare.HELDOUT_SEED:
+        title = f"## Accuracy against smoothness, {dim}D held-out synthetic pelvis (issue 4)"
+        where = "held-out pairs (dataset seed 5, the pairs of `compare.py`)"
+    else:
+        title = f"## Choosing settings, {dim}D synthetic pelvis, tuning pairs (issue 4)"
+        where = (
+            f"pairs of dataset seed {seed} (MR of subject 2k+1 onto CT of subject 2k; neither "
+            "trained on nor held out, kept for choosing settings)"
+        )
     lines = [
         begin,
-        f"## Accuracy against smoothness, {dim}D held-out synthetic pelvis (issue 4)",
+        title,
         "",
         f"- date: {payload['date']}; commands: `{payload['command']}`",
-        f"- {payload['pairs']} held-out pairs (dataset seed 5, the pairs of `compare.py`), "
-        "scored as there: mean organ Dice of the warped MR labels, SDlogJ and non-positive "
+        f"- {payload['pairs']} {where}, scored as `compare.py` scores the held-out pairs: "
+        "mean organ Dice of the warped MR labels, SDlogJ and non-positive "
         "Jacobians of the deformable part on the fixed CT grid (no mask); one CPU thread on a "
         "2-core machine; candidates interleaved pair by pair; Settings not named are the "
         "defaults of the commit that ran",
@@ -126,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, choices=(2, 3), default=2)
     parser.add_argument("--pairs", type=int, default=20)
     parser.add_argument("--candidates", default=DEFAULT_CANDIDATES)
+    parser.add_argument(
+        "--dataset-seed", type=int, default=compare.HELDOUT_SEED,
+        help=f"synthetic dataset seed of the pairs ({compare.HELDOUT_SEED}: held out, "
+        f"{compare.TUNING_SEED}: for tuning)",
+    )  # fmt: skip
     parser.add_argument("--no-render", action="store_true", help="store the JSON only")
     parser.add_argument(
         "--render-from", nargs="+", type=Path, metavar="JSON",
@@ -134,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.render_from:
         runs = [json.loads(path.read_text(encoding="utf-8")) for path in args.render_from]
-        if len({(r["dim"], r["pairs"]) for r in runs}) != 1:
-            parser.error("--render-from runs must share their dimension and pair count")
+        keys = {(r["dim"], r["pairs"], r.get("dataset_seed", compare.HELDOUT_SEED)) for r in runs}
+        if len(keys) != 1:
+            parser.error("--render-from runs must share their dimension, pairs and dataset seed")
         payload = {
             **runs[-1],
             "rows": {k: v for r in runs for k, v in r["rows"].items()},
@@ -145,15 +170,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         peers.single_threaded()
         candidates = [c.strip() for c in args.candidates.split(";") if c.strip()]
-        payload = sweep(args.dim, args.pairs, candidates)
+        payload = sweep(args.dim, args.pairs, candidates, args.dataset_seed)
         OUT.mkdir(parents=True, exist_ok=True)
-        path = OUT / f"{args.dim}d.json"
+        path = OUT / f"{section_name(args.dim, args.dataset_seed)}.json"
         path.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
     section = render(payload)
     print(section)
     if not args.no_render:
-        begin = f"<!-- regularisation_{payload['dim']}d:begin -->"
-        end = f"<!-- regularisation_{payload['dim']}d:end -->"
+        name = section_name(payload["dim"], payload.get("dataset_seed", compare.HELDOUT_SEED))
+        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
         write_section(compare.RESULTS, begin, end, section)
     return 0
 
