@@ -15,7 +15,9 @@ a change in the machine's load hits every method alike. Measured per run:
   once (0.5/99.5 percentiles of the original MR), resampled through each method's transform
   onto the CT grid (linear, 0 outside), and compared with the CT normalised by its HU window
   (-1000..1000), by ``intermodal.losses.nmi(bins=32)`` inside the CT's field of view
-  (CT > -1500 HU; the scanner pads outside its circular field of view with -2048).
+  (CT > -1500 HU, ``intermodal.preprocess.data_mask``: the scanner pads outside its circular
+  field of view with -2048), the definition of the NMI in ``register``'s report and in
+  ``intermodal evaluate``.
 - folding: the share of voxels of the CT grid whose Jacobian determinant of the deformable part
   is <= 0 (intermodal: its report.json; ANTs: the forward warp; SimpleITK: the B-spline part).
 
@@ -56,7 +58,6 @@ LABELS = {
 }
 BEGIN = "<!-- real_pair:begin -->"
 END = "<!-- real_pair:end -->"
-CT_FOV_HU = -1500.0  # CT voxels above this are inside the scanner's field of view
 NMI_BINS = 32
 # The issue's target: NMI at least ANTs', in at most a tenth of ANTs' time.
 TARGET_TIME_RATIO = 0.1
@@ -240,10 +241,12 @@ class Evaluator:
     def __init__(self, data: Path) -> None:
         import SimpleITK as sitk
 
+        from intermodal import preprocess
+
         fixed = sitk.ReadImage(str(data / CT_NAME), sitk.sitkFloat32)
         self.fixed_n, self.moving_n = _read_normalised(data)
         self.fixed_array = sitk.GetArrayFromImage(self.fixed_n)
-        self.mask = sitk.GetArrayFromImage(fixed) > CT_FOV_HU
+        self.mask = sitk.GetArrayFromImage(preprocess.data_mask(fixed, "ct")) > 0
 
     def warp(self, transform: Any | None) -> Any:
         """The normalised MR resampled onto the CT grid through ``transform`` (CT -> MR mm)."""

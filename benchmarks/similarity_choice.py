@@ -27,7 +27,7 @@ from intermodal.data.phantom import LABELS, ORGANS, make_phantom_pair
 from intermodal.io import read_image
 from intermodal.losses import nmi
 from intermodal.metrics import dice_per_label
-from intermodal.preprocess import normalize_intensity
+from intermodal.preprocess import data_mask, normalize_intensity
 from intermodal.registration import Settings, register
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def real_case(similarity: str) -> tuple[float, float, float, float]:
     ct_n = sitk.GetArrayFromImage(normalize_intensity(ct, "ct"))
     mr_n = normalize_intensity(mr, "mr")
     warped = sitk.GetArrayFromImage(sitk.Resample(mr_n, ct, result.transform, sitk.sitkLinear))
-    mask = sitk.GetArrayFromImage(ct) > -1500
+    mask = sitk.GetArrayFromImage(data_mask(ct, "ct")) > 0
     jacobian = result.report["jacobian"]
     score = nmi(ct_n, warped, bins=32, mask=mask)
     return seconds, score, jacobian["sdlogj"], jacobian["nonpositive_fraction"]

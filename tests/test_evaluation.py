@@ -145,6 +145,39 @@ def test_metrics_of_the_identity(case):
     assert rows["one"]["nonpositive_jacobian_fraction"] == 1.0  # det -1 everywhere
 
 
+def test_nmi_leaves_out_ct_padding_as_the_register_report_does(tmp_path):
+    """One NMI definition: ``evaluate`` and ``register``'s report agree, padding left out."""
+    from intermodal.data.synth import generate_subject
+    from intermodal.losses import nmi
+    from intermodal.preprocess import normalize_intensity
+    from intermodal.registration import Settings, register
+
+    fixed, moving = generate_subject(11, dim=2), generate_subject(12, dim=2)
+    array = sitk.GetArrayFromImage(fixed.ct)
+    array[:, :20] = -2048.0  # a scanner's padding outside its field of view
+    ct = sitk.GetImageFromArray(array)
+    ct.CopyInformation(fixed.ct)
+    paths = {"ct": tmp_path / "ct.nii.gz", "mr": tmp_path / "mr.nii.gz"}
+    sitk.WriteImage(ct, str(paths["ct"]))
+    sitk.WriteImage(moving.mr, str(paths["mr"]))
+    settings = Settings(model=None, refine=5, init="none", device="cpu")
+    result = register(ct, moving.mr, settings)
+    folder = tmp_path / "result"
+    folder.mkdir()
+    sitk.WriteTransform(result.transform, str(folder / "transform.h5"))
+    (row,) = evaluate_pair(Pair("f", "m", paths["ct"], paths["mr"]), folder, {})
+    # In 2D the working grid is the fixed grid (padded at its far end, outside the mask), so
+    # "before" is the same number both ways; "after" differs by one resampling only.
+    assert row["nmi_before"] == pytest.approx(result.report["nmi"]["before"], abs=1e-6)
+    assert row["nmi_after"] == pytest.approx(result.report["nmi"]["after"], abs=0.02)
+    # counting the padding (0 in both scaled images) would change the figure
+    ct_n = sitk.GetArrayFromImage(normalize_intensity(ct, "ct"))
+    mr_n = normalize_intensity(moving.mr, "mr")
+    identity = sitk.Transform(2, sitk.sitkIdentity)
+    mr_on_ct = sitk.GetArrayFromImage(sitk.Resample(mr_n, ct, identity, sitk.sitkLinear, 0.0))
+    assert abs(nmi(ct_n, mr_on_ct) - row["nmi_before"]) > 0.005
+
+
 def test_summary_statistics_by_hand(case, tmp_path):
     # Two results of the same pair, as if from two pairs: Dice "one" 1.0 and 0.7, "two" 1.0
     # and 0.5, so per pair over labels 1.0 and 0.6.

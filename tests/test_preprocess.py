@@ -95,3 +95,19 @@ def test_bad_modality_and_windows():
         preprocess.normalize_intensity(image, "ct", hu_window=(100, -100))
     with pytest.raises(IntermodalError, match="percentiles"):
         preprocess.normalize_intensity(image, "mr", percentiles=(50, 10))
+
+
+def test_data_mask_leaves_out_ct_padding_only():
+    array = np.full((4, 6), -2048.0, np.float32)  # padding outside the field of view
+    array[:, 2:] = -1000.0  # air
+    array[1:3, 3:5] = 40.0  # tissue
+    ct = sitk.GetImageFromArray(array)
+    ct.SetSpacing((0.8, 1.2))
+    mask = preprocess.data_mask(ct, "ct")
+    assert mask.GetPixelID() == sitk.sitkUInt8
+    assert mask.GetSpacing() == ct.GetSpacing()
+    expected = np.zeros((4, 6), np.uint8)
+    expected[:, 2:] = 1  # air is scanned data; only the padding is left out
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(mask), expected)
+    mr = sitk.GetImageFromArray(np.zeros((4, 6), np.float32))  # an MR: every voxel counts
+    assert sitk.GetArrayFromImage(preprocess.data_mask(mr, "mr")).min() == 1

@@ -16,12 +16,14 @@ and everything is recomputed from it and the manifest's files, on the fixed imag
   in Learn2Reg, which scores the displacement field), over the whole fixed grid: the share of
   determinants ``<= 0`` and SDlogJ (:func:`intermodal.metrics.sdlogj`). NaN when the folder
   has no displacement.
-- **NMI** before and after, on the fixed grid with 32 bins over the whole field of view: the
-  CT scaled by the HU window -1000..1000 HU and the MR by its 0.5/99.5 percentiles (both to
-  ``[0, 1]``), the MR resampled linearly with no transform (before) and through ``transform.h5``
-  (after), 0 outside its field of view. This is computed here, not copied from
-  ``report.json``, so that every method is scored alike; it differs a little from the report's
-  NMI, which is taken on the registration's working grid.
+- **NMI** before and after, on the fixed grid with 32 bins: each image scaled to ``[0, 1]`` as
+  ``register`` scales it (modality detected the same way; a CT by the HU window -1000..1000 HU,
+  an MR by its 0.5/99.5 percentiles), the moving image resampled linearly with no transform
+  (before) and through ``transform.h5`` (after), 0 outside its field of view; counted over
+  :func:`intermodal.preprocess.data_mask` of the fixed image (a CT's voxels above -1500 HU, so
+  the scanner's padding is left out). This is computed here, not copied from ``report.json``,
+  so that every method is scored alike; ``register``'s report uses the same definition on its
+  working grid (2 mm in 3D by default), so the two differ only by that resampling.
 - **Run time** (s): ``timings_s.total`` from the folder's ``report.json`` (NaN without one).
 
 The summary gives, per metric, the mean, the (population) standard deviation and the mean of
@@ -179,16 +181,18 @@ def _jacobian(folder: Path, fixed: sitk.Image) -> tuple[float, float]:
 
 
 def _nmi(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> tuple[float, float]:
+    from intermodal import preprocess
     from intermodal.losses import nmi
-    from intermodal.preprocess import normalize_intensity
 
-    fixed_n = sitk.GetArrayFromImage(normalize_intensity(fixed, "ct"))
-    moving_n = normalize_intensity(moving, "mr")
+    fixed_modality = preprocess.detect_modality(fixed)
+    fixed_n = sitk.GetArrayFromImage(preprocess.normalize_intensity(fixed, fixed_modality))
+    moving_n = preprocess.normalize_intensity(moving, preprocess.detect_modality(moving))
+    mask = sitk.GetArrayFromImage(preprocess.data_mask(fixed, fixed_modality)) > 0
     identity = sitk.Transform(fixed.GetDimension(), sitk.sitkIdentity)
     values = []
     for t in (identity, transform):
         resampled = sitk.Resample(moving_n, fixed, t, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        values.append(float(nmi(fixed_n, sitk.GetArrayFromImage(resampled))))
+        values.append(float(nmi(fixed_n, sitk.GetArrayFromImage(resampled), mask=mask)))
     return values[0], values[1]
 
 

@@ -26,6 +26,9 @@ MODALITY_CHOICES = ("ct", "mr", "auto")
 DEFAULT_HU_WINDOW = (-1000.0, 1000.0)
 DEFAULT_MR_PERCENTILES = (0.5, 99.5)
 DEFAULT_SPACING_3D = 2.0
+# CT scanners fill the voxels outside their circular field of view with a padding value far
+# below air (-1000 HU): -2048 or -3024 HU on most. Voxels under this hold no scan.
+CT_PADDING_HU = -1500.0
 
 # CT air sits near -1000 HU; MR magnitudes are non-negative. A first percentile this low only
 # happens on CT, so it separates the two when no DICOM Modality tag is available.
@@ -178,6 +181,21 @@ def resample(
     return sitk.Resample(
         image, reference, transform, interpolator, default_value, image.GetPixelID()
     )
+
+
+def data_mask(image: sitk.Image, modality: Modality) -> sitk.Image:
+    """A uint8 mask on ``image``'s grid: 1 where it holds scanned data.
+
+    For a CT, the voxels above :data:`CT_PADDING_HU` (the scanner's padding outside its
+    circular field of view is left out); for an MR, every voxel. This is the mask of every NMI
+    intermodal reports (``register``'s report, ``intermodal evaluate``, the benchmarks), so that
+    padding, which both images show as 0 after scaling, does not count as agreement.
+    """
+    if modality == "ct":
+        return sitk.Cast(sitk.Cast(image, sitk.sitkFloat32) > CT_PADDING_HU, sitk.sitkUInt8)
+    ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(image)
+    return ones
 
 
 def field_of_view_mask(

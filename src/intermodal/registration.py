@@ -621,7 +621,11 @@ def register(
     fixed_w = image_to_tensor(preprocess.resample(fixed_n, grid)).to(device)
     moving_w = image_to_tensor(preprocess.resample(moving_n, grid, affine)).to(device)
     moving_raw = image_to_tensor(preprocess.resample(moving_n, grid)).to(device)
-    mask = image_to_tensor(preprocess.field_of_view_mask(fixed, grid)).to(device)
+    # NMI's mask: the fixed image's scanned data on the working grid (0 beyond its extent)
+    data = preprocess.data_mask(fixed, fixed_modality)
+    mask = image_to_tensor(
+        preprocess.resample(data, grid, interpolator=sitk.sitkNearestNeighbor)
+    ).to(device)
     timings["resample"] = time.perf_counter() - start
 
     start = time.perf_counter()
