@@ -15,7 +15,8 @@ Usage::
 
 Each candidate is ``key=value[,key=value...]`` over :class:`intermodal.registration.Settings`
 fields; candidates are separated by ``;``. Results go to ``benchmarks/out/regularisation`` and
-the ``regularisation_{dim}d`` section of RESULTS.md.
+the ``regularisation_{dim}d`` section of RESULTS.md; with ``--dataset-seed 6`` (pairs kept for
+choosing settings, not held out) to the ``tuning_{dim}d`` section, or to ``--section NAME``.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def section_name(dim: int, dataset_seed: int) -> str:
 def render(payload: dict[str, Any]) -> str:
     dim = payload["dim"]
     seed = payload.get("dataset_seed", compare.HELDOUT_SEED)
-    name = section_name(dim, seed)
+    name = payload.get("section") or section_name(dim, seed)
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     if seed == compare.HELDOUT_SEED:
         title = f"## Accuracy against smoothness, {dim}D held-out synthetic pelvis (issue 4)"
@@ -120,8 +121,8 @@ def render(payload: dict[str, Any]) -> str:
         f"- {payload['pairs']} {where}, scored as `compare.py` scores the held-out pairs: "
         "mean organ Dice of the warped MR labels, SDlogJ and non-positive "
         "Jacobians of the deformable part on the fixed CT grid (no mask); one CPU thread on a "
-        "2-core machine; candidates interleaved pair by pair; Settings not named are the "
-        "defaults of the commit that ran",
+        f"2-core machine ({payload.get('load_note') or compare.UNRECORDED_LOAD}); candidates "
+        "interleaved pair by pair; Settings not named are the defaults of the commit that ran",
         "",
         "| settings | mean Dice | Dice SD | SDlogJ (mean) | SDlogJ (max) | non-positive J % "
         "| s per pair (median) |",
@@ -150,6 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         help=f"synthetic dataset seed of the pairs ({compare.HELDOUT_SEED}: held out, "
         f"{compare.TUNING_SEED}: for tuning)",
     )  # fmt: skip
+    parser.add_argument(
+        "--section", help="RESULTS.md section (and JSON) name, instead of regularisation_{dim}d "
+        "or tuning_{dim}d",
+    )  # fmt: skip
+    parser.add_argument(
+        "--load-note", help="what else ran on the machine meanwhile (stored with the run)"
+    )
     parser.add_argument("--no-render", action="store_true", help="store the JSON only")
     parser.add_argument(
         "--render-from", nargs="+", type=Path, metavar="JSON",
@@ -171,13 +179,20 @@ def main(argv: list[str] | None = None) -> int:
         peers.single_threaded()
         candidates = [c.strip() for c in args.candidates.split(";") if c.strip()]
         payload = sweep(args.dim, args.pairs, candidates, args.dataset_seed)
+        payload["section"] = args.section or section_name(args.dim, args.dataset_seed)
         OUT.mkdir(parents=True, exist_ok=True)
-        path = OUT / f"{section_name(args.dim, args.dataset_seed)}.json"
+        path = OUT / f"{payload['section']}.json"
         path.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    if args.section:
+        payload["section"] = args.section
+    if args.load_note:
+        payload["load_note"] = args.load_note
     section = render(payload)
     print(section)
     if not args.no_render:
-        name = section_name(payload["dim"], payload.get("dataset_seed", compare.HELDOUT_SEED))
+        name = payload.get("section") or section_name(
+            payload["dim"], payload.get("dataset_seed", compare.HELDOUT_SEED)
+        )
         begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
         write_section(compare.RESULTS, begin, end, section)
     return 0
