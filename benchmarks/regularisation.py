@@ -100,9 +100,10 @@ def section_name(dim: int, dataset_seed: int) -> str:
 
 
 def render(payload: dict[str, Any]) -> str:
+    """The RESULTS.md section ``payload["section"]``, its begin and end markers included."""
     dim = payload["dim"]
     seed = payload.get("dataset_seed", compare.HELDOUT_SEED)
-    name = payload.get("section") or section_name(dim, seed)
+    name = payload["section"]
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     if seed == compare.HELDOUT_SEED:
         title = f"## Accuracy against smoothness, {dim}D held-out synthetic pelvis (issue 4)"
@@ -179,22 +180,21 @@ def main(argv: list[str] | None = None) -> int:
         peers.single_threaded()
         candidates = [c.strip() for c in args.candidates.split(";") if c.strip()]
         payload = sweep(args.dim, args.pairs, candidates, args.dataset_seed)
-        payload["section"] = args.section or section_name(args.dim, args.dataset_seed)
+    seed = payload.get("dataset_seed", compare.HELDOUT_SEED)
+    payload["section"] = (
+        args.section or payload.get("section") or section_name(payload["dim"], seed)
+    )
+    if args.load_note:
+        payload["load_note"] = args.load_note
+    if not args.render_from:
         OUT.mkdir(parents=True, exist_ok=True)
         path = OUT / f"{payload['section']}.json"
         path.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    if args.section:
-        payload["section"] = args.section
-    if args.load_note:
-        payload["load_note"] = args.load_note
     section = render(payload)
     print(section)
     if not args.no_render:
-        name = payload.get("section") or section_name(
-            payload["dim"], payload.get("dataset_seed", compare.HELDOUT_SEED)
-        )
-        begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-        write_section(compare.RESULTS, begin, end, section)
+        lines = section.splitlines()
+        write_section(compare.RESULTS, lines[0], lines[-1], section)
     return 0
 
 
