@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import SimpleITK as sitk
@@ -322,15 +323,9 @@ def ants_register(
     """
     if seed is None:
         return _ants_register(fixed_ct, moving_mr)
-    previous = os.environ.get("ANTS_RANDOM_SEED")
-    os.environ["ANTS_RANDOM_SEED"] = str(seed)
-    try:
+    # patch.dict puts the environment back as it was, an earlier ANTS_RANDOM_SEED included
+    with mock.patch.dict(os.environ, {"ANTS_RANDOM_SEED": str(seed)}):
         return _ants_register(fixed_ct, moving_mr)
-    finally:
-        if previous is None:
-            del os.environ["ANTS_RANDOM_SEED"]
-        else:
-            os.environ["ANTS_RANDOM_SEED"] = previous
 
 
 def _ants_register(fixed_ct: sitk.Image, moving_mr: sitk.Image) -> PeerResult:
