@@ -302,6 +302,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         spacing=args.spacing,
         deformable=args.deformable,
         overwrite=args.overwrite,
+        jobs=args.jobs,
         progress=reporter,
     )
     reporter.close()
@@ -511,6 +512,11 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--out", required=True, help="output directory")
     prepare.add_argument("--spacing", type=float, default=None, help="grid spacing in mm")
     prepare.add_argument("--deformable", default="bspline", choices=("bspline", "none"))
+    prepare.add_argument(
+        "--jobs", type=int, default=1, metavar="N",
+        help="subjects prepared at once, each in its own one-thread process (default 1: one "
+        "after another, the B-spline step on every core)",
+    )  # fmt: skip
     prepare.add_argument("--overwrite", action="store_true")
     _add_common(prepare)
     prepare.set_defaults(handler=cmd_prepare)

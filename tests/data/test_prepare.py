@@ -11,6 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 import intermodal.data.prepare as prepare_module
+from intermodal.cli import main
 from intermodal.data.manifest import load_manifest
 from intermodal.data.prepare import prepare_dataset
 from intermodal.data.synth import generate_subject, write_dataset
@@ -204,6 +205,56 @@ def test_failed_subject_is_reported_and_the_others_prepared(tmp_path):
     assert summary.done == ["subject_001"] and summary.failed == {}
 
 
+def test_parallel_jobs_match_one_after_another(tmp_path, monkeypatch):
+    source = small_dataset(tmp_path / "raw", 3)
+    serial = prepare_dataset(source, tmp_path / "serial", deformable="none")
+    in_this_process = []
+    original = prepare_module._prepare_subject
+
+    def counting(entry, *args, **kwargs):
+        in_this_process.append(entry.id)
+        return original(entry, *args, **kwargs)
+
+    monkeypatch.setattr(prepare_module, "_prepare_subject", counting)
+    calls = []
+    parallel = prepare_dataset(
+        source, tmp_path / "parallel", deformable="none", jobs=2,
+        progress=lambda *args: calls.append(args),
+    )  # fmt: skip
+    assert parallel.done == serial.done == ["subject_000", "subject_001", "subject_002"]
+    assert calls == [("prepare", k, 3) for k in range(4)]
+    assert in_this_process == []  # each subject ran in a worker process
+    serial_subjects = load_manifest(serial.manifest).subjects
+    parallel_subjects = load_manifest(parallel.manifest).subjects
+    assert [s.id for s in parallel_subjects] == [s.id for s in serial_subjects]
+    # the affine runs on one thread either way, so the images are the same to the bit
+    for a, b in zip(serial_subjects, parallel_subjects):
+        for key in ("ct", "mr", "labels", "mr_labels"):
+            assert np.array_equal(
+                sitk.GetArrayFromImage(read(getattr(a, key))),
+                sitk.GetArrayFromImage(read(getattr(b, key))),
+            ), (a.id, key)
+
+    (tmp_path / "parallel" / "subject_002" / "done.json").unlink()
+    again = prepare_dataset(source, tmp_path / "parallel", deformable="none", jobs=2)
+    assert again.done == ["subject_002"] and again.skipped == ["subject_000", "subject_001"]
+
+
+def test_parallel_jobs_report_a_failed_subject(tmp_path):
+    source = small_dataset(tmp_path / "raw", 3)
+    (source.parent / "subject_002" / "ct.nii.gz").write_bytes(b"\x1f\x8b corrupt")
+    out = tmp_path / "out"
+    with pytest.raises(IntermodalError, match="1 of 3 subjects failed: subject_002"):
+        prepare_dataset(source, out, deformable="none", jobs=3)
+    rows = summary_rows(out)
+    assert rows["subject_002"]["status"] == "failed"
+    assert "ct.nii.gz" in rows["subject_002"]["message"]
+    assert rows["subject_000"]["status"] == rows["subject_001"]["status"] == "ok"
+    assert [s.id for s in load_manifest(out / "dataset.json").subjects] == [
+        "subject_000", "subject_001",
+    ]  # fmt: skip
+
+
 def test_bad_out_dir(tmp_path, raw, prepared):
     out = prepared[1]
     with pytest.raises(OutputExistsError, match="prepared from"):
@@ -231,9 +282,27 @@ def test_bad_out_dir(tmp_path, raw, prepared):
         ({"shape": (64, 64, 64)}, "shape must be 2 positive voxel counts"),
         ({"shape": (64, 0)}, "shape must be 2 positive voxel counts"),
         ({"shape": (64.5, 64)}, "shape must be 2 positive voxel counts"),
+        ({"jobs": 0}, "jobs must be a whole number of processes"),
+        ({"jobs": 2.0}, "jobs must be a whole number of processes"),
+        ({"jobs": True}, "jobs must be a whole number of processes"),
     ],
 )
 def test_bad_arguments(raw, tmp_path, kwargs, expected):
     with pytest.raises(IntermodalError, match=expected):
         prepare_dataset(raw, tmp_path / "out", **kwargs)
     assert not (tmp_path / "out").exists()
+
+
+def test_prepare_command_takes_jobs(capsys, tmp_path):
+    source = small_dataset(tmp_path / "raw", 2)
+    out = tmp_path / "out"
+    code = main(["prepare", str(source), "--out", str(out), "--deformable", "none", "--jobs", "2",
+                 "--quiet"])  # fmt: skip
+    assert code == 0 and "prepared 2 subject(s)" in capsys.readouterr().out
+    assert len(load_manifest(out / "dataset.json").subjects) == 2
+
+    code = main(["prepare", str(source), "--out", str(tmp_path / "other"), "--jobs", "0"])
+    stderr = capsys.readouterr().err
+    assert code == 2 and len(stderr.strip().splitlines()) == 1
+    assert "jobs must be a whole number of processes, 1 or more, not 0" in stderr
+    assert not (tmp_path / "other").exists()

@@ -20,7 +20,8 @@ Layout of ``out_dir``::
     summary.csv, summary.md NMI before/after each stage, time and status per subject
 
 The step resumes: a subject whose ``done.json`` exists (with its files) is skipped. A subject
-that fails is recorded and the others still run; the error comes at the end.
+that fails is recorded and the others still run; the error comes at the end. With ``jobs`` > 1
+the subjects are prepared that many at a time, each in its own process on one thread.
 """
 
 from __future__ import annotations
@@ -30,10 +31,13 @@ import io
 import json
 import logging
 import math
+import multiprocessing
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +117,7 @@ def prepare_dataset(
     shape: Sequence[int] | None = None,
     deformable: str = "bspline",
     overwrite: bool = False,
+    jobs: int = 1,
     progress: Progress | None = None,
 ) -> PrepareSummary:
     """Pre-align every subject's MR to its CT and resample both onto one common grid.
@@ -139,8 +144,12 @@ def prepare_dataset(
         deformable: ``"bspline"`` (affine then B-spline, the default) or ``"none"`` (affine).
         overwrite: redo every subject, and allow an ``out_dir`` holding another dataset or
             another run's settings. Without it a matching earlier run is resumed.
+        jobs: subjects prepared at once, each in its own process. With 1 (the default) they
+            run one after another in this process and the B-spline step uses every core; with
+            more, each process uses one thread. The thread count changes the order in which
+            ITK sums the metric, so the two can differ in the last digits.
         progress: optional callback ``("prepare", subjects finished, total)``, called once
-            before the first subject and after each one.
+            before the first subject and after each one (skipped subjects count first).
 
     Returns:
         A :class:`PrepareSummary`.
@@ -163,6 +172,8 @@ def prepare_dataset(
         or not math.isfinite(spacing) or spacing <= 0
     ):  # fmt: skip
         raise IntermodalError(f"spacing must be a positive number of mm, not {spacing!r}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise IntermodalError(f"jobs must be a whole number of processes, 1 or more, not {jobs!r}")
     manifest = load_manifest(manifest_path, check_files=False, required_splits=("training",))
     grid = _common_grid(manifest, spacing, shape)
     out = Path(out_dir).expanduser().absolute()
@@ -181,28 +192,35 @@ def prepare_dataset(
     total = len(manifest.subjects)
     if progress:
         progress("prepare", 0, total)
-    for number, entry in enumerate(manifest.subjects):
-        folder = out / folders[entry.id]
-        record = None if overwrite else _completed(folder, entry)
-        if record is not None:
-            summary.skipped.append(entry.id)
-            logger.debug("subject %s: already prepared, skipped", entry.id)
-        else:
-            try:
-                record = _prepare_subject(entry, folder, grid, deformable)
-            except (IntermodalError, RuntimeError) as err:
-                summary.failed[entry.id] = _one_line(err)
-                logger.warning("subject %s failed: %s", entry.id, summary.failed[entry.id])
-            else:
-                summary.done.append(entry.id)
-                logger.debug(
-                    "subject %s: NMI %.3f -> %.3f (%.1f s)", entry.id, record["nmi_before"],
-                    record["nmi_deformable"] or record["nmi_affine"], record["seconds"],
-                )  # fmt: skip
-        if record is not None:
-            records[entry.id] = record
+    finished = 0
+    pending: list[SubjectEntry] = []
+    for entry in manifest.subjects:
+        record = None if overwrite else _completed(out / folders[entry.id], entry)
+        if record is None:
+            pending.append(entry)
+            continue
+        summary.skipped.append(entry.id)
+        records[entry.id] = record
+        logger.debug("subject %s: already prepared, skipped", entry.id)
+        finished += 1
         if progress:
-            progress("prepare", number + 1, total)
+            progress("prepare", finished, total)
+    for entry, outcome in _outcomes(pending, out, folders, grid, deformable, jobs):
+        if isinstance(outcome, str):
+            summary.failed[entry.id] = outcome
+            logger.warning("subject %s failed: %s", entry.id, outcome)
+        else:
+            summary.done.append(entry.id)
+            records[entry.id] = outcome
+            logger.debug(
+                "subject %s: NMI %.3f -> %.3f (%.1f s)", entry.id, outcome["nmi_before"],
+                outcome["nmi_deformable"] or outcome["nmi_affine"], outcome["seconds"],
+            )  # fmt: skip
+        finished += 1
+        if progress:
+            progress("prepare", finished, total)
+    order = {entry.id: k for k, entry in enumerate(manifest.subjects)}
+    summary.done.sort(key=order.__getitem__)  # parallel subjects finish in any order
 
     _write_summary(out, manifest, records, summary)
     _write_prepared_manifest(summary.manifest, manifest, records, folders, settings)
@@ -212,6 +230,51 @@ def prepare_dataset(
             f"(reasons in {out / 'summary.md'}); the others are in {summary.manifest}"
         )
     return summary
+
+
+def _outcomes(
+    pending: list[SubjectEntry],
+    out: Path,
+    folders: dict[str, str],
+    grid: _Grid,
+    deformable: str,
+    jobs: int,
+) -> Iterator[tuple[SubjectEntry, dict[str, Any] | str]]:
+    """Prepare ``pending``, yielding each subject with its record or its one-line failure."""
+    if jobs == 1 or len(pending) < 2:
+        for entry in pending:
+            yield entry, _attempt(entry, out / folders[entry.id], grid, deformable, None)
+        return
+    # spawn, not fork: the caller may hold torch's or ITK's thread pools, which fork leaves
+    # in an undefined state in the child
+    pool = ProcessPoolExecutor(
+        max_workers=min(jobs, len(pending)), mp_context=multiprocessing.get_context("spawn")
+    )
+    try:
+        futures = {
+            pool.submit(_attempt, entry, out / folders[entry.id], grid, deformable, 1): entry
+            for entry in pending
+        }
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+    except BrokenProcessPool as err:
+        raise IntermodalError(
+            f"{out}: a prepare process died ({err}); the subjects finished so far are kept, "
+            "run the same command again to prepare the rest"
+        ) from err
+    finally:
+        # on an error or Ctrl-C, drop the queued subjects rather than wait for all of them
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _attempt(
+    entry: SubjectEntry, folder: Path, grid: _Grid, deformable: str, threads: int | None
+) -> dict[str, Any] | str:
+    """:func:`_prepare_subject`, with a failure of that subject returned as one line."""
+    try:
+        return _prepare_subject(entry, folder, grid, deformable, threads)
+    except (IntermodalError, RuntimeError) as err:
+        return _one_line(err)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,9 +386,12 @@ def _inputs(entry: SubjectEntry) -> dict[str, str]:
 
 
 def _prepare_subject(
-    entry: SubjectEntry, folder: Path, grid: _Grid, deformable: str
+    entry: SubjectEntry, folder: Path, grid: _Grid, deformable: str, threads: int | None = None
 ) -> dict[str, Any]:
-    """Pre-align one subject and write its files into ``folder``; return its record."""
+    """Pre-align one subject and write its files into ``folder``; return its record.
+
+    ``threads`` is the B-spline registration's ITK thread count (``None``: every core).
+    """
     from intermodal import classical, preprocess
     from intermodal.io import read_image, write_image
 
@@ -345,7 +411,7 @@ def _prepare_subject(
     if deformable == "bspline":
         metric_spacing = BSPLINE_METRIC_SPACING_3D if ndim == 3 else None
         transform = classical.bspline_registration(
-            ct_n, mr_n, affine, metric_spacing_mm=metric_spacing
+            ct_n, mr_n, affine, metric_spacing_mm=metric_spacing, threads=threads
         )
 
     reference = grid.centred_on(ct)
