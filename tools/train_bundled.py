@@ -15,6 +15,14 @@ torch and the date.
 The synthetic subjects come from dataset seed 1 (subject ``k`` has seed ``100003 + k``); the
 demo, the tests and the benchmarks use other dataset seeds, so they never see a training
 subject.
+
+``--subjects N`` synthesises N subjects instead of the recipe's count, in a folder of its own
+(``build/bundled/NAME-Ns/``), and ``--jobs N`` prepares that many subjects at once (``prepare``
+takes about 50 s a 3D subject on one thread). More subjects is the first thing to try for the
+3D model: on the 16 training subjects of the recipe it overfits (benchmarks/RESULTS.md,
+section generalisation_3d)::
+
+    .venv/bin/python tools/train_bundled.py pelvis3d --subjects 200 --jobs 16 --no-install
 """
 
 from __future__ import annotations
@@ -78,9 +86,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name", choices=sorted(RECIPES))
     parser.add_argument("--no-install", action="store_true", help="train, but do not install")
+    parser.add_argument(
+        "--subjects", type=int, help="synthesise this many subjects instead of the recipe's "
+        "(in build/bundled/NAME-Ns/)",
+    )  # fmt: skip
+    parser.add_argument("--jobs", type=int, default=1, help="subjects prepared at once")
     args = parser.parse_args()
-    recipe = RECIPES[args.name]
-    work = REPO / "build" / "bundled" / args.name
+    recipe = dict(RECIPES[args.name])
+    folder = args.name
+    if args.subjects is not None:
+        if args.subjects < 4:
+            parser.error("--subjects must be 4 or more (training, validation and test)")
+        recipe["subjects"] = args.subjects
+        folder = f"{args.name}-{args.subjects}s"
+    work = REPO / "build" / "bundled" / folder
     raw, prepared = work / "raw", work / "prepared"
     config = REPO / "configs" / f"{args.name}.toml"
 
@@ -90,10 +109,19 @@ def main() -> None:
             "--seed", str(recipe["seed"]), "--out", str(raw), "--quiet",
         )  # fmt: skip
     spacing = [] if recipe["spacing"] is None else ["--spacing", str(recipe["spacing"])]
-    intermodal("prepare", str(raw / "dataset.json"), "--out", str(prepared), *spacing, "--quiet")
+    intermodal(
+        "prepare", str(raw / "dataset.json"), "--out", str(prepared), *spacing,
+        "--jobs", str(args.jobs), "--quiet",
+    )  # fmt: skip
     run = work / "run"
     resume = ["--resume"] if (run / "trainer_state.json").is_file() else []
-    intermodal("train", "--config", str(config.relative_to(REPO)), *resume)
+    # the config names the recipe's own folders; another subject count trains in its own
+    paths = [
+        f"data.manifest={os.path.relpath(prepared / 'dataset.json', REPO)}",
+        f"out={os.path.relpath(run, REPO)}",
+    ]
+    sets = [] if folder == args.name else [a for s in paths for a in ("--set", s)]
+    intermodal("train", "--config", str(config.relative_to(REPO)), *sets, *resume)
     if args.no_install:
         return
 
@@ -106,7 +134,9 @@ def main() -> None:
     )
     card["provenance"] = {
         "command": f"make model-{recipe['dim']}d "
-        f"(= .venv/bin/python tools/train_bundled.py {args.name})",
+        f"(= .venv/bin/python tools/train_bundled.py {args.name})"
+        if folder == args.name
+        else f".venv/bin/python tools/train_bundled.py {args.name} --subjects {args.subjects}",
         "config": str(config.relative_to(REPO)),
         "data": {
             "generator": "intermodal synth",

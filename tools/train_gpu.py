@@ -1,10 +1,18 @@
 """Train 3D networks on a lent GPU: intermodal variants and VoxelMorph, side by side.
 
 Run on the GPU machine, from the repository root, with the prepared 3D data of
-``make model-3d`` in ``build/bundled/pelvis3d/prepared`` (carried there; the data cannot be
-made there in time: ``prepare`` takes about 50 s a subject)::
+``make model-3d`` in ``build/bundled/pelvis3d/prepared`` (carried there)::
 
     python tools/train_gpu.py --steps 3000 --batch 4 --out "$OUT"
+
+``--manifest`` trains every run on another prepared dataset instead. The recipe's 16 training
+subjects are too few (section generalisation_3d of benchmarks/RESULTS.md), and more do not fit
+in what a device call carries, so make them on the GPU machine's cores: ``prepare`` takes
+about 50 s a 3D subject on one thread, and resumes, so a long one can span several calls::
+
+    python tools/train_bundled.py pelvis3d --subjects 200 --jobs 16 --no-install  # stop it
+    # once "train" starts; then
+    python tools/train_gpu.py --manifest build/bundled/pelvis3d-200s/prepared/dataset.json ...
 
 Every run starts at once in its own process on the one GPU:
 
@@ -59,13 +67,13 @@ def machine() -> dict:
     }
 
 
-def vxm_worker(loss: str, steps: int, batch: int, out: Path) -> None:
+def vxm_worker(loss: str, steps: int, batch: int, out: Path, data: list[str]) -> None:
     sys.path.insert(0, str(REPO / "benchmarks"))
     import peers
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    overrides = [f"train.batch_size={batch}"]
+    overrides = [f"train.batch_size={batch}", *data]
     peers.train_voxelmorph(CONFIG, loss, out, steps=steps, overrides=overrides, device=device)
 
 
@@ -75,6 +83,9 @@ def render(paths: list[Path]) -> int:
     from results_file import write_section
 
     summaries = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
+    if any(summary.get("manifest") for summary in summaries):
+        print("--render writes the runs on make model-3d's data only; these used --manifest")
+        return 1
     bundled = json.loads((REPO / "src" / "intermodal" / "models" / "pelvis3d.json").read_text())
     identity = bundled["training"]["validation_dice_identity"]
     begin, end = "<!-- gpu_training_3d:begin -->", "<!-- gpu_training_3d:end -->"
@@ -140,6 +151,9 @@ def main() -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--vxm", default=",".join(VXM_LOSSES), help="'' for none")
     parser.add_argument(
+        "--manifest", type=Path, help="prepared dataset to train on instead of the config's"
+    )
+    parser.add_argument(
         "--deadline",
         type=float,
         default=0,
@@ -155,12 +169,13 @@ def main() -> int:
     if not args.out:
         parser.error("--out is required to train")
     runs = REPO / "build" / "gpu_runs"
+    data = [] if args.manifest is None else [f"data.manifest={args.manifest.resolve()}"]
     if args.vxm_worker:
-        vxm_worker(args.vxm_worker, args.steps, args.batch, runs / f"vxm_{args.vxm_worker}")
+        vxm_worker(args.vxm_worker, args.steps, args.batch, runs / f"vxm_{args.vxm_worker}", data)
         return 0
 
     runs.mkdir(parents=True, exist_ok=True)
-    common = [f"train.steps={args.steps}", f"train.batch_size={args.batch}"]
+    common = [f"train.steps={args.steps}", f"train.batch_size={args.batch}", *data]
     commands = {}
     for name in [v for v in args.variants.split(",") if v]:
         sets = [f"out={runs / name}", *common, *VARIANTS[name]]
@@ -171,6 +186,8 @@ def main() -> int:
         commands[f"vxm_{loss}"] = [sys.executable, __file__, "--vxm-worker", loss,
                                    "--steps", str(args.steps), "--batch", str(args.batch),
                                    "--out", str(args.out)]  # fmt: skip
+        if args.manifest is not None:
+            commands[f"vxm_{loss}"] += ["--manifest", str(args.manifest.resolve())]
     started, processes, logs = {}, {}, {}
     for name, command in commands.items():
         logs[name] = open(runs / f"{name}.log", "w")
@@ -181,7 +198,8 @@ def main() -> int:
         print("started", name, " ".join(command[1:]), flush=True)
     command = "python tools/train_gpu.py " + " ".join(sys.argv[1:])
     summary = {"command": command, "machine": machine(), "steps": args.steps,
-               "batch": args.batch, "runs": {}}  # fmt: skip
+               "batch": args.batch, "runs": {},
+               "manifest": None if args.manifest is None else str(args.manifest)}  # fmt: skip
     begun = time.perf_counter()
     for name, process in processes.items():
         try:
