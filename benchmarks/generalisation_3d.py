@@ -29,6 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare  # noqa: E402  (one thread everywhere, set on import)
 import peers  # noqa: E402
+from model_selection_3d import candidate_models, prepared_subjects  # noqa: E402
 from results_file import write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,25 +59,18 @@ def main(argv: list[str] | None = None) -> int:
     peers.single_threaded()
     import SimpleITK as sitk
 
-    from intermodal.data.manifest import load_manifest
     from intermodal.io import read_image
-    from intermodal.models import bundled_path
     from intermodal.registration import Settings, register
 
-    if not args.manifest.is_file():
-        print(f"{args.manifest}: missing; run `make model-3d` first", file=sys.stderr)
+    splits = prepared_subjects(args.manifest)
+    if splits is None:
         return 1
-    manifest = load_manifest(args.manifest)
-    by_id = {s.id: s for s in manifest.subjects}
-    candidates: dict[str, str | None] = {"no deformation": None}
-    candidates["bundled"] = str(bundled_path("pelvis3d"))
-    for run in args.runs:
-        candidates[run.name] = str(run / "model.safetensors")
+    candidates = candidate_models("no deformation", args.runs)
 
     scores: dict[str, dict[str, list[float]]] = {n: {s: [] for s in SPLITS} for n in candidates}
     pair_counts = {}
     for split in SPLITS:
-        subjects = [by_id[i] for i in manifest.splits[split][: args.subjects]]
+        subjects = splits[split][: args.subjects]
         images = [
             {k: read_image(getattr(s, k)) for k in ("ct", "mr", "labels", "mr_labels")}
             for s in subjects
@@ -106,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         f"- {p_train} ordered pairs of the first {n_train} training subjects and {p_val} of the "
         f"first {n_val} validation subjects of `{args.manifest.relative_to(REPO)}` (4 mm): MR of "
         "subject i onto CT of subject j, the network alone with no affine first "
-        "(`register(..., init=\"none\", refine=0)`, as the trainer validates); mean organ Dice "
+        '(`register(..., init="none", refine=0)`, as the trainer validates); mean organ Dice '
         "(organs 2-5)",
         "- candidates: the bundled model and the run folders named in the command (the GPU runs "
         "of section gpu_training_3d, not kept in the repository)",

@@ -34,6 +34,28 @@ REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "build" / "bundled" / "pelvis3d" / "prepared" / "dataset.json"
 
 
+def prepared_subjects(path: Path) -> dict | None:
+    """The prepared manifest's subjects by id, and its splits; ``None`` (said why) if missing."""
+    from intermodal.data.manifest import load_manifest
+
+    if not path.is_file():
+        print(f"{path}: missing; run `make model-3d` first", file=sys.stderr)
+        return None
+    manifest = load_manifest(path)
+    by_id = {s.id: s for s in manifest.subjects}
+    return {split: [by_id[i] for i in ids] for split, ids in manifest.splits.items()}
+
+
+def candidate_models(baseline: str, runs: list[Path]) -> dict[str, str | None]:
+    """Name -> weights: ``baseline`` (no model), the bundled 3D model, then each run folder's."""
+    from intermodal.models import bundled_path
+
+    candidates: dict[str, str | None] = {baseline: None, "bundled": str(bundled_path("pelvis3d"))}
+    for run in runs:
+        candidates[run.name] = str(run / "model.safetensors")
+    return candidates
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="*", type=Path, help="run folders with model.safetensors")
@@ -41,21 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     peers.single_threaded()
     from intermodal.classical import initial_alignment
-    from intermodal.data.manifest import load_manifest
     from intermodal.io import read_image
-    from intermodal.models import bundled_path
     from intermodal.registration import Settings, register
 
-    if not args.manifest.is_file():
-        print(f"{args.manifest}: missing; run `make model-3d` first", file=sys.stderr)
+    splits = prepared_subjects(args.manifest)
+    if splits is None:
         return 1
-    manifest = load_manifest(args.manifest)
-    by_id = {s.id: s for s in manifest.subjects}
-    subjects = [by_id[i] for i in manifest.splits["validation"]]
-    candidates: dict[str, str | None] = {"affine only": None}
-    candidates["bundled"] = str(bundled_path("pelvis3d"))
-    for run in args.runs:
-        candidates[run.name] = str(run / "model.safetensors")
+    subjects = splits["validation"]
+    candidates = candidate_models("affine only", args.runs)
     images = {s.id: {k: read_image(getattr(s, k)) for k in ("ct", "mr", "labels", "mr_labels")}
               for s in subjects}  # fmt: skip
     pairs = [(i, j) for i in range(len(subjects)) for j in range(len(subjects)) if i != j]

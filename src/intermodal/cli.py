@@ -266,8 +266,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     manifest = write_dataset(
-        args.out, args.subjects, seed=args.seed, dim=args.dim, overwrite=args.overwrite
-    )
+        args.out, args.subjects, seed=args.seed, dim=args.dim, overwrite=args.overwrite,
+        jobs=args.jobs,
+    )  # fmt: skip
     elapsed = time.perf_counter() - start
     print(f"wrote {args.subjects} synthetic {args.dim}D subjects in {elapsed:.1f} s: {manifest}")
     return 0
@@ -483,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True, help="output directory (gets dataset.json)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--dim", type=int, default=3, choices=(2, 3))
+    synth.add_argument(
+        "--jobs", type=int, default=1, metavar="N", help="subjects generated at once (processes)"
+    )
     synth.add_argument("--overwrite", action="store_true")
     _add_common(synth)
     synth.set_defaults(handler=cmd_synth)

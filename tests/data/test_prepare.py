@@ -44,6 +44,20 @@ def prepared(raw, tmp_path_factory):
     return summary, out, calls
 
 
+@pytest.fixture
+def prepared_here(monkeypatch):
+    """The ids of the subjects prepared in this process, in order (workers are not seen)."""
+    calls = []
+    original = prepare_module._prepare_subject
+
+    def counting(entry, *args, **kwargs):
+        calls.append(entry.id)
+        return original(entry, *args, **kwargs)
+
+    monkeypatch.setattr(prepare_module, "_prepare_subject", counting)
+    return calls
+
+
 def small_dataset(root, n, dim=2):
     """A copy of the first ``n`` subjects of a fresh dataset, all in training."""
     path = write_dataset(root, n, seed=9, dim=dim)
@@ -154,19 +168,13 @@ def test_default_3d_grid_is_rounded_up_to_16(tmp_path):
     assert common.size == (48, 48, 48) and common.spacing == (2.5, 2.5, 2.5)
 
 
-def test_resume_skips_done_subjects(tmp_path, monkeypatch):
+def test_resume_skips_done_subjects(tmp_path, prepared_here):
     source = small_dataset(tmp_path / "raw", 2)
     out = tmp_path / "out"
     first = prepare_dataset(source, out, deformable="none")
     assert first.done == ["subject_000", "subject_001"]
-    calls = []
-    original = prepare_module._prepare_subject
-
-    def counting(entry, *args, **kwargs):
-        calls.append(entry.id)
-        return original(entry, *args, **kwargs)
-
-    monkeypatch.setattr(prepare_module, "_prepare_subject", counting)
+    calls = prepared_here
+    del calls[:]  # count from here
     again = prepare_dataset(source, out, deformable="none")
     assert calls == [] and again.skipped == ["subject_000", "subject_001"] and again.done == []
     assert summary_rows(out)["subject_000"]["nmi_affine"] != ""  # kept from the first run
@@ -205,17 +213,11 @@ def test_failed_subject_is_reported_and_the_others_prepared(tmp_path):
     assert summary.done == ["subject_001"] and summary.failed == {}
 
 
-def test_parallel_jobs_match_one_after_another(tmp_path, monkeypatch):
+def test_parallel_jobs_match_one_after_another(tmp_path, prepared_here):
     source = small_dataset(tmp_path / "raw", 3)
     serial = prepare_dataset(source, tmp_path / "serial", deformable="none")
-    in_this_process = []
-    original = prepare_module._prepare_subject
-
-    def counting(entry, *args, **kwargs):
-        in_this_process.append(entry.id)
-        return original(entry, *args, **kwargs)
-
-    monkeypatch.setattr(prepare_module, "_prepare_subject", counting)
+    assert prepared_here == serial.done  # one after another: all in this process
+    del prepared_here[:]
     calls = []
     parallel = prepare_dataset(
         source, tmp_path / "parallel", deformable="none", jobs=2,
@@ -223,7 +225,7 @@ def test_parallel_jobs_match_one_after_another(tmp_path, monkeypatch):
     )  # fmt: skip
     assert parallel.done == serial.done == ["subject_000", "subject_001", "subject_002"]
     assert calls == [("prepare", k, 3) for k in range(4)]
-    assert in_this_process == []  # each subject ran in a worker process
+    assert prepared_here == []  # each subject ran in a worker process
     serial_subjects = load_manifest(serial.manifest).subjects
     parallel_subjects = load_manifest(parallel.manifest).subjects
     assert [s.id for s in parallel_subjects] == [s.id for s in serial_subjects]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from intermodal.cli import main
 from intermodal.data.synth import LABELS, generate_subject, write_dataset
 from intermodal.errors import IntermodalError, OutputExistsError
 
@@ -206,6 +207,23 @@ def test_written_images_match_generate_subject(dataset):
     assert params["deformation"] == subject.params["deformation"]
 
 
+def test_parallel_jobs_write_the_same_dataset(dataset, tmp_path):
+    parallel = write_dataset(tmp_path / "pelvis", 4, seed=2, dim=2, jobs=2)
+    assert parallel.read_text(encoding="utf-8") == dataset.read_text(encoding="utf-8")
+
+    def listing(root):
+        return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+
+    files = listing(dataset.parent)
+    assert files == listing(parallel.parent)
+    for name in files:
+        if name.suffix == ".gz":  # the images: pixels and geometry, not the gzip bytes
+            a, b = (sitk.ReadImage(str(root / name)) for root in (dataset.parent, parallel.parent))
+            assert np.array_equal(array(a), array(b)) and a.GetOrigin() == b.GetOrigin(), name
+        else:
+            assert (dataset.parent / name).read_bytes() == (parallel.parent / name).read_bytes()
+
+
 def test_write_dataset_refuses_a_non_empty_folder(dataset):
     with pytest.raises(OutputExistsError, match="pelvis"):
         write_dataset(dataset.parent, 1, dim=2)
@@ -228,6 +246,7 @@ def test_write_dataset_overwrite_and_empty_folder(tmp_path):
         ({"subjects": 2.0}, "subjects"),
         ({"subjects": 1, "dim": 1}, "dim"),
         ({"subjects": 1, "seed": -3}, "seed"),
+        ({"subjects": 1, "jobs": 0}, "jobs"),
     ],
 )
 def test_bad_write_dataset_arguments(tmp_path, kwargs, word):
@@ -273,3 +292,13 @@ def test_documented_transform_maps_ct_anatomy_onto_the_mr(subjects_2d):
         pulled = ct_labels_seen_by_the_mr(s)
         for name in ("bladder", "bone", "rectum"):
             assert dice(pulled == LABELS[name], mr_labels == LABELS[name]) > 0.9, name
+
+
+def test_synth_command_takes_jobs(capsys, tmp_path):
+    code = main(["synth", "--subjects", "2", "--dim", "2", "--jobs", "2", "--out",
+                 str(tmp_path / "a"), "--quiet"])  # fmt: skip
+    assert code == 0 and "wrote 2 synthetic 2D subjects" in capsys.readouterr().out
+    code = main(["synth", "--subjects", "2", "--jobs", "0", "--out", str(tmp_path / "b")])
+    stderr = capsys.readouterr().err
+    assert code == 2 and len(stderr.strip().splitlines()) == 1 and "jobs must be" in stderr
+    assert not (tmp_path / "b").exists()

@@ -31,14 +31,12 @@ import io
 import json
 import logging
 import math
-import multiprocessing
 import os
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +50,7 @@ from intermodal.data.manifest import (
     read_image_header,
     write_manifest,
 )
+from intermodal.data.parallel import check_jobs, in_processes
 from intermodal.errors import IntermodalError, OutputExistsError
 from intermodal.io import write_bytes_atomic, write_text_atomic
 
@@ -172,8 +171,7 @@ def prepare_dataset(
         or not math.isfinite(spacing) or spacing <= 0
     ):  # fmt: skip
         raise IntermodalError(f"spacing must be a positive number of mm, not {spacing!r}")
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise IntermodalError(f"jobs must be a whole number of processes, 1 or more, not {jobs!r}")
+    jobs = check_jobs(jobs)
     manifest = load_manifest(manifest_path, check_files=False, required_splits=("training",))
     grid = _common_grid(manifest, spacing, shape)
     out = Path(out_dir).expanduser().absolute()
@@ -205,7 +203,14 @@ def prepare_dataset(
         finished += 1
         if progress:
             progress("prepare", finished, total)
-    for entry, outcome in _outcomes(pending, out, folders, grid, deformable, jobs):
+    # one after another, the B-spline uses every core; side by side, one thread each
+    work = partial(_attempt, grid=grid, deformable=deformable, threads=None if jobs == 1 else 1)
+    tasks = [(entry, out / folders[entry.id]) for entry in pending]
+    died = (
+        f"{out}: a prepare process died; the subjects finished so far are kept, run the same "
+        "command again to prepare the rest"
+    )
+    for (entry, _), outcome in in_processes(work, tasks, jobs, died):
         if isinstance(outcome, str):
             summary.failed[entry.id] = outcome
             logger.warning("subject %s failed: %s", entry.id, outcome)
@@ -232,45 +237,11 @@ def prepare_dataset(
     return summary
 
 
-def _outcomes(
-    pending: list[SubjectEntry],
-    out: Path,
-    folders: dict[str, str],
-    grid: _Grid,
-    deformable: str,
-    jobs: int,
-) -> Iterator[tuple[SubjectEntry, dict[str, Any] | str]]:
-    """Prepare ``pending``, yielding each subject with its record or its one-line failure."""
-    if jobs == 1 or len(pending) < 2:
-        for entry in pending:
-            yield entry, _attempt(entry, out / folders[entry.id], grid, deformable, None)
-        return
-    # spawn, not fork: the caller may hold torch's or ITK's thread pools, which fork leaves
-    # in an undefined state in the child
-    pool = ProcessPoolExecutor(
-        max_workers=min(jobs, len(pending)), mp_context=multiprocessing.get_context("spawn")
-    )
-    try:
-        futures = {
-            pool.submit(_attempt, entry, out / folders[entry.id], grid, deformable, 1): entry
-            for entry in pending
-        }
-        for future in as_completed(futures):
-            yield futures[future], future.result()
-    except BrokenProcessPool as err:
-        raise IntermodalError(
-            f"{out}: a prepare process died ({err}); the subjects finished so far are kept, "
-            "run the same command again to prepare the rest"
-        ) from err
-    finally:
-        # on an error or Ctrl-C, drop the queued subjects rather than wait for all of them
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _attempt(
-    entry: SubjectEntry, folder: Path, grid: _Grid, deformable: str, threads: int | None
+    task: tuple[SubjectEntry, Path], *, grid: _Grid, deformable: str, threads: int | None
 ) -> dict[str, Any] | str:
-    """:func:`_prepare_subject`, with a failure of that subject returned as one line."""
+    """:func:`_prepare_subject` of ``(entry, folder)``, a failure returned as one line."""
+    entry, folder = task
     try:
         return _prepare_subject(entry, folder, grid, deformable, threads)
     except (IntermodalError, RuntimeError) as err:

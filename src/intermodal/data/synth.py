@@ -33,12 +33,14 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
+from intermodal.data.parallel import check_jobs, in_processes
 from intermodal.errors import IntermodalError, OutputExistsError
 from intermodal.io import write_text_atomic
 
@@ -725,6 +727,29 @@ def generate_subject(
 # Datasets on disk
 
 
+def _write_subject(k: int, *, out: Path, seed: int, dim: int, overwrite: bool) -> dict[str, Any]:
+    """Generate subject ``k`` of dataset ``seed``, write its files; return its manifest entry."""
+    from intermodal.io import write_image  # io pulls in DICOM support; only needed here
+
+    subject_seed = seed * SEED_STRIDE + k
+    subject = generate_subject(subject_seed, dim=dim)
+    name = f"subject_{k:03d}"
+    files = {
+        "ct": subject.ct,
+        "mr": subject.mr,
+        "labels": subject.ct_labels,
+        "mr_labels": subject.mr_labels,
+    }
+    entry: dict[str, Any] = {"id": name}
+    for key, image in files.items():
+        write_image(image, out / name / f"{key}.nii.gz", overwrite=overwrite)
+        entry[key] = f"{name}/{key}.nii.gz"
+    write_text_atomic(out / name / "params.json", json.dumps(subject.params, indent=1))
+    entry["params"] = f"{name}/params.json"
+    entry["seed"] = subject_seed
+    return entry
+
+
 def _splits(ids: list[str]) -> dict[str, list[str]]:
     """About 70/15/15 in subject order; at least one in each split from three subjects on."""
     n = len(ids)
@@ -747,6 +772,7 @@ def write_dataset(
     seed: int = 0,
     dim: int = 3,
     overwrite: bool = False,
+    jobs: int = 1,
 ) -> Path:
     """Generate ``subjects`` subjects and write them with a Learn2Reg-style manifest.
 
@@ -763,6 +789,7 @@ def write_dataset(
         seed: the dataset's seed (>= 0).
         dim: 3 for volumes, 2 for axial slices.
         overwrite: write into an existing non-empty folder, replacing files of the same name.
+        jobs: subjects generated at once, each in its own process (the result is the same).
 
     Returns:
         The path of ``dataset.json``.
@@ -771,13 +798,12 @@ def write_dataset(
         OutputExistsError: ``out_dir`` exists, is not empty and ``overwrite`` is false.
         IntermodalError: a bad argument, ``out_dir`` is a file, or a write failed.
     """
-    from intermodal.io import write_image  # io pulls in DICOM support; only needed here
-
     subjects = _check_int("subjects", subjects, 1)
     if subjects > SEED_STRIDE:
         raise IntermodalError(f"subjects must be at most {SEED_STRIDE}, not {subjects}")
     seed = _check_int("seed", seed, 0)
     dim = _check_dim(dim)
+    jobs = check_jobs(jobs)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise IntermodalError(f"{out}: out_dir is a file, expected a folder")
@@ -790,25 +816,10 @@ def write_dataset(
     except OSError as err:
         raise IntermodalError(f"{out}: cannot create the folder: {err.strerror}") from err
 
-    entries = []
-    for k in range(subjects):
-        subject_seed = seed * SEED_STRIDE + k
-        subject = generate_subject(subject_seed, dim=dim)
-        name = f"subject_{k:03d}"
-        files = {
-            "ct": subject.ct,
-            "mr": subject.mr,
-            "labels": subject.ct_labels,
-            "mr_labels": subject.mr_labels,
-        }
-        entry: dict[str, Any] = {"id": name}
-        for key, image in files.items():
-            write_image(image, out / name / f"{key}.nii.gz", overwrite=overwrite)
-            entry[key] = f"{name}/{key}.nii.gz"
-        write_text_atomic(out / name / "params.json", json.dumps(subject.params, indent=1))
-        entry["params"] = f"{name}/params.json"
-        entry["seed"] = subject_seed
-        entries.append(entry)
+    write = partial(_write_subject, out=out, seed=seed, dim=dim, overwrite=overwrite)
+    died = f"{out}: a synth process died; run it again with overwrite"
+    written = dict(in_processes(write, range(subjects), jobs, died))
+    entries = [written[k] for k in range(subjects)]
 
     ids = [e["id"] for e in entries]
     manifest = {
