@@ -17,10 +17,10 @@ demo, the tests and the benchmarks use other dataset seeds, so they never see a 
 subject.
 
 ``--subjects N`` synthesises N subjects instead of the recipe's count, in a folder of its own
-(``build/bundled/NAME-Ns/``), and ``--jobs N`` prepares that many subjects at once (``prepare``
-takes about 50 s a 3D subject on one thread). More subjects is the first thing to try for the
-3D model: on the 16 training subjects of the recipe it overfits (benchmarks/RESULTS.md,
-section generalisation_3d)::
+(``build/bundled/NAME-Ns/``), and ``--jobs N`` makes and prepares that many subjects at once
+(``prepare`` takes about 50 s a 3D subject on one thread). More subjects is the first thing to
+try for the 3D model: on the 16 training subjects of the recipe it overfits
+(benchmarks/RESULTS.md, section generalisation_3d)::
 
     .venv/bin/python tools/train_bundled.py pelvis3d --subjects 200 --jobs 16 --no-install
 """
@@ -90,7 +90,7 @@ def main() -> None:
         "--subjects", type=int, help="synthesise this many subjects instead of the recipe's "
         "(in build/bundled/NAME-Ns/)",
     )  # fmt: skip
-    parser.add_argument("--jobs", type=int, default=1, help="subjects prepared at once")
+    parser.add_argument("--jobs", type=int, default=1, help="subjects made and prepared at once")
     args = parser.parse_args()
     recipe = dict(RECIPES[args.name])
     folder = args.name
@@ -106,7 +106,7 @@ def main() -> None:
     if not (raw / "dataset.json").is_file():
         intermodal(
             "synth", "--subjects", str(recipe["subjects"]), "--dim", str(recipe["dim"]),
-            "--seed", str(recipe["seed"]), "--out", str(raw), "--quiet",
+            "--seed", str(recipe["seed"]), "--out", str(raw), "--jobs", str(args.jobs), "--quiet",
         )  # fmt: skip
     spacing = [] if recipe["spacing"] is None else ["--spacing", str(recipe["spacing"])]
     intermodal(
