@@ -19,8 +19,8 @@ subject.
 ``--subjects N`` synthesises N subjects instead of the recipe's count, in a folder of its own
 (``build/bundled/NAME-Ns/``), and ``--jobs N`` makes and prepares that many subjects at once
 (``prepare`` takes about 50 s a 3D subject on one thread). More subjects is the first thing to
-try for the 3D model: on the 16 training subjects of the recipe it overfits
-(benchmarks/RESULTS.md, section generalisation_3d)::
+try for the 3D model, which memorises the recipe's 16 training subjects (benchmarks/RESULTS.md,
+section generalisation_3d; in 2D the count made no difference, section data_scale_2d)::
 
     .venv/bin/python tools/train_bundled.py pelvis3d --subjects 200 --jobs 16 --no-install
 """

@@ -5,9 +5,9 @@ Run on the GPU machine, from the repository root, with the prepared 3D data of
 
     python tools/train_gpu.py --steps 3000 --batch 4 --out "$OUT"
 
-``--manifest`` trains every run on another prepared dataset instead. The recipe's 16 training
-subjects are too few (section generalisation_3d of benchmarks/RESULTS.md), and more do not fit
-in what a device call carries, so make them on the GPU machine's cores: ``prepare`` takes
+``--manifest`` trains every run on another prepared dataset instead. The models memorise the
+recipe's 16 training subjects (section generalisation_3d of benchmarks/RESULTS.md); many more
+do not fit in what a device call carries, so make them on the GPU machine's cores: ``prepare`` takes
 about 50 s a 3D subject on one thread, and resumes, so a long one can span several calls::
 
     python tools/train_bundled.py pelvis3d --subjects 200 --jobs 16 --no-install  # stop it
