@@ -146,7 +146,9 @@ def prepare_dataset(
         jobs: subjects prepared at once, each in its own process. With 1 (the default) they
             run one after another in this process and the B-spline step uses every core; with
             more, each process uses one thread. The thread count changes the order in which
-            ITK sums the metric, so the two can differ in the last digits.
+            ITK sums the metric, so the two can differ in the last digits. The processes are
+            spawned: a script calling this with ``jobs`` > 1 needs the usual
+            ``if __name__ == "__main__":`` guard.
         progress: optional callback ``("prepare", subjects finished, total)``, called once
             before the first subject and after each one (skipped subjects count first).
 

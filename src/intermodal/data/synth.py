@@ -790,6 +790,8 @@ def write_dataset(
         dim: 3 for volumes, 2 for axial slices.
         overwrite: write into an existing non-empty folder, replacing files of the same name.
         jobs: subjects generated at once, each in its own process (the result is the same).
+            The processes are spawned, so a script calling this with ``jobs`` > 1 needs the
+            usual ``if __name__ == "__main__":`` guard.
 
     Returns:
         The path of ``dataset.json``.
