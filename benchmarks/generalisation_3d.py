@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 from pathlib import Path
 
@@ -29,25 +28,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare  # noqa: E402  (one thread everywhere, set on import)
 import peers  # noqa: E402
-from model_selection_3d import candidate_models, prepared_subjects  # noqa: E402
+from model_selection_3d import (  # noqa: E402
+    candidate_models,
+    prepared_subjects,
+    training_line,
+)
 from results_file import write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "build" / "bundled" / "pelvis3d" / "prepared" / "dataset.json"
 SPLITS = ("training", "validation")
-
-
-def training_line(model: str | None) -> str:
-    if model is None:
-        return "-"
-    card = json.loads(Path(model).with_suffix(".json").read_text(encoding="utf-8"))
-    config = card["training"]["config"]
-    train = config["train"]
-    return (
-        f"{train['steps']} steps, batch {train['batch_size']}, lr {train['lr']:g}, augment p "
-        f"{config['augment']['probability']:g}, {card['training']['data']['subjects']} "
-        "training subjects"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             "-" if model is None
             else f"{train - base['training']:+.3f} / {val - base['validation']:+.3f}"
         )  # fmt: skip
-        lines.append(f"| {name} | {train:.3f} | {val:.3f} | {change} | {training_line(model)} |")
+        training = training_line(model, subjects=True)
+        lines.append(f"| {name} | {train:.3f} | {val:.3f} | {change} | {training} |")
     lines.append("<!-- generalisation_3d:end -->")
     section = "\n".join(lines)
     write_section(compare.RESULTS, lines[0], lines[-1], section)

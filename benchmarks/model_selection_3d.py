@@ -56,6 +56,22 @@ def candidate_models(baseline: str, runs: list[Path]) -> dict[str, str | None]:
     return candidates
 
 
+def training_line(model: str | None, subjects: bool = False) -> str:
+    """How ``model`` was trained, from its card (``-`` for no model)."""
+    if model is None:
+        return "-"
+    card = json.loads(Path(model).with_suffix(".json").read_text(encoding="utf-8"))
+    config = card["training"]["config"]
+    train = config["train"]
+    line = (
+        f"{train['steps']} steps, batch {train['batch_size']}, lr {train['lr']:g}, augment p "
+        f"{config['augment']['probability']:g}"
+    )
+    if subjects:
+        line += f", {card['training']['data']['subjects']} training subjects"
+    return line
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="*", type=Path, help="run folders with model.safetensors")
@@ -108,15 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for name, model in candidates.items():
         values = scores[name]
-        training = "-"
-        if model:
-            card = json.loads(Path(model).with_suffix(".json").read_text())
-            train = card["training"]["config"]["train"]
-            augment = card["training"]["config"]["augment"]["probability"]
-            training = (
-                f"{train['steps']} steps, batch {train['batch_size']}, lr {train['lr']:g}, "
-                f"augment p {augment:g}"
-            )
+        training = training_line(model)
         lines.append(f"| {name} | **{np.mean(values):.3f}** | {min(values):.3f} | {training} |")
     lines.append("<!-- model_selection_3d:end -->")
     section = "\n".join(lines)
