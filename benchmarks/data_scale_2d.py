@@ -31,7 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare  # noqa: E402  (one thread everywhere, set on import)
 import peers  # noqa: E402
-from results_file import write_section  # noqa: E402
+from results_file import publish  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {
@@ -120,12 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             f"| {mean(f'{name}|smooth', 'dice'):.3f} | {mean(f'{name}|smooth', 'sdlogj'):.3f} |"
         )
     lines.append("<!-- data_scale_2d:end -->")
-    section = "\n".join(lines)
+    section = publish(compare.RESULTS, lines)
     out = compare.OUT.parent / "data_scale_2d.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rows": rows, "section": section}, indent=1), encoding="utf-8")
-    write_section(compare.RESULTS, lines[0], lines[-1], section)
-    print(section)
     return 0
 
 

@@ -33,7 +33,7 @@ from model_selection_3d import (  # noqa: E402
     prepared_subjects,
     training_line,
 )
-from results_file import write_section  # noqa: E402
+from results_file import publish  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "build" / "bundled" / "pelvis3d" / "prepared" / "dataset.json"
@@ -109,9 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         training = training_line(model, subjects=True)
         lines.append(f"| {name} | {train:.3f} | {val:.3f} | {change} | {training} |")
     lines.append("<!-- generalisation_3d:end -->")
-    section = "\n".join(lines)
-    write_section(compare.RESULTS, lines[0], lines[-1], section)
-    print(section)
+    publish(compare.RESULTS, lines)
     return 0
 
 

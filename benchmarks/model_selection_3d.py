@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare  # noqa: E402  (one thread everywhere, set on import)
 import peers  # noqa: E402
-from results_file import write_section  # noqa: E402
+from results_file import publish  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "build" / "bundled" / "pelvis3d" / "prepared" / "dataset.json"
@@ -127,9 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         training = training_line(model)
         lines.append(f"| {name} | **{np.mean(values):.3f}** | {min(values):.3f} | {training} |")
     lines.append("<!-- model_selection_3d:end -->")
-    section = "\n".join(lines)
-    write_section(compare.RESULTS, lines[0], lines[-1], section)
-    print(section)
+    publish(compare.RESULTS, lines)
     return 0
 
 

@@ -18,3 +18,11 @@ def write_section(results: Path, begin: str, end: str, section: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     results.write_text(text, encoding="utf-8")
+
+
+def publish(results: Path, lines: list[str]) -> str:
+    """Join ``lines`` (its first and last are the section's markers), write it, print it."""
+    section = "\n".join(lines)
+    write_section(results, lines[0], lines[-1], section)
+    print(section)
+    return section
