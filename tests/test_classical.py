@@ -44,3 +44,17 @@ def test_bad_init_method_and_dimensions():
         classical.initial_alignment(image3, image3, "spline")
     with pytest.raises(IntermodalError, match="2D"):
         classical.initial_alignment(image3, image2, "rigid")
+    with pytest.raises(IntermodalError, match="minimum step must be positive"):
+        classical.initial_alignment(image3, image3, "rigid", min_step=0.0)
+
+
+def test_a_coarser_minimum_step_stops_sooner():
+    # The optimiser halves its step each time the gradient turns back and stops below
+    # min_step, so a larger min_step means fewer iterations, hence a different answer.
+    pair = make_phantom_pair(shape=(40, 56, 56), spacing=3.5, rotation_deg=15.0, bladder_scale=1.0)
+    fixed = preprocess.normalize_intensity(pair.ct, "ct")
+    moving = preprocess.normalize_intensity(pair.mr, "mr")
+    fine = classical.initial_alignment(fixed, moving, "rigid", min_step=1e-3)
+    coarse = classical.initial_alignment(fixed, moving, "rigid", min_step=0.5)
+    assert fine.GetParameters() != coarse.GetParameters()
+    assert abs(_rotation_deg(fine) - 15.0) < 3.0
