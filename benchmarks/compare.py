@@ -78,7 +78,7 @@ LABELS = {
     "im_default": "intermodal: model + refine (defaults)",
     "im_refine": "intermodal: refinement alone (`model=None`)",
     "im_smooth": "intermodal: model + refine, smoother preset (`SMOOTH_SETTINGS`: 2D "
-    "`smoothness=2, velocity_smoothing=4`, 3D `volume_penalty=0.5`)",
+    "`volume_penalty=0.6, smoothness=0.5`, 3D `volume_penalty=0.4, smoothness=0.5`)",
     "vxm_intra": "VoxelMorph VxmPairwise, intra loss (LNCC CT + LNCC MR)",
     "vxm_mi": "VoxelMorph VxmPairwise, MI loss",
     "ants": "ANTs SyNRA, Mattes MI",
@@ -90,13 +90,15 @@ INTERMODAL_SETTINGS = {
     "im_default": {"model": "auto", "device": "cpu"},
     "im_refine": {"model": None, "device": "cpu"},
 }
-# The smoother preset, per dimension: the settings of benchmarks/regularisation.py's sweeps
-# (sections regularisation_2d / _3d) with SDlogJ <= 0.10 and the highest Dice there. The 3D
-# sweep ran on the first 3 held-out pairs only, so the 3D rows beyond them are the check that
-# the choice was not fitted to those pairs.
+# The smoother preset, per dimension: of the settings swept on the tuning pairs (dataset seed
+# TUNING_SEED; RESULTS.md sections tuning_2d_volume and tuning_3d_volume), the one with the
+# highest mean Dice whose mean SDlogJ there is at most 0.09, a tenth under the target's 0.10
+# because held-out pairs vary. No held-out pair was used to choose it. (The preset before it,
+# 2D smoothness=2, velocity_smoothing=4 and 3D volume_penalty=0.5, was chosen on the first
+# held-out pairs: see SWEPT_HELDOUT_PAIRS.)
 SMOOTH_SETTINGS = {
-    2: {"smoothness": 2.0, "velocity_smoothing": 4.0},
-    3: {"volume_penalty": 0.5},
+    2: {"volume_penalty": 0.6, "smoothness": 0.5},
+    3: {"volume_penalty": 0.4, "smoothness": 0.5},
 }
 
 
@@ -370,8 +372,10 @@ def summarise(entries: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-# the first held-out pairs that benchmarks/regularisation.py's sweeps scored when the smoother
-# preset was chosen (2D: 20; 3D: 3), before settings were chosen on TUNING_SEED's pairs instead
+# the first held-out pairs that benchmarks/regularisation.py's sweeps scored (sections
+# regularisation_2d / _3d) when an earlier smoother preset was chosen on them (2D: 20; 3D: 3);
+# the present preset was chosen on TUNING_SEED's pairs, but the pairs after these are the ones
+# no setting was ever scored on
 SWEPT_HELDOUT_PAIRS = {2: 20, 3: 3}
 
 
@@ -394,7 +398,8 @@ def _untuned_pairs_line(part: dict[str, Any]) -> list[str]:
         if s:
             parts.append(f"{short_label(method)} {s['dice']:.3f} (SDlogJ {s['sdlogj']:.3f})")
     return [
-        f"- the smoother preset's settings were chosen on the first {n_tuned} pairs; on the "
+        f"- earlier presets were swept on the first {n_tuned} pairs (the present one on the "
+        f"tuning pairs); on the "
         f"{len(pairs)} pairs after them, mean Dice: " + "; ".join(parts),
         "",
     ]
@@ -1033,6 +1038,28 @@ def _gpu_line() -> str:
     )
 
 
+def _fastest_line(dim: int, summary: dict[str, dict[str, float]]) -> list[str]:
+    """The time target for the fastest intermodal row whose Dice is at least ANTs'."""
+    ants = summary.get("ants")
+    if not ants:
+        return []
+    accurate = {
+        key: row
+        for key, row in summary.items()
+        if key.startswith("im_") and row and row["dice"] >= ants["dice"]
+    }
+    if not accurate:
+        return [f"- time {dim}D: no intermodal row reaches ANTs' mean Dice {ants['dice']:.3f}"]
+    key = min(accurate, key=lambda k: accurate[k]["seconds"])
+    ratio = accurate[key]["seconds"] / ants["seconds"]
+    return [
+        f"- time {dim}D, the fastest intermodal row at equal or better Dice, {LABELS[key]}, vs "
+        f"ANTs (<= {TIME_RATIO_MAX} x): **{'MET' if ratio <= TIME_RATIO_MAX else 'NOT MET'}**: "
+        f"median {accurate[key]['seconds']:.2f} s vs {ants['seconds']:.2f} s per pair (ratio "
+        f"{ratio:.2f}), Dice {accurate[key]['dice']:.3f} vs {ants['dice']:.3f}"
+    ]
+
+
 def render_targets() -> str:
     """Issue 4's targets against the stored parts, each MET / NOT MET with its numbers."""
     lines = [
@@ -1082,6 +1109,7 @@ def render_targets() -> str:
                 f"vs {summary['ants']['seconds']:.2f} s per pair (ratio {ratio:.2f}), Dice "
                 f"{ours['dice']:.3f} vs {summary['ants']['dice']:.3f}"
             )
+        lines.extend(_fastest_line(dim, summary))
     real_part = load_part("real")
     if real_part and isinstance(real_part.get("rows"), dict):
         rows = real_part["rows"]

@@ -110,7 +110,9 @@ def measure_register(repeats: int) -> list[dict[str, Any]]:
     settings = {
         "defaults (model + refine)": {},
         "bundled model alone (refine=0)": {"refine": 0},
-        "smoother preset (volume_penalty=0.5)": dict(compare.SMOOTH_SETTINGS[3]),
+        "smoother preset ({})".format(
+            ", ".join(f"{k}={v:g}" for k, v in compare.SMOOTH_SETTINGS[3].items())
+        ): dict(compare.SMOOTH_SETTINGS[3]),
     }
     rows = []
     for label, extra in settings.items():

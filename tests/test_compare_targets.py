@@ -1,0 +1,64 @@
+"""benchmarks/compare.py: the issue-4 verdicts follow the numbers they are given."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def compare():
+    environment = dict(os.environ)  # compare.py sets one-thread variables on import
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module("compare")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+        os.environ.clear()
+        os.environ.update(environment)
+
+
+def row(dice: float, seconds: float, sdlogj: float = 0.08, folding: float = 0.0) -> dict:
+    return {"dice": dice, "seconds": seconds, "sdlogj": sdlogj, "folding": folding, "n": 5}
+
+
+def test_dice_verdict_needs_margin_smoothness_and_no_folding(compare):
+    ants = row(0.70, 1.0, sdlogj=0.11)
+    assert compare.dice_verdict(row(0.751, 1.0), ants) == (
+        True, "Dice margin ok, SDlogJ ok, folding ok"
+    )  # fmt: skip
+    assert compare.dice_verdict(row(0.749, 1.0), ants)[1].startswith("Dice margin too small")
+    assert "SDlogJ too high" in compare.dice_verdict(row(0.80, 1.0, sdlogj=0.101), ants)[1]
+    assert "folding too high" in compare.dice_verdict(row(0.80, 1.0, folding=1e-4), ants)[1]
+    assert compare.dice_verdict(row(0.80, 1.0, folding=1e-4), ants)[0] is False
+
+
+def test_fastest_line_takes_the_fastest_row_at_or_above_ants_dice(compare):
+    summary = {
+        "ants": row(0.72, 0.30),
+        "im_model": row(0.71, 0.01),  # fastest, but below ANTs: not eligible
+        "im_smooth": row(0.72, 0.02),  # ties ANTs: eligible, and fastest of those
+        "im_default": row(0.80, 0.40),
+        "vxm_mi": row(0.90, 0.001),  # a peer, never ours
+    }
+    [line] = compare._fastest_line(2, summary)
+    assert "**MET**" in line
+    assert compare.LABELS["im_smooth"] in line
+    assert "ratio 0.07" in line
+
+    summary["im_smooth"] = row(0.72, 0.06)
+    [line] = compare._fastest_line(2, summary)
+    assert "**NOT MET**" in line and "ratio 0.20" in line
+
+
+def test_fastest_line_says_when_no_row_reaches_ants(compare):
+    summary = {"ants": row(0.74, 7.0), "im_model": row(0.68, 10.0)}
+    [line] = compare._fastest_line(3, summary)
+    assert line == "- time 3D: no intermodal row reaches ANTs' mean Dice 0.740"
+    assert compare._fastest_line(3, {"im_model": row(0.68, 10.0)}) == []
