@@ -16,12 +16,10 @@ Writes section ``affine_schedule`` of ``benchmarks/RESULTS.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare  # noqa: E402  (one thread everywhere, set on import)
@@ -92,14 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {seconds:.2f} | {seconds / base:.2f} |"
             )
     lines.append("<!-- affine_schedule:end -->")
-    section = publish(compare.RESULTS, lines)
-    out = compare.OUT.parent / "affine_schedule.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    payload: dict[str, Any] = {
-        "rows": {f"{d}d": {f"{s:g}": e for s, e in r.items()} for d, r in results.items()},
-        "section": section,
-    }
-    out.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    rows = {f"{d}d": {f"{s:g}": e for s, e in r.items()} for d, r in results.items()}
+    publish(compare.RESULTS, lines, compare.OUT.parent / "affine_schedule.json", rows)
     return 0
 
 

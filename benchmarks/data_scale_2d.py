@@ -120,10 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {mean(f'{name}|smooth', 'dice'):.3f} | {mean(f'{name}|smooth', 'sdlogj'):.3f} |"
         )
     lines.append("<!-- data_scale_2d:end -->")
-    section = publish(compare.RESULTS, lines)
-    out = compare.OUT.parent / "data_scale_2d.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "section": section}, indent=1), encoding="utf-8")
+    publish(compare.RESULTS, lines, compare.OUT.parent / "data_scale_2d.json", rows)
     return 0
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 
 def write_section(results: Path, begin: str, end: str, section: str) -> None:
@@ -20,9 +22,16 @@ def write_section(results: Path, begin: str, end: str, section: str) -> None:
     results.write_text(text, encoding="utf-8")
 
 
-def publish(results: Path, lines: list[str]) -> str:
-    """Join ``lines`` (its first and last are the section's markers), write it, print it."""
+def publish(results: Path, lines: list[str], record: Path | None = None, rows: Any = None) -> str:
+    """Join ``lines`` (its first and last are the section's markers), write it, print it.
+
+    With ``record``, the measured ``rows`` and the section are also kept there as JSON.
+    """
     section = "\n".join(lines)
     write_section(results, lines[0], lines[-1], section)
     print(section)
+    if record is not None:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"rows": rows, "section": section}
+        record.write_text(json.dumps(payload, indent=1), encoding="utf-8")
     return section
