@@ -50,7 +50,7 @@ def test_fastest_line_takes_the_fastest_row_at_or_above_ants_dice(compare):
     [line] = compare._fastest_line(2, summary)
     assert "**MET**" in line
     assert compare.LABELS["im_smooth"] in line
-    assert "ratio 0.07" in line
+    assert "ratio 0.07" in line and "SDlogJ 0.080 vs 0.080" in line
 
     summary["im_smooth"] = row(0.72, 0.06)
     [line] = compare._fastest_line(2, summary)
