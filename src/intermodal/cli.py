@@ -79,6 +79,11 @@ def _add_registration_options(parser: argparse.ArgumentParser) -> None:
         "--volume-penalty", type=float, default=None, metavar="W",
         help="weight of the mean squared log Jacobian in the refinement (default 0)",
     )  # fmt: skip
+    parser.add_argument(
+        "--sampling", type=float, default=None, metavar="FRACTION",
+        help="fraction of voxels, drawn afresh each step, where the refinement evaluates "
+        "MIND (default 1: all; smaller is faster)",
+    )  # fmt: skip
     parser.add_argument("--fixed-modality", default="auto", choices=("ct", "mr", "auto"))
     parser.add_argument("--moving-modality", default="auto", choices=("ct", "mr", "auto"))
     parser.add_argument(
@@ -105,7 +110,7 @@ def _settings(args: argparse.Namespace):
         seed=args.seed,
         **{
             name: value
-            for name in ("smoothness", "velocity_smoothing", "volume_penalty")
+            for name in ("smoothness", "velocity_smoothing", "volume_penalty", "sampling")
             if (value := getattr(args, name)) is not None
         },
     )

@@ -18,6 +18,7 @@ from intermodal.spatial import (
     jacobian_det,
     physical_to_voxel,
     resize_displacement,
+    sample_points,
     voxel_to_physical,
     warp,
 )
@@ -592,3 +593,45 @@ def test_gaussian_smooth_keeps_sums_constants_and_shape():
         gaussian_smooth(impulse, -1.0)
     with pytest.raises(ValueError, match="shape"):
         gaussian_smooth(torch.zeros(3, 4), 1.0)
+
+
+# --------------------------------------------------------------------------- sample_points
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_sample_points_at_every_voxel_is_warp(ndim: int) -> None:
+    shape = SHAPES[ndim]
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, *shape, generator=generator, dtype=torch.float64)
+    u = 2.0 * torch.randn(1, ndim, *shape, generator=generator, dtype=torch.float64)
+    points = identity_grid(shape, dtype=torch.float64).flatten(1) + u.flatten(2)[0]
+    expected = warp(image, u).flatten(2)
+    torch.testing.assert_close(sample_points(image, points), expected)
+
+
+def test_sample_points_interpolates_between_voxels_and_pads_at_the_border() -> None:
+    image = torch.tensor([[0.0, 10.0, 20.0], [30.0, 40.0, 50.0]]).view(1, 1, 2, 3)
+    points = torch.tensor([[0.5, 0.0, 1.0, 1.0], [1.5, 2.0, 5.0, -3.0]])  # (y, x) columns
+    sampled = sample_points(image, points)[0, 0]
+    # (0.5, 1.5): halfway between rows and between columns 1 and 2; beyond x = 2 the
+    # border value; "zeros" gives 0 there instead
+    torch.testing.assert_close(sampled, torch.tensor([30.0, 20.0, 50.0, 30.0]))
+    zeros = sample_points(image, points, padding_mode="zeros")[0, 0]
+    torch.testing.assert_close(zeros, torch.tensor([30.0, 20.0, 0.0, 0.0]))
+
+
+def test_sample_points_gradient_flows_to_the_points() -> None:
+    image = torch.arange(12.0).view(1, 1, 3, 4)  # value = 4 y + x
+    points = torch.tensor([[1.2], [1.5]], requires_grad=True)
+    sample_points(image, points).sum().backward()
+    torch.testing.assert_close(points.grad, torch.tensor([[4.0], [1.0]]))
+
+
+def test_sample_points_rejects_bad_shapes() -> None:
+    image = torch.zeros(1, 1, 4, 4)
+    with pytest.raises(SpatialArgumentError, match=r"points must be \(2, N\)"):
+        sample_points(image, torch.zeros(3, 5))
+    with pytest.raises(SpatialArgumentError, match="image must be"):
+        sample_points(torch.zeros(2, 1, 4, 4), torch.zeros(2, 5))
+    with pytest.raises(SpatialArgumentError, match="padding_mode"):
+        sample_points(image, torch.zeros(2, 5), padding_mode="reflect")

@@ -13,6 +13,7 @@ from intermodal.spatial.functional import (
     jacobian_det,
     physical_to_voxel,
     resize_displacement,
+    sample_points,
     voxel_to_physical,
     warp,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "jacobian_det",
     "physical_to_voxel",
     "resize_displacement",
+    "sample_points",
     "voxel_to_physical",
     "warp",
 ]

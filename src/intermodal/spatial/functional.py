@@ -33,6 +33,7 @@ __all__ = [
     "jacobian_det",
     "physical_to_voxel",
     "resize_displacement",
+    "sample_points",
     "voxel_to_physical",
     "warp",
 ]
@@ -404,6 +405,49 @@ def jacobian_det(displacement: Tensor, spacing: Sequence[float] | None = None) -
             + jac[0][2] * (jac[1][0] * jac[2][1] - jac[1][1] * jac[2][0])
         )
     return det.unsqueeze(1)
+
+
+def sample_points(image: Tensor, points: Tensor, *, padding_mode: str = "border") -> Tensor:
+    """Interpolate an image at arbitrary voxel positions, linearly in each axis.
+
+    ``sample_points(image, identity_grid(shape).flatten(1) + u.flatten(2)[0])`` equals
+    ``warp(image, u)`` flattened, up to rounding; with a few positions instead of every
+    voxel it costs in proportion, which is what a sampled similarity needs.
+
+    Args:
+        image: ``(1, C, H, W)`` or ``(1, C, D, H, W)``.
+        points: ``(ndim, N)`` positions in voxels of ``image``'s grid, array order;
+            differentiable.
+        padding_mode: Value outside the image: ``"border"`` or ``"zeros"``.
+
+    Returns:
+        ``(1, C, N)`` in ``image``'s floating dtype.
+
+    Raises:
+        ValueError: (a :class:`SpatialArgumentError`) for a batch other than 1, points of
+            the wrong shape, or an unknown ``padding_mode``.
+    """
+    if padding_mode not in _PADDING_MODES:
+        raise SpatialArgumentError(
+            f"padding_mode must be one of {_PADDING_MODES}, not {padding_mode!r}"
+        )
+    if not isinstance(image, Tensor) or image.ndim not in (4, 5) or image.shape[0] != 1:
+        shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
+        raise SpatialArgumentError(f"image must be (1, C, H, W) or (1, C, D, H, W), not {shape}")
+    ndim = image.ndim - 2
+    if not isinstance(points, Tensor) or points.ndim != 2 or points.shape[0] != ndim:
+        shape = tuple(points.shape) if isinstance(points, Tensor) else type(points).__name__
+        raise SpatialArgumentError(f"points must be ({ndim}, N) for a {ndim}D image, not {shape}")
+    # (ndim, N) -> (1, ndim, N, 1[, 1]): the layout _sampling_grid normalises; its sizes
+    # must be the image's, so normalise here with the image's own shape.
+    sizes = image.shape[2:]
+    scale = [2.0 / (n - 1) if n > 1 else 0.0 for n in sizes]
+    scale = torch.tensor(scale, device=points.device, dtype=points.dtype).view(ndim, 1)
+    grid = (points * scale - 1.0).t().flip(-1)
+    grid = grid.reshape(1, -1, *([1] * (ndim - 1)), ndim).to(image.dtype)
+    sampled = F.grid_sample(image, grid, mode="bilinear", padding_mode=padding_mode,
+                            align_corners=True)  # fmt: skip
+    return sampled.reshape(1, image.shape[1], -1)
 
 
 def resize_displacement(displacement: Tensor, shape: Sequence[int]) -> Tensor:
