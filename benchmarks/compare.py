@@ -80,6 +80,8 @@ LABELS = {
     "im_refine": "intermodal: refinement alone (`model=None`)",
     "im_smooth": "intermodal: model + refine, smoother preset (`SMOOTH_SETTINGS`: 2D "
     "`volume_penalty=0.6, smoothness=0.5`, 3D `volume_penalty=0.4, smoothness=0.5`)",
+    "im_sampled": "intermodal: model + refine, smoother preset, MIND at a tenth of the voxels "
+    "each step (`sampling=0.1`)",
     "vxm_intra": "VoxelMorph VxmPairwise, intra loss (LNCC CT + LNCC MR)",
     "vxm_mi": "VoxelMorph VxmPairwise, MI loss",
     "ants": "ANTs SyNRA, Mattes MI",
@@ -108,6 +110,8 @@ def intermodal_settings(method: str, dim: int) -> dict[str, Any] | None:
     """``Settings`` keywords of an intermodal method key, or ``None`` for a peer."""
     if method == "im_smooth":
         return {"model": "auto", "device": "cpu", **SMOOTH_SETTINGS[dim]}
+    if method == "im_sampled":
+        return {"model": "auto", "device": "cpu", **SMOOTH_SETTINGS[dim], "sampling": 0.1}
     return INTERMODAL_SETTINGS.get(method)
 
 
@@ -274,7 +278,7 @@ def heldout(
         vxm_spacing = next(iter(vxm.values()))[1]["spacing"]
     skipped: dict[str, str] = {}
     if not has_bundled(dim):
-        for key in ("im_model", "im_fast", "im_default", "im_smooth"):
+        for key in ("im_model", "im_fast", "im_default", "im_smooth", "im_sampled"):
             if key in methods:
                 skipped[key] = f"no bundled {dim}D model is installed (pelvis{dim}d)"
     if vxm_missing:
@@ -525,7 +529,7 @@ def real(methods: list[str], repeats: int = 1) -> dict[str, Any]:
     warped: dict[str, np.ndarray] = {"identity": identity}
     active = []
     for method in methods:
-        if method in ("im_model", "im_default", "im_smooth") and not has_bundled(3):
+        if method.startswith("im_") and method != "im_refine" and not has_bundled(3):
             skipped[method] = "no bundled 3D model is installed (pelvis3d)"
         elif method.startswith("vxm"):
             skipped[method] = "no 3D VoxelMorph model (not trained in 3D)"
@@ -1079,7 +1083,7 @@ def render_targets() -> str:
         summary = {m: summarise(e) for m, e in part["rows"].items()}
         ours_key = "im_default" if summary.get("im_default") else "im_refine"
         ours = summary.get(ours_key)
-        candidates = [k for k in (ours_key, "im_smooth") if summary.get(k)]
+        candidates = [k for k in (ours_key, "im_smooth", "im_sampled") if summary.get(k)]
         lines.extend(_seeded_ants_lines(dim, part, candidates))
         for key, peer in [(k, p) for k in candidates for p in ("ants", "vxm_mi")] or [
             (ours_key, "ants")
