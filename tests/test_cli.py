@@ -322,15 +322,12 @@ def test_regularisation_options_reach_the_settings(capsys, small_pair_files, tmp
     settings = json.loads((out / "report.json").read_text(encoding="utf-8"))["settings"]
     assert (settings["smoothness"], settings["velocity_smoothing"]) == (2.5, 3.0)
     assert (settings["volume_penalty"], settings["sampling"]) == (0.5, 0.3)
-    code, _, stderr = _run(
-        capsys, "register", "--fixed", small_pair_files["ct"], "--moving",
-        small_pair_files["mr"], "--out", tmp_path / "bad0", "--sampling", "0", *FAST,
-    )  # fmt: skip
-    assert code != 0 and "sampling" in stderr and len(stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "bad0").exists()
-    code, _, stderr = _run(
-        capsys, "register", "--fixed", small_pair_files["ct"], "--moving",
-        small_pair_files["mr"], "--out", tmp_path / "bad", "--velocity-smoothing", "20", *FAST,
-    )  # fmt: skip
-    assert code != 0 and "velocity smoothing" in stderr and len(stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "bad").exists()
+    bad = [("--velocity-smoothing", "20", "velocity smoothing"), ("--sampling", "0", "sampling")]
+    for option, value, message in bad:
+        out = tmp_path / f"bad{option}"
+        code, _, stderr = _run(
+            capsys, "register", "--fixed", small_pair_files["ct"], "--moving",
+            small_pair_files["mr"], "--out", out, option, value, *FAST,
+        )  # fmt: skip
+        assert code != 0 and message in stderr and len(stderr.strip().splitlines()) == 1
+        assert not out.exists()
