@@ -143,15 +143,16 @@ def identity_grid(
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
 
 
-def _sampling_grid(positions: Tensor) -> Tensor:
+def _sampling_grid(positions: Tensor, sizes: Sequence[int] | None = None) -> Tensor:
     """Turn ``(B, ndim, *spatial)`` voxel positions into a ``grid_sample`` grid.
 
     ``grid_sample`` wants ``(B, *spatial, ndim)`` with the last axis in ``(x, y, z)``
     order (the reverse of array order), normalised so that voxel ``0`` is ``-1`` and
-    voxel ``n - 1`` is ``+1`` (``align_corners=True``). An axis of size 1 has no
-    extent, so its coordinate is pinned to its only voxel instead of dividing by 0.
+    voxel ``n - 1`` is ``+1`` (``align_corners=True``) of the sampled image, whose
+    spatial ``sizes`` default to the positions' own. An axis of size 1 has no extent,
+    so its coordinate is pinned to its only voxel instead of dividing by 0.
     """
-    sizes = positions.shape[2:]
+    sizes = positions.shape[2:] if sizes is None else sizes
     scale = [2.0 / (n - 1) if n > 1 else 0.0 for n in sizes]
     scale = torch.tensor(scale, device=positions.device, dtype=positions.dtype)
     scale = scale.view(1, -1, *([1] * len(sizes)))
@@ -438,13 +439,9 @@ def sample_points(image: Tensor, points: Tensor, *, padding_mode: str = "border"
     if not isinstance(points, Tensor) or points.ndim != 2 or points.shape[0] != ndim:
         shape = tuple(points.shape) if isinstance(points, Tensor) else type(points).__name__
         raise SpatialArgumentError(f"points must be ({ndim}, N) for a {ndim}D image, not {shape}")
-    # (ndim, N) -> (1, ndim, N, 1[, 1]): the layout _sampling_grid normalises; its sizes
-    # must be the image's, so normalise here with the image's own shape.
-    sizes = image.shape[2:]
-    scale = [2.0 / (n - 1) if n > 1 else 0.0 for n in sizes]
-    scale = torch.tensor(scale, device=points.device, dtype=points.dtype).view(ndim, 1)
-    grid = (points * scale - 1.0).t().flip(-1)
-    grid = grid.reshape(1, -1, *([1] * (ndim - 1)), ndim).to(image.dtype)
+    # (ndim, N) -> (1, ndim, N, 1[, 1]): a grid of N positions, normalised to the image
+    positions = points.reshape(1, ndim, -1, *([1] * (ndim - 1)))
+    grid = _sampling_grid(positions, image.shape[2:]).to(image.dtype)
     sampled = F.grid_sample(image, grid, mode="bilinear", padding_mode=padding_mode,
                             align_corners=True)  # fmt: skip
     return sampled.reshape(1, image.shape[1], -1)
