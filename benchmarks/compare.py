@@ -106,6 +106,11 @@ SMOOTH_SETTINGS = {
 }
 
 
+def uses_bundled(method: str, dim: int) -> bool:
+    """Whether an intermodal method key runs the bundled model (``model="auto"``)."""
+    return (intermodal_settings(method, dim) or {}).get("model") == "auto"
+
+
 def intermodal_settings(method: str, dim: int) -> dict[str, Any] | None:
     """``Settings`` keywords of an intermodal method key, or ``None`` for a peer."""
     if method == "im_smooth":
@@ -278,8 +283,8 @@ def heldout(
         vxm_spacing = next(iter(vxm.values()))[1]["spacing"]
     skipped: dict[str, str] = {}
     if not has_bundled(dim):
-        for key in ("im_model", "im_fast", "im_default", "im_smooth", "im_sampled"):
-            if key in methods:
+        for key in methods:
+            if uses_bundled(key, dim):
                 skipped[key] = f"no bundled {dim}D model is installed (pelvis{dim}d)"
     if vxm_missing:
         for key in ("vxm_intra", "vxm_mi"):
@@ -529,7 +534,7 @@ def real(methods: list[str], repeats: int = 1) -> dict[str, Any]:
     warped: dict[str, np.ndarray] = {"identity": identity}
     active = []
     for method in methods:
-        if method.startswith("im_") and method != "im_refine" and not has_bundled(3):
+        if uses_bundled(method, 3) and not has_bundled(3):
             skipped[method] = "no bundled 3D model is installed (pelvis3d)"
         elif method.startswith("vxm"):
             skipped[method] = "no 3D VoxelMorph model (not trained in 3D)"

@@ -62,3 +62,8 @@ def test_fastest_line_says_when_no_row_reaches_ants(compare):
     [line] = compare._fastest_line(3, summary)
     assert line == "- time 3D: no intermodal row reaches ANTs' mean Dice 0.740"
     assert compare._fastest_line(3, {"im_model": row(0.68, 10.0)}) == []
+
+
+def test_the_methods_that_need_the_bundled_model(compare):
+    needing = {m for m in compare.LABELS if compare.uses_bundled(m, 3)}
+    assert needing == {"im_model", "im_fast", "im_default", "im_smooth", "im_sampled"}
