@@ -136,6 +136,12 @@ def render(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def stored_runs() -> list[dict[str, Any]]:
+    """The stored runs (``benchmarks/out/ants_seeds``), 2D first; empty if none ran."""
+    paths = (OUT / f"{dim}d.json" for dim in (2, 3))
+    return [json.loads(path.read_text(encoding="utf-8")) for path in paths if path.is_file()]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1,2,3")
@@ -149,9 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     for dim, pairs in ((2, args.pairs_2d), (3, args.pairs_3d)):
         path = OUT / f"{dim}d.json"
         if args.render_only:
-            if path.is_file():
-                runs.append(json.loads(path.read_text(encoding="utf-8")))
-            continue
+            runs = stored_runs()
+            break
         if pairs <= 0:
             continue
         seeds = [int(seed) for seed in args.seeds.split(",")]

@@ -1192,6 +1192,12 @@ def write_sections() -> None:
     part = load_part("scaling")
     if part and "date" in part:
         sections.append(render_scaling(part, load_part("memory")))
+    # the ants_seeds section sets the stored held-out rows beside ANTs' seeds: keep it in step
+    import ants_seeds
+
+    seed_runs = ants_seeds.stored_runs()
+    if seed_runs:
+        sections.append(ants_seeds.render(seed_runs))
     sections.append(render_targets())
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
     for section in sections:
