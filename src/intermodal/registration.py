@@ -28,13 +28,19 @@ import torch
 from intermodal import __version__, classical, preprocess
 from intermodal.errors import IntermodalError
 from intermodal.io import displacement_to_image, geometry, image_to_tensor
-from intermodal.losses import diffusion, mind_descriptor_loss, mind_ssc, ngf, nmi
+from intermodal.losses import (
+    diffusion,
+    log_jacobian_penalty,
+    mind_descriptor_loss,
+    mind_ssc,
+    ngf,
+    nmi,
+)
 from intermodal.metrics import jacobian_determinant
 from intermodal.models import resolve_model
 from intermodal.spatial import (
     gaussian_smooth,
     integrate_velocity,
-    jacobian_det,
     physical_to_voxel,
     resize_displacement,
     sample_points,
@@ -361,8 +367,7 @@ def refine_velocity(
         coarse = integrate_velocity(velocity, integration_steps)
         loss = score(coarse) + smoothness * diffusion(coarse)
         if volume_penalty > 0:
-            log_det = torch.log(jacobian_det(coarse).clamp_min(1e-3))
-            loss = loss + volume_penalty * log_det.square().mean()
+            loss = loss + volume_penalty * log_jacobian_penalty(coarse)
         loss.backward()
         optimizer.step()
         if progress:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -215,6 +217,27 @@ def test_loss_gradients_reach_the_displacement():
     )
     loss.backward()
     assert displacement.grad is not None and displacement.grad.abs().sum() > 0
+
+
+def test_volume_term_costs_expansion_but_not_translation():
+    batch = _shifted_pair(2)
+    shift = torch.zeros(1, 2, 40, 40)
+    shift[:, 1] = -2.0
+    config = LossConfig(lncc_window=5, smoothness=0.0, volume_penalty=2.0)
+    loss, terms = training_loss(config, _output(shift), batch, integration_steps=0)
+    plain, _ = training_loss(
+        LossConfig(lncc_window=5, smoothness=0.0), _output(shift), batch, integration_steps=0
+    )
+    assert terms["volume"] == 0.0 and float(loss) == pytest.approx(float(plain))
+    # the shift plus a 10 % expansion along axis 0: det = 1.1 at every voxel
+    grown = shift.clone()
+    grown[:, 0] = 0.1 * torch.arange(40.0)[:, None]
+    loss, terms = training_loss(config, _output(grown), batch, integration_steps=0)
+    assert terms["volume"] == pytest.approx(math.log(1.1) ** 2, rel=1e-5)
+    assert float(loss) == pytest.approx(terms["similarity"] + 2.0 * terms["volume"], rel=1e-5)
+    assert (
+        "volume" not in training_loss(LossConfig(), _output(shift), batch, integration_steps=0)[1]
+    )
 
 
 def test_dice_term_is_zero_for_matching_labels_and_positive_otherwise():

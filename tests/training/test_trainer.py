@@ -128,6 +128,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_config, m
         ("loss.name=mind", "loss.symmetric=true"),
         ("loss.name=ngf", "train.direction=ct_to_mr"),
         ("loss.dice=0.5", "augment.probability=1.0"),
+        ("loss.volume_penalty=0.5", "loss.symmetric=true"),
     ],
 )
 def test_every_loss_trains(tiny_config, overrides):

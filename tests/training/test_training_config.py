@@ -100,6 +100,7 @@ def test_bad_unknown_section_in_file(tmp_path):
         ("train.amp=sometimes", "train.amp"),
         ("data.dim=4", "data.dim"),
         ("loss.lncc_window=4", "loss.lncc_window"),
+        ("loss.volume_penalty=-0.5", "loss.volume_penalty must be a number >= 0"),
         ("augment.probability=2", "augment.probability"),
         ("train.direction=sideways", "train.direction"),
         ("model.features=[8, 0]", "model.features"),

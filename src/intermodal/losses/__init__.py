@@ -5,7 +5,7 @@ works on 2D ``(B, C, H, W)`` and 3D ``(B, C, D, H, W)`` tensors alike.
 """
 
 from intermodal.losses._checks import ShapeError
-from intermodal.losses.regularisers import bending_energy, diffusion
+from intermodal.losses.regularisers import bending_energy, diffusion, log_jacobian_penalty
 from intermodal.losses.similarity import (
     lncc,
     mind_descriptor_loss,
@@ -21,6 +21,7 @@ __all__ = [
     "bending_energy",
     "diffusion",
     "lncc",
+    "log_jacobian_penalty",
     "mind_descriptor_loss",
     "mind_loss",
     "mind_ssc",

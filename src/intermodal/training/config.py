@@ -102,6 +102,9 @@ class LossConfig:
         symmetric: also warp the fixed pair by the inverse field ``exp(-v)`` and compare it
             with the moving pair; the two directions are averaged.
         smoothness: weight of the diffusion regulariser on the displacement (voxels).
+        volume_penalty: weight of the mean squared log Jacobian determinant of the
+            displacement (:func:`intermodal.losses.log_jacobian_penalty`), which costs local
+            volume change but not rotation or shear; 0 turns it off.
         dice: weight of a soft Dice term on the warped one-hot labels; 0 turns it off (and
             the labels are then not needed).
         lncc_window: LNCC box width in voxels (odd).
@@ -112,6 +115,7 @@ class LossConfig:
     name: str = "intra"
     symmetric: bool = False
     smoothness: float = 1.0
+    volume_penalty: float = 0.0
     dice: float = 0.0
     lncc_window: int = 9
     mi_bins: int = 32
@@ -232,7 +236,7 @@ class TrainConfig:
             self.model.integration_steps,
         )
         _check(self.loss.name in LOSSES, "loss.name", f"one of {LOSSES}", self.loss.name)
-        for key in ("smoothness", "dice"):
+        for key in ("smoothness", "volume_penalty", "dice"):
             value = getattr(self.loss, key)
             _check(math.isfinite(value) and value >= 0, f"loss.{key}", "a number >= 0", value)
         _check(

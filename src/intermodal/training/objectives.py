@@ -13,7 +13,8 @@ same pipeline that compare the network's own inter-modality pair directly:
 
 With ``symmetric`` the fixed images are also warped by the inverse transform ``exp(-v)``
 and compared with the moving images; the two directions are averaged. A soft Dice term on
-the warped one-hot labels can be added with weight ``dice``.
+the warped one-hot labels can be added with weight ``dice``, and a penalty on local volume
+change, the mean squared log Jacobian determinant of ``u``, with weight ``volume_penalty``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor
 
-from intermodal.losses import diffusion, lncc, mind_loss, mutual_information, ngf
+from intermodal.losses import (
+    diffusion,
+    lncc,
+    log_jacobian_penalty,
+    mind_loss,
+    mutual_information,
+    ngf,
+)
 from intermodal.networks import RegistrationOutput
 from intermodal.spatial import integrate_velocity, resize_displacement, warp
 from intermodal.training.config import LossConfig
@@ -117,7 +125,7 @@ def training_loss(
 
     Returns:
         ``(loss, terms)``: the scalar to minimise and a dict of floats (``similarity``,
-        ``smoothness``, ``dice`` where used, ``loss``).
+        ``smoothness``, ``volume`` and ``dice`` where used, ``loss``).
     """
     displacement = output.displacement.float()
     shape = tuple(displacement.shape[2:])
@@ -145,6 +153,12 @@ def training_loss(
         smoothness = 0.5 * (smoothness + diffusion(inverse))
     loss = similarity + config.smoothness * smoothness
     terms = {"similarity": float(similarity.detach()), "smoothness": float(smoothness.detach())}
+    if config.volume_penalty > 0:
+        volume = log_jacobian_penalty(displacement)
+        if inverse is not None:
+            volume = 0.5 * (volume + log_jacobian_penalty(inverse))
+        loss = loss + config.volume_penalty * volume
+        terms["volume"] = float(volume.detach())
     if config.dice > 0 and batch.moving_labels is not None and batch.fixed_labels is not None:
         dice = soft_dice_loss(batch.moving_labels, batch.fixed_labels, displacement, n_classes)
         if inverse is not None:
