@@ -393,3 +393,41 @@ def test_sampled_similarity_registers_and_repeats(small_pair):
     for bad in (0.0, 1.5):
         with pytest.raises(IntermodalError, match="sampling"):
             Settings(sampling=bad).validate()
+
+
+def test_coarse_levels_refine_a_coarser_velocity_and_still_register(small_pair, monkeypatch):
+    """With ``coarse_level_velocity`` the 4x level works on a velocity of its own grid, with
+    learning rate and smoothing scaled to keep their size in mm; finer levels are unchanged."""
+    import intermodal.registration as registration
+
+    calls = []
+    real = registration.refine_velocity
+
+    def recording(fixed, moving, velocity, **kwargs):
+        calls.append((tuple(fixed.shape[2:]), tuple(velocity.shape[2:]), kwargs))
+        return real(fixed, moving, velocity, **kwargs)
+
+    monkeypatch.setattr(registration, "refine_velocity", recording)
+    settings = Settings(model=None, refine=30, spacing=5.0, pyramid=(4, 2, 1), device="cpu")
+    plain = register(small_pair.ct, small_pair.mr, settings)
+    plain_calls, calls[:] = list(calls), []
+    levelled = register(small_pair.ct, small_pair.mr, replace(settings, coarse_level_velocity=True))
+    assert len(calls) == len(plain_calls) == 3
+    (image4, velocity4, kw4), (image2, velocity2, kw2), (image1, velocity1, kw1) = calls
+    working = image1
+    assert velocity4 == image4 == tuple(n // 4 for n in working)
+    assert velocity2 == velocity1 == image2 == tuple(n // 2 for n in working)
+    assert [c[1] for c in plain_calls] == [velocity1] * 3  # without it: stride 2 throughout
+    assert kw4["learning_rate"] == pytest.approx(0.5 * settings.learning_rate)
+    assert kw4["velocity_smoothing"] == pytest.approx(0.5 * settings.velocity_smoothing)
+    assert kw2["learning_rate"] == kw1["learning_rate"] == settings.learning_rate
+    assert kw1["velocity_smoothing"] == settings.velocity_smoothing
+    # both register the phantom (organ Dice well above the affine's), to a similar result
+    nearest = sitk.sitkNearestNeighbor
+    affine = sitk.Resample(small_pair.mr_labels, small_pair.ct, levelled.affine, nearest)
+    before = _mean_dice(small_pair.ct_labels, affine)
+    for result in (plain, levelled):
+        after = _mean_dice(
+            small_pair.ct_labels, result.warp_image(small_pair.mr_labels, labels=True)
+        )
+        assert after > before + 0.03

@@ -86,6 +86,10 @@ class Settings:
             the MIND similarity is evaluated (1: all of them); smaller is faster.
         pyramid: refinement levels, as factors by which the working grid is subsampled, coarse
             to fine; the ``refine`` steps are shared equally between them.
+        coarse_level_velocity: at a pyramid level whose factor exceeds ``velocity_stride``
+            the velocity is refined on that level's grid instead (learning rate and
+            ``velocity_smoothing`` scaled so that they keep their size in millimetres), and
+            resampled onto the finer grid for the next level; fewer unknowns, same field.
         integration_steps: scaling-and-squaring steps.
         seed: seed for every random choice (metric sampling, torch).
     """
@@ -107,6 +111,7 @@ class Settings:
     volume_penalty: float = 0.0
     sampling: float = 1.0
     pyramid: tuple[int, ...] = (4, 2, 1)
+    coarse_level_velocity: bool = False
     integration_steps: int = 7
     seed: int = 0
 
@@ -698,6 +703,15 @@ def register(
             if steps == 0:
                 continue
             fixed_level, moving_level = fixed_w, moving_w
+            # a level coarser than the velocity grid refines a velocity on its own grid: the
+            # same field in fewer unknowns; step and smoothing keep their size in millimetres
+            stride = settings.velocity_stride
+            if settings.coarse_level_velocity:
+                stride = max(stride, factor)
+            level_grid = [n // stride for n in working_shape]
+            if list(velocity.shape[2:]) != level_grid:
+                velocity = resize_displacement(velocity, level_grid)
+            scale = settings.velocity_stride / stride
             if factor > 1:
                 size = [n // factor for n in working_shape]
                 fixed_level = torch.nn.functional.interpolate(fixed_w, size=size, mode="area")
@@ -714,9 +728,9 @@ def register(
                 steps=steps,
                 similarity=settings.similarity,
                 smoothness=settings.smoothness,
-                learning_rate=settings.learning_rate,
+                learning_rate=settings.learning_rate * scale,
                 integration_steps=settings.integration_steps,
-                velocity_smoothing=settings.velocity_smoothing,
+                velocity_smoothing=settings.velocity_smoothing * scale,
                 volume_penalty=settings.volume_penalty,
                 sampling=settings.sampling,
                 seed=settings.seed + factor,
