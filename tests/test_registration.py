@@ -396,7 +396,7 @@ def test_sampled_similarity_registers_and_repeats(small_pair):
 
 
 def test_coarse_levels_refine_a_coarser_velocity_and_still_register(small_pair, monkeypatch):
-    """With ``coarse_level_velocity`` the 4x level works on a velocity of its own grid, with
+    """With ``coarse_level_velocity`` (the default) the 4x level works on a velocity of its own grid, with
     learning rate and smoothing scaled to keep their size in mm; finer levels are unchanged."""
     import intermodal.registration as registration
 
@@ -408,7 +408,14 @@ def test_coarse_levels_refine_a_coarser_velocity_and_still_register(small_pair, 
         return real(fixed, moving, velocity, **kwargs)
 
     monkeypatch.setattr(registration, "refine_velocity", recording)
-    settings = Settings(model=None, refine=30, spacing=5.0, pyramid=(4, 2, 1), device="cpu")
+    settings = Settings(
+        model=None,
+        refine=30,
+        spacing=5.0,
+        pyramid=(4, 2, 1),
+        coarse_level_velocity=False,
+        device="cpu",
+    )
     plain = register(small_pair.ct, small_pair.mr, settings)
     plain_calls, calls[:] = list(calls), []
     levelled = register(small_pair.ct, small_pair.mr, replace(settings, coarse_level_velocity=True))

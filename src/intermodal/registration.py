@@ -89,8 +89,10 @@ class Settings:
         coarse_level_velocity: at a pyramid level whose factor exceeds ``velocity_stride``
             the velocity is refined on that level's grid instead (learning rate and
             ``velocity_smoothing`` scaled so that they keep their size in millimetres), and
-            resampled onto the finer grid for the next level; fewer unknowns, same field.
-        integration_steps: scaling-and-squaring steps.
+            resampled onto the finer grid for the next level; fewer unknowns, same field. On
+            the tuning pairs: the same Dice, 0.9x the time (RESULTS.md, tuning_*_levels).
+        integration_steps: scaling-and-squaring steps (5: on the tuning pairs 7 gave the same
+            Dice in 2D and 3D, more slowly; benchmarks/RESULTS.md, tuning_3d_levels).
         seed: seed for every random choice (metric sampling, torch).
     """
 
@@ -111,8 +113,8 @@ class Settings:
     volume_penalty: float = 0.0
     sampling: float = 1.0
     pyramid: tuple[int, ...] = (4, 2, 1)
-    coarse_level_velocity: bool = False
-    integration_steps: int = 7
+    coarse_level_velocity: bool = True
+    integration_steps: int = 5
     seed: int = 0
 
     def validate(self) -> None:
@@ -325,7 +327,7 @@ def refine_velocity(
     similarity: str = "mind",
     smoothness: float = 1.0,
     learning_rate: float = 0.1,
-    integration_steps: int = 7,
+    integration_steps: int = 5,
     velocity_smoothing: float = 0.0,
     volume_penalty: float = 0.0,
     sampling: float = 1.0,
