@@ -513,6 +513,10 @@ def real_worker(method: str, workdir: Path) -> dict[str, Any]:
     settings = intermodal_settings(method, 3)
     if settings is not None:
         result = peers.intermodal_register(ct, mr, settings)
+    elif method.startswith("vxm"):
+        # the weights of the held-out 3D part, at their training spacing, as there
+        network, card = voxelmorph_models(3, retrain=False)[0][method]
+        result = peers.voxelmorph_register(ct, mr, network, card["spacing"])
     else:
         result = {"ants": peers.ants_register, "elastix": peers.elastix_register,
                   "sitk": peers.sitk_register}[method](ct, mr)  # fmt: skip
@@ -536,8 +540,8 @@ def real(methods: list[str], repeats: int = 1) -> dict[str, Any]:
     for method in methods:
         if uses_bundled(method, 3) and not has_bundled(3):
             skipped[method] = "no bundled 3D model is installed (pelvis3d)"
-        elif method.startswith("vxm"):
-            skipped[method] = "no 3D VoxelMorph model (not trained in 3D)"
+        elif method.startswith("vxm") and voxelmorph_models(3, retrain=False)[1]:
+            skipped[method] = voxelmorph_models(3, retrain=False)[1]
         else:
             active.append(method)
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in active}
