@@ -396,8 +396,9 @@ def test_sampled_similarity_registers_and_repeats(small_pair):
 
 
 def test_coarse_levels_refine_a_coarser_velocity_and_still_register(small_pair, monkeypatch):
-    """With ``coarse_level_velocity`` (the default) the 4x level works on a velocity of its own grid, with
-    learning rate and smoothing scaled to keep their size in mm; finer levels are unchanged."""
+    """With ``coarse_level_velocity`` (the default) the 4x level works on a velocity of its own
+    grid, with learning rate and smoothing scaled to keep their size in mm; finer levels are
+    unchanged."""
     import intermodal.registration as registration
 
     calls = []
