@@ -157,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.render_only:
             runs = stored_runs()
             break
-        if pairs <= 0:
+        if pairs <= 0:  # this dimension not rerun: its stored run stays in the section
+            if path.is_file():
+                runs.append(json.loads(path.read_text(encoding="utf-8")))
             continue
         seeds = [int(seed) for seed in args.seeds.split(",")]
         payload = run(dim, pairs, seeds)
