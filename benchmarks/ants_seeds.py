@@ -11,7 +11,7 @@ beside every seed.
 
 Usage::
 
-    nice -n 10 .venv/bin/python benchmarks/ants_seeds.py --seeds 1,2,3 --pairs-2d 30 --pairs-3d 5
+    nice -n 10 .venv/bin/python benchmarks/ants_seeds.py --seeds 1,2,3 --pairs-2d 60 --pairs-3d 5
 
 Results go to ``benchmarks/out/ants_seeds`` and the ``ants_seeds`` section of RESULTS.md.
 """
@@ -145,7 +145,7 @@ def stored_runs() -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="1,2,3")
-    parser.add_argument("--pairs-2d", type=int, default=30)
+    parser.add_argument("--pairs-2d", type=int, default=60)
     parser.add_argument("--pairs-3d", type=int, default=5)
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args(argv)

@@ -28,7 +28,7 @@ can be run one at a time. Each section names the command that produced its numbe
 Usage::
 
     nice -n 10 .venv/bin/python benchmarks/compare.py                     # every part
-    nice -n 10 .venv/bin/python benchmarks/compare.py --parts heldout2d --pairs-2d 20
+    nice -n 10 .venv/bin/python benchmarks/compare.py --parts heldout2d --pairs-2d 60
 """
 
 from __future__ import annotations
@@ -1237,8 +1237,8 @@ def main(argv: list[str] | None = None) -> int:
         "--parts", default=",".join(PARTS), help="comma-separated subset of " + ",".join(PARTS)
     )
     parser.add_argument("--methods", default=",".join(LABELS), help="comma-separated method keys")
-    parser.add_argument("--pairs-2d", type=int, default=20)
-    parser.add_argument("--pairs-3d", type=int, default=2)
+    parser.add_argument("--pairs-2d", type=int, default=60)
+    parser.add_argument("--pairs-3d", type=int, default=5)
     parser.add_argument("--real-repeats", type=int, default=3, help="runs per method, real pair")
     parser.add_argument("--sizes", default="64,96,128,160", help="cube edges for the sweep")
     parser.add_argument("--scaling-kinds", default=",".join(SCALING_LABELS))
