@@ -151,20 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     peers.single_threaded()
-    runs = []
-    for dim, pairs in ((2, args.pairs_2d), (3, args.pairs_3d)):
-        path = OUT / f"{dim}d.json"
-        if args.render_only:
-            runs = stored_runs()
-            break
-        if pairs <= 0:  # this dimension not rerun: its stored run stays in the section
-            if path.is_file():
-                runs.append(json.loads(path.read_text(encoding="utf-8")))
-            continue
+    if not args.render_only:
         seeds = [int(seed) for seed in args.seeds.split(",")]
-        payload = run(dim, pairs, seeds)
-        path.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-        runs.append(payload)
+        for dim, pairs in ((2, args.pairs_2d), (3, args.pairs_3d)):
+            if pairs > 0:
+                payload = run(dim, pairs, seeds)
+                text = json.dumps(payload, indent=1) + "\n"
+                (OUT / f"{dim}d.json").write_text(text, encoding="utf-8")
+    # a dimension not rerun keeps its stored run in the section
+    runs = stored_runs()
     if runs:
         section = render(runs)
         write_section(compare.RESULTS, BEGIN, END, section)

@@ -537,11 +537,14 @@ def real(methods: list[str], repeats: int = 1) -> dict[str, Any]:
     skipped: dict[str, str] = {}
     warped: dict[str, np.ndarray] = {"identity": identity}
     active = []
+    vxm_missing = None
+    if any(m.startswith("vxm") for m in methods):
+        vxm_missing = voxelmorph_models(3, retrain=False)[1]
     for method in methods:
         if uses_bundled(method, 3) and not has_bundled(3):
             skipped[method] = "no bundled 3D model is installed (pelvis3d)"
-        elif method.startswith("vxm") and voxelmorph_models(3, retrain=False)[1]:
-            skipped[method] = voxelmorph_models(3, retrain=False)[1]
+        elif method.startswith("vxm") and vxm_missing:
+            skipped[method] = vxm_missing
         else:
             active.append(method)
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in active}
@@ -1061,7 +1064,7 @@ def _fastest_line(dim: int, summary: dict[str, dict[str, float]]) -> list[str]:
     accurate = {
         key: row
         for key, row in summary.items()
-        if key.startswith("im_") and row and row["dice"] >= ants["dice"]
+        if intermodal_settings(key, dim) is not None and row and row["dice"] >= ants["dice"]
     }
     if not accurate:
         return [f"- time {dim}D: no intermodal row reaches ANTs' mean Dice {ants['dice']:.3f}"]

@@ -286,8 +286,9 @@ def integrate_velocity(velocity: Tensor, steps: int = 7) -> Tensor:
     Velocity range. What matters is ``L = max |d v_i / d x_j|``, the largest
     finite-difference derivative of the velocity in voxels per voxel (the amplitude alone
     does not matter: a translation of any size is exact). With 7 steps (the default) or 5
-    (``register``'s default) and smooth velocities (features of 8 voxels or more), property tests in
-    ``tests/hardening/test_spatial_properties.py`` check on random fields that:
+    (``register``'s default) and smooth velocities (features of 8 voxels or more),
+    property tests in ``tests/hardening/test_spatial_properties.py`` check on random fields
+    that:
 
     * for ``L <= 1`` the Jacobian determinant of the result is positive everywhere (no
       folding; the worst measured minimum is about 0.1); folding starts near ``L = 2``;
