@@ -14,9 +14,12 @@ Usage::
         --candidates "smoothness=1;smoothness=8"
 
 Each candidate is ``key=value[,key=value...]`` over :class:`intermodal.registration.Settings`
-fields; candidates are separated by ``;``. Results go to ``benchmarks/out/regularisation`` and
-the ``regularisation_{dim}d`` section of RESULTS.md; with ``--dataset-seed 6`` (pairs kept for
-choosing settings, not held out) to the ``tuning_{dim}d`` section, or to ``--section NAME``.
+fields; candidates are separated by ``;``. The candidate ``ants`` runs the peer ANTs SyNRA-MI
+(``peers.ants_register``, antspyx defaults) on the same pairs, in the same interleaved order,
+so that a sweep carries its own same-run reference. Results go to
+``benchmarks/out/regularisation`` and the ``regularisation_{dim}d`` section of RESULTS.md;
+with ``--dataset-seed 6`` (pairs kept for choosing settings, not held out) to the
+``tuning_{dim}d`` section, or to ``--section NAME``.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from results_file import write_section  # noqa: E402
 
 OUT = compare.REPO / "benchmarks" / "out" / "regularisation"
 DEFAULT_CANDIDATES = "smoothness=1;smoothness=4;smoothness=16;smoothness=64"
+ANTS = "ants"  # the candidate that runs the peer instead of intermodal
 
 
 def parse_candidate(text: str) -> dict[str, Any]:
@@ -74,8 +78,11 @@ def sweep(
         fixed, moving = compare.heldout_pair(dim, k, dataset_seed)
         order = candidates[k % len(candidates) :] + candidates[: k % len(candidates)]
         for candidate in order:
-            settings = {"device": "cpu", **parse_candidate(candidate)}
-            result = peers.intermodal_register(fixed.ct, moving.mr, settings)
+            if candidate == ANTS:
+                result = peers.ants_register(fixed.ct, moving.mr)
+            else:
+                settings = {"device": "cpu", **parse_candidate(candidate)}
+                result = peers.intermodal_register(fixed.ct, moving.mr, settings)
             entry = {"pair": k, **compare.pair_scores(fixed, moving, result)}
             rows[candidate].append(entry)
             dice = compare.mean_dice(entry)
@@ -133,8 +140,9 @@ def render(payload: dict[str, Any]) -> str:
         dice = [compare.mean_dice(e) for e in entries]
         sdlogj = [e["sdlogj"] for e in entries]
         folding = [e["folding"] for e in entries]
+        label = "ANTs SyNRA, Mattes MI (peer)" if candidate == ANTS else f"`{candidate}`"
         lines.append(
-            f"| `{candidate}` | {np.mean(dice):.3f} | {np.std(dice):.3f} | "
+            f"| {label} | {np.mean(dice):.3f} | {np.std(dice):.3f} | "
             f"{np.mean(sdlogj):.3f} | {np.max(sdlogj):.3f} | {100 * np.mean(folding):.4f} | "
             f"{statistics.median(e['seconds'] for e in entries):.2f} |"
         )

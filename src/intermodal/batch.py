@@ -45,7 +45,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -293,31 +293,48 @@ class IntermodalMethod:
     """intermodal's own :func:`~intermodal.registration.register`, writing what ``register`` does.
 
     Args:
-        settings: registration settings (defaults when ``None``).
+        settings: registration settings (defaults when ``None``), or one per image dimension
+            (``{2: ..., 3: ...}``, as a preset gives them), used by each pair's dimension.
         progress: optional ``(stage, step, total)`` callback for each registration.
     """
 
     name = "intermodal"
 
-    def __init__(self, settings: Settings | None = None, *, progress: Progress | None = None):
+    def __init__(
+        self,
+        settings: Settings | Mapping[int, Settings] | None = None,
+        *,
+        progress: Progress | None = None,
+    ):
         from intermodal.registration import Settings
 
-        self.config = settings if settings is not None else Settings()
-        self.config.validate()
+        if settings is None:
+            settings = Settings()
+        if isinstance(settings, Settings):
+            settings = {2: settings, 3: settings}
+        missing = {2, 3} - set(settings)
+        if missing:
+            raise IntermodalError(f"settings are missing for {sorted(missing)}D images")
+        self.configs = {ndim: settings[ndim] for ndim in (2, 3)}
+        for config in self.configs.values():
+            config.validate()
         self.progress = progress
 
     def settings(self) -> dict[str, Any]:
         """The settings, plus the SHA-256 of the weights ``model`` names, so that a resume
-        after the model file changed (e.g. a newer bundled model under ``auto``) is refused."""
+        after the model file changed (e.g. a newer bundled model under ``auto``) is refused.
+        Settings that differ by dimension are recorded under ``"2d"`` and ``"3d"``."""
         from intermodal.checkpoint import read_card
-        from intermodal.errors import IntermodalError
         from intermodal.models import resolve_model
 
-        values = asdict(self.config)
+        if self.configs[2] == self.configs[3]:
+            values: dict[str, Any] = asdict(self.configs[3])
+        else:
+            values = {f"{ndim}d": asdict(config) for ndim, config in self.configs.items()}
         digests: dict[str, str | None] = {}
-        for ndim in (2, 3):
+        for ndim, config in self.configs.items():
             try:
-                path = resolve_model(self.config.model, ndim)
+                path = resolve_model(config.model, ndim)
                 digests[f"{ndim}d"] = None if path is None else read_card(path)["weights_sha256"]
             except IntermodalError:  # absent: the registration itself will say so
                 digests[f"{ndim}d"] = None
@@ -329,12 +346,13 @@ class IntermodalMethod:
         from intermodal.registration import register
         from intermodal.report import save_result
 
-        _bind_local_gpu(self.config.device)
+        _bind_local_gpu(self.configs[3].device)
         fixed = read_image(pair.fixed)
         moving = read_image(pair.moving)
         labels = read_image(pair.moving_labels) if pair.moving_labels else None
         points = read_points(pair.fixed_landmarks) if pair.fixed_landmarks else None
-        result = register(fixed, moving, self.config, progress=self.progress)
+        config = self.configs.get(fixed.GetDimension(), self.configs[3])
+        result = register(fixed, moving, config, progress=self.progress)
         extra = {
             "inputs_paths": {
                 "fixed": str(pair.fixed),
@@ -367,8 +385,9 @@ def register_method(name: str, factory: MethodFactory, *, replace: bool = False)
     Args:
         name: the method's name, e.g. ``"ants-synra"``.
         factory: called as ``factory(**options)`` and returning a :class:`PairMethod`. The
-            command line passes ``settings=`` (intermodal's :class:`Settings` from its options);
-            a factory accepts and may ignore it.
+            command line passes ``settings=`` (intermodal's :class:`Settings` from its
+            options, one per image dimension: ``{2: ..., 3: ...}``); a factory accepts and may
+            ignore it.
         replace: allow replacing a method of the same name.
 
     Raises:
