@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from intermodal import __version__
+from intermodal.presets import PRESET_NAMES
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
@@ -55,7 +56,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def _add_registration_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--preset", default="default", choices=("default", "smooth", "fast"),
+        "--preset", default="default", choices=PRESET_NAMES,
         help="named settings that the options below override: 'default' (the most accurate), "
         "'smooth' (smoother fields, SDlogJ under 0.1, a little less accurate), 'fast' "
         "(several times faster than ANTs SyNRA, less accurate than the default); see the "

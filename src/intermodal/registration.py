@@ -38,6 +38,7 @@ from intermodal.losses import (
 )
 from intermodal.metrics import jacobian_determinant
 from intermodal.models import resolve_model
+from intermodal.presets import PRESETS
 from intermodal.spatial import (
     gaussian_smooth,
     integrate_velocity,
@@ -151,38 +152,6 @@ class Settings:
             )
         if (self.model is None or self.model.lower() == "none") and self.refine == 0:
             raise IntermodalError("--model none with --refine 0 would do no deformable step")
-
-
-# Named starting points for :func:`preset_settings` and ``--preset`` on the command line, per
-# image dimension (the bundled 2D and 3D models, and the images, differ). Each was chosen on the
-# tuning pairs (synthetic dataset seed 6) alone and is measured on the held-out pairs in
-# benchmarks/RESULTS.md (sections tuning_*_fast, tuning_*_volume and compare_*):
-# - "default": the most accurate; its fields are rougher than ANTs' (SDlogJ about 0.2).
-# - "smooth": a volume-change penalty and half the diffusion weight: SDlogJ under 0.1 for
-#   about 0.03 less Dice, at the same speed.
-# - "fast": in 3D the refinement alone (the bundled 3D network does not help it) on a 4 mm
-#   grid, 18 steps at a tenth of the voxels; in 2D the network after a moments init and 6
-#   refinement steps. Several times faster than ANTs SyNRA, less accurate than "default",
-#   and as rough (SDlogJ about 0.3 in 3D).
-PRESETS: dict[str, dict[int, dict[str, Any]]] = {
-    "default": {2: {}, 3: {}},
-    "smooth": {
-        2: {"volume_penalty": 0.6, "smoothness": 0.5},
-        3: {"volume_penalty": 0.4, "smoothness": 0.5},
-    },
-    "fast": {
-        2: {"init": "moments", "refine": 6, "learning_rate": 0.3, "integration_steps": 3},
-        3: {
-            "model": None,
-            "init": "moments",
-            "spacing": 4.0,
-            "sampling": 0.1,
-            "refine": 18,
-            "learning_rate": 0.45,
-            "integration_steps": 3,
-        },
-    },
-}
 
 
 def preset_settings(name: str = "default", ndim: int = 3, **overrides: Any) -> Settings:

@@ -423,7 +423,12 @@ def test_export_writes_what_register_writes_and_open_result_reads_it(
     assert fresh.scene.fixed.source == str(pair_2d_files["ct"])
     assert fresh.scene.moving.source == str(pair_2d_files["mr"])
     assert fresh.moving_state == "after"
-    assert fresh.registration_options() == {**FAST, "init": "affine", "device": "auto"}
+    assert fresh.registration_options() == {
+        **FAST,
+        "preset": "default",
+        "init": "affine",
+        "device": "auto",
+    }
     np.testing.assert_allclose(
         fresh.scene.result.warped, window.scene.result.warped, rtol=1e-5, atol=1e-3
     )
@@ -544,3 +549,26 @@ def test_open_from_dialogs_and_a_dicom_folder(window, tmp_path, small_pair_files
     monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: ("", ""))
     window.choose_file("moving")  # a cancelled dialog changes nothing
     assert window.scene.moving.source == chosen
+
+
+def test_a_preset_fills_the_panel_for_the_fixed_image_and_options_override_it(
+    qtbot, window, pair_2d_files, dialogs
+):
+    window.set_registration_options({"preset": "fast"})  # no image yet: the 3D values
+    options = window.registration_options()
+    assert (options["preset"], options["model"], options["refine"]) == ("fast", None, 18)
+    assert options["init"] == "moments"
+    _open_pair(window, pair_2d_files)  # a 2D fixed image: the panel takes the 2D values
+    options = window.registration_options()
+    assert (options["model"], options["refine"], options["init"]) == ("auto", 6, "moments")
+    window.set_registration_options({"refine": 4})  # an edit beats the preset
+    with qtbot.waitSignal(window.registration_finished, timeout=120_000) as finished:
+        assert window.start_registration()
+    assert finished.args == ["succeeded"] and dialogs == []
+    settings = window.scene.result.report["settings"]
+    assert (settings["refine"], settings["init"]) == (4, "moments")
+    assert (settings["learning_rate"], settings["integration_steps"]) == (0.3, 3)  # the preset's
+    window.set_registration_options({"preset": "default"})
+    assert window.registration_options()["refine"] == 90
+    with pytest.raises(IntermodalError, match="unknown preset 'quick'"):
+        window.set_registration_options({"preset": "quick"})

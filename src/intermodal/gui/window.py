@@ -62,6 +62,7 @@ from intermodal.gui.scene import (
 )
 from intermodal.gui.views import SliceView
 from intermodal.gui.worker import JobThread, error_line
+from intermodal.presets import PRESET_NAMES, PRESETS
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +202,16 @@ class MainWindow(QMainWindow):
 
         registration = QGroupBox("Registration")
         form = QFormLayout(registration)
+        self.preset_box = QComboBox()
+        self.preset_box.addItems(list(PRESET_NAMES))
+        self.preset_box.setToolTip(
+            "default: the most accurate; smooth: smoother fields (SDlogJ under 0.1); fast: "
+            "several times faster than ANTs SyNRA, less accurate. Choosing one fills the model, "
+            "steps and alignment below, which then override it"
+        )
+        self._preset_ndim = 3  # the dimension whose preset values fill the panel
+        self.preset_box.currentTextChanged.connect(lambda _name: self._fill_from_preset())
+        form.addRow("Preset", self.preset_box)
         model_row = QHBoxLayout()
         self.model_edit = QComboBox()
         self.model_edit.setEditable(True)
@@ -543,6 +554,9 @@ class MainWindow(QMainWindow):
             raise ValueError(f"role must be one of {ROLES}, not {role!r}")
         if role == "fixed":
             self.scene.set_fixed(layer)
+            values = PRESETS[self.preset_box.currentText()]
+            if layer.image.GetDimension() != self._preset_ndim and values[2] != values[3]:
+                self._fill_from_preset()  # the panel held the other dimension's preset values
             grid = self.scene.grid
             self._rebuild_views(grid.planes)
             self.cursor = grid.centre()
@@ -885,7 +899,8 @@ class MainWindow(QMainWindow):
         exportable = self.scene.result is not None and self.scene.result.result is not None
         a["export"].setEnabled(exportable and not self.busy)
         a["toggle_state"].setEnabled("after" in self.scene.states())
-        for widget in (self.model_edit, self.refine_spin, self.init_box, self.device_box):
+        panel = (self.preset_box, self.model_edit, self.refine_spin, self.init_box, self.device_box)
+        for widget in panel:
             widget.setEnabled(not self.busy)
         for label in self.drop_labels.values():
             label.setAcceptDrops(not self.busy)
@@ -893,9 +908,10 @@ class MainWindow(QMainWindow):
     # ----------------------------------------------------------------------------- registration
 
     def registration_options(self) -> dict[str, Any]:
-        """The settings panel as keyword arguments of :class:`intermodal.registration.Settings`."""
+        """The settings panel: ``preset`` and the keyword arguments that override it."""
         model = self.model_edit.currentText().strip()
         return {
+            "preset": self.preset_box.currentText(),
             "model": None if model.lower() in ("", "none") else model,
             "refine": int(self.refine_spin.value()),
             "init": self.init_box.currentText(),
@@ -903,10 +919,20 @@ class MainWindow(QMainWindow):
         }
 
     def set_registration_options(self, options: dict[str, Any]) -> None:
-        """Fill the settings panel (keys: model, refine, init, device)."""
-        unknown = sorted(set(options) - {"model", "refine", "init", "device"})
+        """Fill the settings panel (keys: preset, model, refine, init, device).
+
+        A preset fills model, refine and init first, so the other keys override it.
+        """
+        unknown = sorted(set(options) - {"preset", "model", "refine", "init", "device"})
         if unknown:
             raise IntermodalError(f"unknown registration option(s) {unknown}")
+        if "preset" in options:
+            if options["preset"] not in PRESETS:
+                raise IntermodalError(
+                    f"unknown preset {options['preset']!r}; presets are {', '.join(PRESETS)}"
+                )
+            self.preset_box.setCurrentText(options["preset"])
+            self._fill_from_preset()
         if "model" in options:
             self.model_edit.setCurrentText(options["model"] or "none")
         if "refine" in options:
@@ -915,6 +941,16 @@ class MainWindow(QMainWindow):
             self.init_box.setCurrentText(options["init"])
         if "device" in options:
             self.device_box.setCurrentText(options["device"])
+
+    def _fill_from_preset(self) -> None:
+        """Model, steps and alignment from the chosen preset, for the fixed image's dimension."""
+        fixed = self.scene.fixed
+        ndim = 3 if fixed is None else fixed.image.GetDimension()
+        self._preset_ndim = ndim
+        values = PRESETS[self.preset_box.currentText()][ndim]
+        self.model_edit.setCurrentText(values.get("model", "auto") or "none")
+        self.refine_spin.setValue(int(values.get("refine", DEFAULT_REFINE)))
+        self.init_box.setCurrentText(values.get("init", DEFAULT_INIT))
 
     def start_registration(self) -> bool:
         """Register the moving image onto the fixed one in a worker thread.
@@ -933,9 +969,10 @@ class MainWindow(QMainWindow):
 
         def job(progress) -> ResultLayers:
             # torch is imported here, in the worker, so that the window never waits for it
-            from intermodal.registration import Settings, register
+            from intermodal.registration import preset_settings, register
 
-            result = register(fixed, moving, Settings(**options), progress=progress)
+            settings = preset_settings(options.pop("preset"), fixed.GetDimension(), **options)
+            result = register(fixed, moving, settings, progress=progress)
             progress("display", 0, 0)
             return result_layers(result, labels)
 
