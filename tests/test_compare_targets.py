@@ -67,3 +67,39 @@ def test_fastest_line_says_when_no_row_reaches_ants(compare):
 def test_the_methods_that_need_the_bundled_model(compare):
     needing = {m for m in compare.LABELS if compare.uses_bundled(m, 3)}
     assert needing == {"im_model", "im_fast", "im_default", "im_smooth", "im_sampled"}
+    # the fast preset runs the bundled model in 2D only (in 3D it is the refinement alone)
+    assert {m for m in compare.LABELS if compare.uses_bundled(m, 2)} == needing | {"im_preset_fast"}
+
+
+def real_row(nmi: float, seconds: float, date: str = "run-b") -> dict:
+    return {"nmi": nmi, "seconds": seconds, "date": date}
+
+
+def test_real_fastest_line_compares_within_ants_own_run(compare):
+    rows = {
+        "ants": real_row(1.19, 18.0),
+        "im_preset_fast": real_row(1.20, 1.5),  # at ANTs' NMI and a twelfth of its time
+        "im_default": real_row(1.21, 36.0),
+        "im_model": real_row(1.25, 0.5, date="run-a"),  # another run: never compared
+        "vxm_mi": real_row(1.30, 0.1),  # a peer, never ours
+    }
+    [line] = compare._real_fastest_line(rows)
+    assert "**MET**" in line and compare.LABELS["im_preset_fast"] in line
+    assert "ratio 0.08" in line and "NMI 1.2000 vs 1.1900" in line
+    rows["im_preset_fast"] = real_row(1.20, 3.6)
+    [line] = compare._real_fastest_line(rows)
+    assert "**NOT MET**" in line and "ratio 0.20" in line
+
+
+def test_real_fastest_line_says_how_far_short_when_no_row_reaches_ants(compare):
+    rows = {
+        "ants": real_row(1.19, 18.0),
+        "im_preset_fast": real_row(1.14, 1.8),
+        "im_default": real_row(1.16, 36.0),
+    }
+    [line] = compare._real_fastest_line(rows)
+    assert line.startswith("- time, real pair, at equal or better NMI: **NOT MET**")
+    assert f"the fastest, {compare.LABELS['im_preset_fast']}: NMI 1.1400 in 1.8 s" in line
+    assert "(ratio 0.10)" in line
+    assert f"the highest NMI, {compare.LABELS['im_default']}: 1.1600 in 36.0 s" in line
+    assert compare._real_fastest_line({"im_default": real_row(1.16, 36.0)}) == []
