@@ -111,7 +111,11 @@ SMOOTH_SETTINGS = PRESETS["smooth"]
 
 def uses_bundled(method: str, dim: int) -> bool:
     """Whether an intermodal method key runs the bundled model (``model="auto"``)."""
-    return (intermodal_settings(method, dim) or {}).get("model") == "auto"
+    settings = intermodal_settings(method, dim)
+    if settings is None:
+        return False
+    resolved = {**PRESETS[settings.get("preset", "default")][dim], **settings}
+    return resolved.get("model", "auto") == "auto"
 
 
 def intermodal_settings(method: str, dim: int) -> dict[str, Any] | None:
@@ -120,8 +124,8 @@ def intermodal_settings(method: str, dim: int) -> dict[str, Any] | None:
         return {"model": "auto", "device": "cpu", **SMOOTH_SETTINGS[dim]}
     if method == "im_sampled":
         return {"model": "auto", "device": "cpu", **SMOOTH_SETTINGS[dim], "sampling": 0.1}
-    if method == "im_preset_fast":
-        return {"model": "auto", "device": "cpu", **PRESETS["fast"][dim]}
+    if method == "im_preset_fast":  # through preset_settings, as `--preset fast` runs it
+        return {"preset": "fast", "device": "cpu"}
     return INTERMODAL_SETTINGS.get(method)
 
 

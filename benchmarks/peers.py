@@ -102,11 +102,14 @@ def transform_jacobian(transform: sitk.Transform, reference: sitk.Image) -> np.n
 def intermodal_register(
     fixed_ct: sitk.Image, moving_mr: sitk.Image, settings: dict[str, Any]
 ) -> PeerResult:
-    """``intermodal.registration.register`` with ``Settings(**settings)``."""
-    from intermodal.registration import Settings, register
+    """``intermodal.registration.register`` with ``Settings(**settings)``, or, when ``settings``
+    names a ``preset``, with that preset for the images' dimension and the rest as overrides."""
+    from intermodal.registration import preset_settings, register
 
+    values = dict(settings)
+    chosen = preset_settings(values.pop("preset", "default"), fixed_ct.GetDimension(), **values)
     start = time.perf_counter()
-    result = register(fixed_ct, moving_mr, Settings(**settings))
+    result = register(fixed_ct, moving_mr, chosen)
     seconds = time.perf_counter() - start
     jacobian = sitk.GetArrayFromImage(result.jacobian)
     info = {
