@@ -6,14 +6,14 @@ run is seeded from the clock and the same pair gives a different result every ti
 ANTs measured with one unseeded run each is then partly luck. This script registers the
 held-out pairs of ``compare.py`` with ANTs under several fixed seeds (``ANTS_RANDOM_SEED``, see
 ``peers.ants_register``), scores them exactly as ``compare.py`` does, checks that a repeated
-seed gives the same answer, and sets intermodal's stored rows (``benchmarks/out/compare``)
+seed gives the same answer, and sets intermodal's stored rows (``benchmarks/measured/compare``)
 beside every seed.
 
 Usage::
 
     nice -n 10 .venv/bin/python benchmarks/ants_seeds.py --seeds 1,2,3 --pairs-2d 60 --pairs-3d 5
 
-Results go to ``benchmarks/out/ants_seeds`` and the ``ants_seeds`` section of RESULTS.md.
+Results go to ``benchmarks/measured/ants_seeds`` and the ``ants_seeds`` section of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import compare  # noqa: E402
 import peers  # noqa: E402
 from results_file import write_section  # noqa: E402
 
-OUT = compare.REPO / "benchmarks" / "out" / "ants_seeds"
+OUT = compare.REPO / "benchmarks" / "measured" / "ants_seeds"  # the runs, committed
 BEGIN, END = "<!-- ants_seeds:begin -->", "<!-- ants_seeds:end -->"
 OURS = ("im_default", "im_smooth")
 
@@ -137,7 +137,7 @@ def render(runs: list[dict[str, Any]]) -> str:
 
 
 def stored_runs() -> list[dict[str, Any]]:
-    """The stored runs (``benchmarks/out/ants_seeds``), 2D first; empty if none ran."""
+    """The stored runs (``benchmarks/measured/ants_seeds``), 2D first; empty if none ran."""
     paths = (OUT / f"{dim}d.json" for dim in (2, 3))
     return [json.loads(path.read_text(encoding="utf-8")) for path in paths if path.is_file()]
 

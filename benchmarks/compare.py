@@ -20,10 +20,11 @@ The methods are described in ``benchmarks/peers.py``. Parts:
   the whole ``register`` and ANTs SyNRA, each measurement in a fresh subprocess.
 - ``memory``: ``register`` on a synthetic 512x512x400 CT with a 512x512x100 MR.
 
-Each part stores its measurements in ``benchmarks/out/compare/PART.json`` (git-ignored, with
-the QC figures); every run re-renders the sections of ``benchmarks/RESULTS.md`` between
-``<!-- compare_*:begin -->`` and ``<!-- compare_*:end -->`` from the stored parts, so the parts
-can be run one at a time. Each section names the command that produced its numbers.
+Each part stores its measurements in ``benchmarks/measured/compare/PART.json`` (committed, so
+``--render-only`` works on any clone; transforms, logs and the QC figures go to the ignored
+``benchmarks/out/compare``); every run re-renders the sections of ``benchmarks/RESULTS.md``
+between ``<!-- compare_*:begin -->`` and ``<!-- compare_*:end -->`` from the stored parts, so
+the parts can be run one at a time. Each section names the command that produced its numbers.
 
 Usage::
 
@@ -61,7 +62,10 @@ import real_pair  # noqa: E402
 from intermodal.registration import PRESETS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "benchmarks" / "out" / "compare"
+OUT = REPO / "benchmarks" / "out" / "compare"  # transforms, logs and the QC figure (ignored)
+# each part's measured rows (JSON, committed), so that --render-only rebuilds RESULTS.md
+# anywhere, and a part rerun alone is rendered beside the others' stored runs
+MEASURED = REPO / "benchmarks" / "measured" / "compare"
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 DATA = REPO.parent / "shared" / "data" / "mridir"
 PARTS = ("heldout2d", "heldout3d", "real", "scaling", "memory")
@@ -153,12 +157,12 @@ def command_line() -> str:
 
 
 def save_part(name: str, payload: dict[str, Any]) -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{name}.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    MEASURED.mkdir(parents=True, exist_ok=True)
+    (MEASURED / f"{name}.json").write_text(json.dumps(payload, indent=1, default=str) + "\n")
 
 
 def load_part(name: str) -> dict[str, Any] | None:
-    path = OUT / f"{name}.json"
+    path = MEASURED / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
 
