@@ -32,7 +32,7 @@ import compare  # noqa: E402
 import peers  # noqa: E402
 from results_file import write_section  # noqa: E402
 
-OUT = compare.REPO / "benchmarks" / "measured" / "ants_seeds"  # the runs, committed
+OUT = compare.SEEDS  # the runs, committed
 BEGIN, END = "<!-- ants_seeds:begin -->", "<!-- ants_seeds:end -->"
 OURS = ("im_default", "im_smooth")
 

@@ -66,6 +66,7 @@ OUT = REPO / "benchmarks" / "out" / "compare"  # transforms, logs and the QC fig
 # each part's measured rows (JSON, committed), so that --render-only rebuilds RESULTS.md
 # anywhere, and a part rerun alone is rendered beside the others' stored runs
 MEASURED = REPO / "benchmarks" / "measured" / "compare"
+SEEDS = REPO / "benchmarks" / "measured" / "ants_seeds"  # benchmarks/ants_seeds.py's runs
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 DATA = REPO.parent / "shared" / "data" / "mridir"
 PARTS = ("heldout2d", "heldout3d", "real", "scaling", "memory")
@@ -1018,7 +1019,7 @@ def _seeded_ants_lines(dim: int, part: dict[str, Any], candidates: list[str]) ->
     One clock-seeded ANTs run per pair (the table's row) is a single draw; the target is
     also checked against the best of the seeded runs over the same pairs.
     """
-    path = REPO / "benchmarks" / "out" / "ants_seeds" / f"{dim}d.json"
+    path = SEEDS / f"{dim}d.json"
     if not path.is_file():
         return []
     seeded = json.loads(path.read_text(encoding="utf-8"))

@@ -103,3 +103,23 @@ def test_real_fastest_line_says_how_far_short_when_no_row_reaches_ants(compare):
     assert "(ratio 0.10)" in line
     assert f"the highest NMI, {compare.LABELS['im_default']}: 1.1600 in 36.0 s" in line
     assert compare._real_fastest_line({"im_default": real_row(1.16, 36.0)}) == []
+
+
+def test_results_md_is_what_the_stored_measurements_render(compare, tmp_path, monkeypatch):
+    """The compare_* and ants_seeds sections of RESULTS.md, the targets included, are exactly
+    what ``compare.py --render-only`` makes of the committed parts: no figure is typed in."""
+    parts = sorted(path.stem for path in compare.MEASURED.glob("*.json"))
+    assert parts == ["heldout2d", "heldout3d", "memory", "real", "scaling"]
+    copy = tmp_path / "RESULTS.md"
+    committed = compare.RESULTS.read_text()
+    copy.write_text(committed)
+    monkeypatch.setattr(compare, "RESULTS", copy)
+    compare.write_sections()
+    assert copy.read_text() == committed
+    # and a figure changed in a part shows in the render
+    part = compare.load_part("heldout3d")
+    for entry in part["rows"]["ants"]:
+        entry["seconds"] *= 10.0
+    monkeypatch.setattr(compare, "load_part", lambda name: part if name == "heldout3d" else None)
+    compare.write_sections()
+    assert copy.read_text() != committed
