@@ -117,10 +117,7 @@ SMOOTH_SETTINGS = PRESETS["smooth"]
 def uses_bundled(method: str, dim: int) -> bool:
     """Whether an intermodal method key runs the bundled model (``model="auto"``)."""
     settings = intermodal_settings(method, dim)
-    if settings is None:
-        return False
-    resolved = {**PRESETS[settings.get("preset", "default")][dim], **settings}
-    return resolved.get("model", "auto") == "auto"
+    return settings is not None and peers.resolve_settings(settings, dim).model == "auto"
 
 
 def intermodal_settings(method: str, dim: int) -> dict[str, Any] | None:

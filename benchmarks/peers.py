@@ -99,21 +99,33 @@ def transform_jacobian(transform: sitk.Transform, reference: sitk.Image) -> np.n
 # --------------------------------------------------------------------------- intermodal
 
 
+def resolve_settings(settings: dict[str, Any], ndim: int):
+    """``Settings(**settings)``, or, when ``settings`` names a ``preset``, that preset for
+    ``ndim``-D images with the rest as overrides (as ``--preset`` and the options combine)."""
+    from intermodal.registration import preset_settings
+
+    values = dict(settings)
+    return preset_settings(values.pop("preset", "default"), ndim, **values)
+
+
 def intermodal_register(
     fixed_ct: sitk.Image, moving_mr: sitk.Image, settings: dict[str, Any]
 ) -> PeerResult:
-    """``intermodal.registration.register`` with ``Settings(**settings)``, or, when ``settings``
-    names a ``preset``, with that preset for the images' dimension and the rest as overrides."""
-    from intermodal.registration import preset_settings, register
+    """``intermodal.registration.register`` with :func:`resolve_settings` of ``settings``."""
+    from intermodal.registration import PRESETS, register
 
-    values = dict(settings)
-    chosen = preset_settings(values.pop("preset", "default"), fixed_ct.GetDimension(), **values)
+    ndim = fixed_ct.GetDimension()
+    chosen = resolve_settings(settings, ndim)
     start = time.perf_counter()
     result = register(fixed_ct, moving_mr, chosen)
     seconds = time.perf_counter() - start
     jacobian = sitk.GetArrayFromImage(result.jacobian)
+    # the settings that the caller or its preset named, with the values that ran
+    preset = settings.get("preset", "default")
+    named = set(settings) | set(PRESETS[preset][ndim])
     info = {
-        "settings": {k: v for k, v in result.report["settings"].items() if k in settings},
+        "preset": preset,
+        "settings": {k: v for k, v in result.report["settings"].items() if k in named},
         "model_path": result.report["model_path"],
         "stage_s": result.report["timings_s"],
     }
