@@ -38,6 +38,7 @@ from intermodal.losses import (
 )
 from intermodal.metrics import jacobian_determinant
 from intermodal.models import resolve_model
+from intermodal.optim import Adam
 from intermodal.presets import PRESETS
 from intermodal.spatial import (
     gaussian_smooth,
@@ -294,6 +295,18 @@ def jacobian_statistics(jacobian: sitk.Image, mask: sitk.Image | None = None) ->
 _STAT_CHUNK = 1 << 22
 
 
+def _unravel(index: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Flat (C-order) indices -> ``(len(shape), N)`` voxel indices.
+
+    ``torch.unravel_index`` does the same, but its first call imports sympy (0.66 s).
+    """
+    coordinates = []
+    for size in reversed(shape):
+        coordinates.append(index % size)
+        index = index.div(size, rounding_mode="floor")
+    return torch.stack(coordinates[::-1])
+
+
 def _similarity_loss(
     similarity: str,
     fixed: torch.Tensor,
@@ -324,7 +337,7 @@ def _similarity_loss(
 
     def sampled(coarse: torch.Tensor) -> torch.Tensor:
         index = torch.randint(voxels, (count,), generator=generator, device=fixed.device)
-        points = torch.stack(torch.unravel_index(index, shape)).to(coarse.dtype)
+        points = _unravel(index, shape).to(coarse.dtype)
         # the coarse field at those points, in coarse voxels, then in working-grid voxels
         ratio = [(c - 1) / (n - 1) for c, n in zip(coarse.shape[2:], shape, strict=True)]
         ratio = torch.tensor(ratio, device=coarse.device, dtype=coarse.dtype).view(-1, 1)
@@ -384,9 +397,9 @@ def refine_velocity(
     generator = torch.Generator(device=fixed.device).manual_seed(seed)
     score = _similarity_loss(similarity, fixed, moving, sampling, generator)
     weights = velocity.detach().clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([weights], lr=learning_rate)
+    optimizer = Adam(weights, lr=learning_rate)
     for step in range(steps):
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         velocity = gaussian_smooth(weights, velocity_smoothing)
         coarse = integrate_velocity(velocity, integration_steps)
         loss = score(coarse) + smoothness * diffusion(coarse)
