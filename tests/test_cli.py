@@ -331,3 +331,25 @@ def test_regularisation_options_reach_the_settings(capsys, small_pair_files, tmp
         )  # fmt: skip
         assert code != 0 and message in stderr and len(stderr.strip().splitlines()) == 1
         assert not out.exists()
+
+
+def test_mutual_information_options_reach_the_settings(capsys, small_pair_files, tmp_path):
+    for options, expected in (
+        (("--similarity", "mi"), ("mi", 0.0)),
+        (("--mi-weight", "0.5"), ("mind", 0.5)),
+    ):
+        out = tmp_path / options[0].strip("-")
+        code, _, _ = _run(
+            capsys, "register", "--fixed", small_pair_files["ct"], "--moving",
+            small_pair_files["mr"], "--out", out, *options, *FAST,
+        )  # fmt: skip
+        assert code == 0
+        settings = json.loads((out / "report.json").read_text(encoding="utf-8"))["settings"]
+        assert (settings["similarity"], settings["mi_weight"]) == expected
+    out = tmp_path / "bad"
+    code, _, stderr = _run(
+        capsys, "register", "--fixed", small_pair_files["ct"], "--moving",
+        small_pair_files["mr"], "--out", out, "--mi-weight", "-1", *FAST,
+    )  # fmt: skip
+    assert code != 0 and "MI weight" in stderr and len(stderr.strip().splitlines()) == 1
+    assert not out.exists()

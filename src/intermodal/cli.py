@@ -78,7 +78,17 @@ def _add_registration_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--spacing", type=float, default=None, help="working spacing in mm")
-    parser.add_argument("--similarity", default=None, choices=("mind", "ngf"))
+    parser.add_argument(
+        "--similarity", default=None, choices=("mind", "ngf", "mi"),
+        help="refinement similarity (default mind: MIND-SSC); mi: mutual information, what "
+        "ANTs and elastix optimise, which scored higher NMI on the real CT/MR pair but lower "
+        "organ Dice on the synthetic tuning pairs (benchmarks/RESULTS.md)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--mi-weight", type=float, default=None, metavar="W",
+        help="weight of a mutual-information term (nats) added to the mind or ngf similarity "
+        "(default 0)",
+    )  # fmt: skip
     parser.add_argument(
         "--smoothness", type=float, default=None, metavar="W",
         help="weight of the refinement's diffusion regulariser (default 1)",
@@ -94,7 +104,7 @@ def _add_registration_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sampling", type=float, default=None, metavar="FRACTION",
         help="fraction of voxels, drawn afresh each step, where the refinement evaluates "
-        "MIND (default 1: all; smaller is faster)",
+        "MIND or MI (default 1: all; smaller is faster)",
     )  # fmt: skip
     parser.add_argument("--fixed-modality", default="auto", choices=("ct", "mr", "auto"))
     parser.add_argument("--moving-modality", default="auto", choices=("ct", "mr", "auto"))
@@ -107,7 +117,7 @@ def _add_registration_options(parser: argparse.ArgumentParser) -> None:
 # options that, when given, override the preset's value of the setting of the same name
 _PRESET_OVERRIDES = (
     "refine", "init", "spacing", "similarity", "smoothness", "velocity_smoothing",
-    "volume_penalty", "sampling",
+    "volume_penalty", "sampling", "mi_weight",
 )  # fmt: skip
 
 

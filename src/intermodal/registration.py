@@ -31,10 +31,10 @@ from intermodal.io import displacement_to_image, geometry, image_to_tensor
 from intermodal.losses import (
     diffusion,
     log_jacobian_penalty,
-    mind_descriptor_loss,
     mind_ssc,
     ngf,
     nmi,
+    parzen_mutual_information,
 )
 from intermodal.metrics import jacobian_determinant
 from intermodal.models import resolve_model
@@ -52,7 +52,9 @@ from intermodal.spatial import (
 
 logger = logging.getLogger(__name__)
 
-SIMILARITY_CHOICES = ("mind", "ngf")
+SIMILARITY_CHOICES = ("mind", "ngf", "mi")
+# bins per image of the refinement's mutual-information term, as in the NMI it is scored by
+MI_BINS = 32
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 # Progress callback: (stage, step, total). total is 0 for a stage without steps.
@@ -76,7 +78,8 @@ class Settings:
         moving_modality: ``"ct"``, ``"mr"`` or ``"auto"``.
         hu_window: CT clipping window in HU.
         mr_percentiles: MR percentiles mapped to 0 and 1.
-        similarity: refinement similarity, ``"mind"`` (MIND-SSC) or ``"ngf"``.
+        similarity: refinement similarity, ``"mind"`` (MIND-SSC), ``"ngf"`` or ``"mi"``
+            (mutual information alone, the Parzen histogram of ``mi_weight``).
         smoothness: weight of the diffusion regulariser on the displacement (voxels^2).
         learning_rate: Adam step on the velocity, in coarse-grid voxels.
         velocity_stride: the velocity lives on the working grid subsampled by this factor.
@@ -85,7 +88,11 @@ class Settings:
         volume_penalty: weight of the mean squared log Jacobian determinant (local volume
             change), the quantity whose spread SDlogJ measures.
         sampling: fraction of the working grid's voxels, drawn afresh at every step, at which
-            the MIND similarity is evaluated (1: all of them); smaller is faster.
+            the MIND or MI similarity is evaluated (1: all of them; NGF always uses all);
+            smaller is faster.
+        mi_weight: weight of a mutual-information term (Parzen histogram of the two images'
+            intensities, nats) subtracted from the refinement's similarity at the same voxels;
+            0 leaves it out.
         pyramid: refinement levels, as factors by which the working grid is subsampled, coarse
             to fine; the ``refine`` steps are shared equally between them.
         coarse_level_velocity: at a pyramid level whose factor exceeds ``velocity_stride``
@@ -114,6 +121,7 @@ class Settings:
     velocity_smoothing: float = 2.0
     volume_penalty: float = 0.0
     sampling: float = 1.0
+    mi_weight: float = 0.0
     pyramid: tuple[int, ...] = (4, 2, 1)
     coarse_level_velocity: bool = True
     integration_steps: int = 5
@@ -141,6 +149,8 @@ class Settings:
             )
         if not self.volume_penalty >= 0:
             raise IntermodalError(f"volume penalty must be 0 or more, not {self.volume_penalty}")
+        if not 0 <= self.mi_weight <= 100:
+            raise IntermodalError(f"MI weight must be 0 to 100, not {self.mi_weight}")
         if not 0 < self.sampling <= 1:
             raise IntermodalError(
                 f"similarity sampling must be a fraction in (0, 1], not {self.sampling}"
@@ -313,23 +323,58 @@ def _similarity_loss(
     moving: torch.Tensor,
     sampling: float = 1.0,
     generator: torch.Generator | None = None,
+    mi_weight: float = 0.0,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function of the coarse displacement that scores ``moving`` warped against ``fixed``.
 
     MIND descriptors are computed once and the moving *descriptor* is warped, which gives the
     same optimum as re-describing the warped image at a fraction of the cost. With
-    ``sampling`` < 1 (MIND only) each call compares the descriptors at a fresh random
+    ``sampling`` < 1 (MIND or MI, not NGF) each call compares the descriptors at a fresh random
     ``sampling`` fraction of the voxels instead of all of them, as ANTs and elastix sample
-    their metrics: the warp, the costliest step, shrinks in proportion.
+    their metrics: the warp, the costliest step, shrinks in proportion. ``"mi"`` scores minus
+    the mutual information alone; with ``"mind"`` or ``"ngf"``, ``mi_weight`` > 0
+    subtracts that multiple of the images' mutual information (:data:`MI_BINS`-bin Parzen
+    histogram, nats) at the same voxels: the moving image is warped as one more channel of
+    its descriptor, so the term costs little.
     """
     shape = tuple(fixed.shape[2:])
-    if similarity != "mind":
-        return lambda coarse: ngf(fixed, warp(moving, resize_displacement(coarse, shape)))
-    fixed_desc = mind_ssc(fixed)
-    moving_desc = mind_ssc(moving)
+    if similarity == "ngf":
+
+        def ngf_score(coarse: torch.Tensor) -> torch.Tensor:
+            warped = warp(moving, resize_displacement(coarse, shape))
+            loss = ngf(fixed, warped)
+            if mi_weight > 0:
+                mi = parzen_mutual_information(fixed.flatten(1), warped.flatten(1), MI_BINS)
+                loss = loss - mi_weight * mi.mean()
+            return loss
+
+        return ngf_score
+    if similarity == "mi":
+        fixed_desc, moving_desc, channels, mi_weight = fixed, moving, 0, 1.0
+    else:
+        fixed_desc = mind_ssc(fixed)
+        moving_desc = mind_ssc(moving)
+        channels = fixed_desc.shape[1]
+        if mi_weight > 0:
+            fixed_desc = torch.cat([fixed_desc, fixed], 1)
+            moving_desc = torch.cat([moving_desc, moving], 1)
+
+    def score(fixed_values: torch.Tensor, warped_values: torch.Tensor) -> torch.Tensor:
+        """``(C, N)`` descriptor (and intensity) samples -> the loss."""
+        loss = fixed_values.new_zeros(())
+        if channels:
+            loss = (fixed_values[:channels] - warped_values[:channels]).pow(2).mean()
+        if mi_weight > 0:
+            mi = parzen_mutual_information(
+                fixed_values[channels:], warped_values[channels:], MI_BINS
+            )
+            loss = loss - mi_weight * mi[0]
+        return loss
+
     if sampling >= 1:
-        return lambda coarse: mind_descriptor_loss(
-            fixed_desc, warp(moving_desc, resize_displacement(coarse, shape))
+        fixed_all = fixed_desc.flatten(2)[0]
+        return lambda coarse: score(
+            fixed_all, warp(moving_desc, resize_displacement(coarse, shape)).flatten(2)[0]
         )
     voxels = math.prod(shape)
     count = max(1, round(sampling * voxels))
@@ -343,7 +388,7 @@ def _similarity_loss(
         ratio = torch.tensor(ratio, device=coarse.device, dtype=coarse.dtype).view(-1, 1)
         displacement = sample_points(coarse, points * ratio)[0] / ratio
         warped = sample_points(moving_desc, points + displacement)
-        return (fixed_rows.index_select(0, index).t() - warped[0]).pow(2).mean()
+        return score(fixed_rows.index_select(0, index).t(), warped[0])
 
     return sampled
 
@@ -361,6 +406,7 @@ def refine_velocity(
     velocity_smoothing: float = 0.0,
     volume_penalty: float = 0.0,
     sampling: float = 1.0,
+    mi_weight: float = 0.0,
     seed: int = 0,
     progress: Progress | None = None,
 ) -> torch.Tensor:
@@ -379,15 +425,17 @@ def refine_velocity(
         moving: ``(1, 1, *spatial)`` moving image in ``[0, 1]`` on the same grid.
         velocity: ``(1, ndim, *coarse)`` starting velocity in coarse-grid voxels.
         steps: Adam iterations.
-        similarity: ``"mind"`` or ``"ngf"``.
+        similarity: ``"mind"``, ``"ngf"`` or ``"mi"``.
         smoothness: diffusion regulariser weight.
         learning_rate: Adam learning rate (coarse voxels per step, roughly).
         integration_steps: scaling-and-squaring steps.
         velocity_smoothing: sigma of ``G`` in velocity-grid voxels (0: ``v = w``).
         volume_penalty: weight of ``mean(log(det J)^2)`` of the coarse displacement, which
             costs local volume change but not rotation or shear, unlike the diffusion term.
-        sampling: fraction of the voxels (drawn afresh each step) at which the MIND
+        sampling: fraction of the voxels (drawn afresh each step) at which the MIND or MI
             similarity is evaluated; 1 evaluates it everywhere.
+        mi_weight: weight of the mutual information of the images (nats), subtracted from
+            the similarity at the same voxels (0: none).
         seed: seed of those draws.
         progress: callback ``("refine", step, steps)``.
 
@@ -395,7 +443,7 @@ def refine_velocity(
         The refined velocity ``G * w``, same shape as ``velocity``, detached.
     """
     generator = torch.Generator(device=fixed.device).manual_seed(seed)
-    score = _similarity_loss(similarity, fixed, moving, sampling, generator)
+    score = _similarity_loss(similarity, fixed, moving, sampling, generator, mi_weight)
     weights = velocity.detach().clone().requires_grad_(True)
     optimizer = Adam(weights, lr=learning_rate)
     for step in range(steps):
@@ -765,6 +813,7 @@ def register(
                 velocity_smoothing=settings.velocity_smoothing * scale,
                 volume_penalty=settings.volume_penalty,
                 sampling=settings.sampling,
+                mi_weight=settings.mi_weight,
                 seed=settings.seed + factor,
                 progress=level_progress,
             )

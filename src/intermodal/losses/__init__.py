@@ -14,6 +14,7 @@ from intermodal.losses.similarity import (
     mutual_information,
     ngf,
     nmi,
+    parzen_mutual_information,
 )
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "mutual_information",
     "ngf",
     "nmi",
+    "parzen_mutual_information",
 ]

@@ -364,19 +364,54 @@ def mutual_information(
             index = index.to(fixed.device)
             fixed_flat = fixed_flat[:, index]
             warped_flat = warped_flat[:, index]
-    centres = torch.linspace(0, 1, bins, device=fixed.device, dtype=fixed_flat.dtype)
+    return -parzen_mutual_information(fixed_flat, warped_flat, bins, sigma).mean()
+
+
+def parzen_mutual_information(
+    fixed: Tensor, warped: Tensor, bins: int = 32, sigma: float | None = None
+) -> Tensor:
+    """Mutual information (nats) of paired intensity samples already scaled to ``[0, 1]``.
+
+    The joint histogram of :func:`mutual_information`, without its scaling or sampling: each
+    pair ``(fixed[b, i], warped[b, i])`` adds unit mass spread over ``bins`` centres
+    ``0, 1/(bins-1), ..., 1`` with Gaussian weights of width ``sigma`` (default half the bin
+    spacing). For callers that sample the voxels themselves, e.g. at warped points.
+
+    Args:
+        fixed: ``(B, N)`` samples.
+        warped: ``(B, N)`` samples, paired with ``fixed``.
+        bins: histogram bins per image, at least 2.
+        sigma: Parzen window width on the ``[0, 1]`` scale.
+
+    Returns:
+        ``(B,)`` mutual information, 0 for independent samples (higher is more similar).
+
+    Raises:
+        ValueError: (an :class:`~intermodal.errors.IntermodalError`) if the shapes differ or
+            are not ``(B, N)``.
+    """
+    if fixed.ndim != 2 or fixed.shape != warped.shape:
+        raise ShapeError(
+            f"fixed and warped must both be (B, N) samples, not {tuple(fixed.shape)} and "
+            f"{tuple(warped.shape)}"
+        )
+    _check_positive_int("bins", bins, minimum=2)
+    if sigma is None:
+        sigma = 0.5 / (bins - 1)
+    elif not sigma > 0:
+        raise IntermodalError(f"sigma must be positive, not {sigma!r}")
+    centres = torch.linspace(0, 1, bins, device=fixed.device, dtype=fixed.dtype)
 
     def parzen(values: Tensor) -> Tensor:
         weights = torch.exp(-0.5 * ((values.unsqueeze(-1) - centres) / sigma) ** 2)
         return weights / weights.sum(-1, keepdim=True)
 
-    joint = parzen(fixed_flat).transpose(1, 2) @ parzen(warped_flat)
-    joint = joint / fixed_flat.shape[1]
+    joint = parzen(fixed).transpose(1, 2) @ parzen(warped)
+    joint = joint / fixed.shape[1]
     p_fixed = joint.sum(2, keepdim=True)
     p_warped = joint.sum(1, keepdim=True)
     tiny = 1e-10
-    mi = (joint * (torch.log(joint + tiny) - torch.log(p_fixed * p_warped + tiny))).sum((1, 2))
-    return -mi.mean()
+    return (joint * (torch.log(joint + tiny) - torch.log(p_fixed * p_warped + tiny))).sum((1, 2))
 
 
 def _entropy(counts: np.ndarray) -> float:
