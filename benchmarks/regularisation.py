@@ -110,6 +110,8 @@ def render(payload: dict[str, Any]) -> str:
     """The RESULTS.md section ``payload["section"]``, its begin and end markers included."""
     dim = payload["dim"]
     seed = payload.get("dataset_seed", compare.HELDOUT_SEED)
+    # runs before the NMI was scored have none; a table shows it when every row has it
+    with_nmi = all("nmi" in e for entries in payload["rows"].values() for e in entries)
     name = payload["section"]
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     if seed == compare.HELDOUT_SEED:
@@ -130,21 +132,28 @@ def render(payload: dict[str, Any]) -> str:
         "mean organ Dice of the warped MR labels, SDlogJ and non-positive "
         "Jacobians of the deformable part on the fixed CT grid (no mask); one CPU thread on a "
         f"2-core machine ({payload.get('load_note') or compare.UNRECORDED_LOAD}); candidates "
-        "interleaved pair by pair; Settings not named are the defaults of the commit that ran",
+        "interleaved pair by pair; Settings not named are the defaults of the commit that ran"
+        + (
+            "; NMI: the MR warped onto the CT grid, scored as the real pair is "
+            "(`compare.nmi_score`: 32 bins, inside the CT's data), mean over the pairs"
+            if with_nmi
+            else ""
+        ),
         "",
         "| settings | mean Dice | Dice SD | SDlogJ (mean) | SDlogJ (max) | non-positive J % "
-        "| s per pair (median) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| s per pair (median) |" + (" NMI (mean) |" if with_nmi else ""),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if with_nmi else ""),
     ]
     for candidate, entries in payload["rows"].items():
         dice = [compare.mean_dice(e) for e in entries]
         sdlogj = [e["sdlogj"] for e in entries]
         folding = [e["folding"] for e in entries]
         label = "ANTs SyNRA, Mattes MI (peer)" if candidate == ANTS else f"`{candidate}`"
+        nmi = f" {np.mean([e['nmi'] for e in entries]):.4f} |" if with_nmi else ""
         lines.append(
             f"| {label} | {np.mean(dice):.3f} | {np.std(dice):.3f} | "
             f"{np.mean(sdlogj):.3f} | {np.max(sdlogj):.3f} | {100 * np.mean(folding):.4f} | "
-            f"{statistics.median(e['seconds'] for e in entries):.2f} |"
+            f"{statistics.median(e['seconds'] for e in entries):.2f} |{nmi}"
         )
     lines += ["", end]
     return "\n".join(lines)

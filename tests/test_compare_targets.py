@@ -67,8 +67,10 @@ def test_fastest_line_says_when_no_row_reaches_ants(compare):
 def test_the_methods_that_need_the_bundled_model(compare):
     needing = {m for m in compare.LABELS if compare.uses_bundled(m, 3)}
     assert needing == {"im_model", "im_fast", "im_default", "im_smooth", "im_sampled"}
-    # the fast preset runs the bundled model in 2D only (in 3D it is the refinement alone)
-    assert {m for m in compare.LABELS if compare.uses_bundled(m, 2)} == needing | {"im_preset_fast"}
+    # the fast preset (and its MI variants) runs the bundled model in 2D only (in 3D it is the
+    # refinement alone)
+    fast = {"im_preset_fast", "im_fast_mi", "im_fast_mi_2mm"}
+    assert {m for m in compare.LABELS if compare.uses_bundled(m, 2)} == needing | fast
 
 
 def real_row(nmi: float, seconds: float, date: str = "run-b") -> dict:
