@@ -17,7 +17,7 @@ Each candidate is ``key=value[,key=value...]`` over :class:`intermodal.registrat
 fields; candidates are separated by ``;``. The candidate ``ants`` runs the peer ANTs SyNRA-MI
 (``peers.ants_register``, antspyx defaults) on the same pairs, in the same interleaved order,
 so that a sweep carries its own same-run reference. Results go to
-``benchmarks/out/regularisation`` and the ``regularisation_{dim}d`` section of RESULTS.md;
+``benchmarks/measured/regularisation`` and the ``regularisation_{dim}d`` section of RESULTS.md;
 with ``--dataset-seed 6`` (pairs kept for choosing settings, not held out) to the
 ``tuning_{dim}d`` section, or to ``--section NAME``.
 """
@@ -41,7 +41,9 @@ import numpy as np  # noqa: E402
 import peers  # noqa: E402
 from results_file import write_section  # noqa: E402
 
-OUT = compare.REPO / "benchmarks" / "out" / "regularisation"
+# the runs, committed, so that their sections can be rendered again from a clone (runs before
+# 2026-12-03 were kept in the ignored benchmarks/out/ and are not there)
+OUT = compare.REPO / "benchmarks" / "measured" / "regularisation"
 DEFAULT_CANDIDATES = "smoothness=1;smoothness=4;smoothness=16;smoothness=64"
 ANTS = "ants"  # the candidate that runs the peer instead of intermodal
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -125,3 +126,19 @@ def test_results_md_is_what_the_stored_measurements_render(compare, tmp_path, mo
     monkeypatch.setattr(compare, "load_part", lambda name: part if name == "heldout3d" else None)
     compare.write_sections()
     assert copy.read_text() != committed
+
+
+def test_stored_sweeps_render_their_results_md_sections(compare):
+    """Each committed ``regularisation.py`` run renders exactly its section of RESULTS.md."""
+    import regularisation
+
+    runs = sorted(regularisation.OUT.glob("*.json"))
+    assert {path.stem for path in runs} >= {"tuning_3d_mi", "tuning_3d_mi_nmi", "heldout3d_fast20"}
+    committed = compare.RESULTS.read_text()
+    for path in runs:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        assert payload["section"] == path.stem
+        assert regularisation.render(payload) in committed, path.name
+        # a figure changed in the run changes the render
+        payload["rows"]["ants"][0]["sdlogj"] += 1.0
+        assert regularisation.render(payload) not in committed, path.name
