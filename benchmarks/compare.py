@@ -243,19 +243,12 @@ def heldout_pair(dim: int, k: int, dataset_seed: int = HELDOUT_SEED):
 
 
 def nmi_score(fixed_ct: sitk.Image, moving_mr: sitk.Image, transform) -> float:
-    """NMI of the MR warped onto the CT grid, as ``real_pair.Evaluator`` scores the real pair.
+    """NMI of the MR warped onto the CT grid, scored by ``real_pair.Evaluator`` as the real
+    pair is (32 bins, inside the CT's data)."""
+    from real_pair import Evaluator
 
-    Both images scaled as ``register`` scales them (CT by its HU window, MR by percentiles),
-    the MR resampled linearly through ``transform`` (0 outside), 32 bins, inside the CT's data.
-    """
-    from intermodal import preprocess
-    from intermodal.losses import nmi
-
-    fixed = preprocess.normalize_intensity(sitk.Cast(fixed_ct, sitk.sitkFloat32), "ct")
-    moving = preprocess.normalize_intensity(sitk.Cast(moving_mr, sitk.sitkFloat32), "mr")
-    warped = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    mask = sitk.GetArrayFromImage(preprocess.data_mask(fixed_ct, "ct")) > 0
-    return nmi(sitk.GetArrayFromImage(fixed), sitk.GetArrayFromImage(warped), bins=32, mask=mask)
+    evaluator = Evaluator(fixed_ct, moving_mr)
+    return evaluator.nmi(evaluator.warp(transform))
 
 
 def pair_scores(fixed, moving, result: peers.PeerResult) -> dict[str, float]:
@@ -574,7 +567,7 @@ def real(methods: list[str], repeats: int = 1, load_note: str | None = None) -> 
         payload = {"skipped": f"the MRI-DIR pair is not at {DATA}", "date": now()}
         save_part("real", payload)
         return payload
-    evaluator = Evaluator(DATA)
+    evaluator = Evaluator.from_folder(DATA)
     identity = evaluator.warp(None)
     rows: dict[str, Any] = {}
     skipped: dict[str, str] = {}

@@ -236,17 +236,33 @@ def run_method(method: str, data: Path, out: Path) -> dict[str, Any]:
 
 
 class Evaluator:
-    """NMI of an MR warped onto the CT grid, computed the same way for every method."""
+    """NMI of an MR warped onto the CT grid, computed the same way for every method.
 
-    def __init__(self, data: Path) -> None:
+    The CT scaled by its HU window and the MR by its percentiles, as ``register`` scales them;
+    the mask is the CT's scanned data (``preprocess.data_mask``). ``compare.nmi_score`` scores
+    the synthetic pairs with it too.
+    """
+
+    def __init__(self, fixed_ct: Any, moving_mr: Any) -> None:
         import SimpleITK as sitk
 
         from intermodal import preprocess
 
-        fixed = sitk.ReadImage(str(data / CT_NAME), sitk.sitkFloat32)
-        self.fixed_n, self.moving_n = _read_normalised(data)
+        fixed = sitk.Cast(fixed_ct, sitk.sitkFloat32)
+        self.fixed_n = preprocess.normalize_intensity(fixed, "ct")
+        self.moving_n = preprocess.normalize_intensity(sitk.Cast(moving_mr, sitk.sitkFloat32), "mr")
         self.fixed_array = sitk.GetArrayFromImage(self.fixed_n)
         self.mask = sitk.GetArrayFromImage(preprocess.data_mask(fixed, "ct")) > 0
+
+    @classmethod
+    def from_folder(cls, data: Path) -> Evaluator:
+        """The evaluator of the MRI-DIR pair in ``data``."""
+        import SimpleITK as sitk
+
+        return cls(
+            sitk.ReadImage(str(data / CT_NAME), sitk.sitkFloat32),
+            sitk.ReadImage(str(data / MR_NAME), sitk.sitkFloat32),
+        )
 
     def warp(self, transform: Any | None) -> Any:
         """The normalised MR resampled onto the CT grid through ``transform`` (CT -> MR mm)."""
@@ -469,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    evaluator = Evaluator(data)
+    evaluator = Evaluator.from_folder(data)
     identity = evaluator.warp(None)
     nmi_before = evaluator.nmi(identity)
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in args.methods}

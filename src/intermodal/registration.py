@@ -79,7 +79,7 @@ class Settings:
         hu_window: CT clipping window in HU.
         mr_percentiles: MR percentiles mapped to 0 and 1.
         similarity: refinement similarity, ``"mind"`` (MIND-SSC), ``"ngf"`` or ``"mi"``
-            (mutual information alone, the Parzen histogram of ``mi_weight``).
+            (minus the mutual information alone, the Parzen term of ``mi_weight`` at weight 1).
         smoothness: weight of the diffusion regulariser on the displacement (voxels^2).
         learning_rate: Adam step on the velocity, in coarse-grid voxels.
         velocity_stride: the velocity lives on the working grid subsampled by this factor.
@@ -91,8 +91,8 @@ class Settings:
             the MIND or MI similarity is evaluated (1: all of them; NGF always uses all);
             smaller is faster.
         mi_weight: weight of a mutual-information term (Parzen histogram of the two images'
-            intensities, nats) subtracted from the refinement's similarity at the same voxels;
-            0 leaves it out.
+            intensities, nats) subtracted from the ``"mind"`` or ``"ngf"`` similarity at the
+            same voxels; 0 leaves it out. Not used with ``"mi"``, which is that term alone.
         pyramid: refinement levels, as factors by which the working grid is subsampled, coarse
             to fine; the ``refine`` steps are shared equally between them.
         coarse_level_velocity: at a pyramid level whose factor exceeds ``velocity_stride``
