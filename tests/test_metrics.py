@@ -392,3 +392,29 @@ def test_jacobian_on_a_reference_grid_equals_the_resampled_field(monkeypatch):
     assert got.dtype == np.float32 and got.shape == (17, 21, 25)
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
     assert np.std(expected) > 0.1  # a field that is far from the identity
+
+
+def test_jacobian_on_the_fields_own_grid_skips_the_resampling(monkeypatch):
+    """A reference with the field's own geometry gives the field's determinant, unsampled."""
+    import intermodal.metrics as metrics
+
+    rng = np.random.default_rng(2)
+    field = sitk.GetImageFromArray(rng.normal(size=(6, 7, 8, 3)), isVector=True)
+    field.SetSpacing((2.0, 1.5, 3.0))
+    field.SetOrigin((4.0, -2.0, 1.0))
+    field.SetDirection(sitk.VersorTransform((0.1, 0.7, 0.2), 0.4).GetMatrix())
+    same = sitk.Image(8, 7, 6, sitk.sitkUInt8)
+    same.CopyInformation(field)
+    expected = metrics.jacobian_determinant(field)
+    sampled = []
+    real_sampled_rows = metrics._sampled_rows
+    monkeypatch.setattr(
+        metrics, "_sampled_rows", lambda *a: sampled.append(a) or real_sampled_rows(*a)
+    )
+    np.testing.assert_array_equal(metrics.jacobian_determinant(field, reference=same), expected)
+    assert sampled == []
+    # a grid shifted by half a voxel is another grid: sampled, and different
+    shifted = sitk.Image(same)
+    shifted.SetOrigin((5.0, -2.0, 1.0))
+    moved = metrics.jacobian_determinant(field, reference=shifted)
+    assert sampled and not np.allclose(moved, expected)

@@ -595,6 +595,58 @@ def test_gaussian_smooth_keeps_sums_constants_and_shape():
         gaussian_smooth(torch.zeros(3, 4), 1.0)
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5, 6), (1, 2, 7, 1), (1, 3, 1, 4, 3)])
+def test_displaced_grid_is_the_normalised_points_x_plus_u(shape):
+    from intermodal.spatial.functional import _displaced_grid
+
+    field = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    sizes = shape[2:]
+    points = identity_grid(sizes, dtype=torch.float64).unsqueeze(0) + field
+    # by hand: voxel 0 -> -1 and n - 1 -> +1 along each axis (an axis of one voxel: -1),
+    # laid out (B, *spatial, ndim) with the axes reversed to grid_sample's (x, y, z)
+    expected = torch.stack(
+        [points[:, a] * (2 / (n - 1) if n > 1 else 0.0) - 1 for a, n in enumerate(sizes)], -1
+    ).flip(-1)
+    torch.testing.assert_close(_displaced_grid(field), expected, rtol=0, atol=1e-14)
+
+
+def _smooth_by_taps(field: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Reference: every output is the kernel-weighted sum of its clamped-index neighbours."""
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = range(-radius, radius + 1)
+    weights = [math.exp(-0.5 * (k / sigma) ** 2) for k in offsets]
+    total = sum(weights)
+    out = field
+    for axis in range(2, field.dim()):
+        n = field.shape[axis]
+        index = torch.arange(n)
+        out = sum(
+            (w / total) * out.index_select(axis, (index + k).clamp(0, n - 1))
+            for k, w in zip(offsets, weights, strict=True)
+        )
+    return out
+
+
+@pytest.mark.parametrize("sigma", [0.4, 1.0, 2.0, 6.0])
+@pytest.mark.parametrize("shape", [(1, 2, 9, 11, 13), (2, 3, 7, 10)])
+def test_gaussian_smooth_matches_clamped_taps_and_its_gradient_is_the_adjoint(sigma, shape):
+    from intermodal.spatial import gaussian_smooth
+
+    generator = torch.Generator().manual_seed(3)
+    field = torch.randn(shape, dtype=torch.float64, generator=generator, requires_grad=True)
+    smoothed = gaussian_smooth(field, sigma)
+    # sigma 6 reaches 18 voxels, beyond both ends of every axis: the borders fold fully
+    torch.testing.assert_close(smoothed, _smooth_by_taps(field, sigma), rtol=0, atol=1e-12)
+    other = torch.randn(shape, dtype=torch.float64, generator=generator)
+    (gradient,) = torch.autograd.grad((smoothed * other).sum(), field)
+    (expected,) = torch.autograd.grad((_smooth_by_taps(field, sigma) * other).sum(), field)
+    torch.testing.assert_close(gradient, expected, rtol=0, atol=1e-12)
+    # float32 in, float32 out, within float32 rounding of the float64 result
+    single = gaussian_smooth(field.detach().float(), sigma)
+    assert single.dtype == torch.float32
+    torch.testing.assert_close(single.double(), smoothed.detach(), rtol=0, atol=1e-5)
+
+
 # --------------------------------------------------------------------------- sample_points
 
 

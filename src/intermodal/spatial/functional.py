@@ -160,6 +160,27 @@ def _sampling_grid(positions: Tensor, sizes: Sequence[int] | None = None) -> Ten
     return normalised.movedim(1, -1).flip(-1)
 
 
+def _displaced_grid(displacement: Tensor) -> Tensor:
+    """The ``grid_sample`` grid of the points ``x + u(x)`` of a ``(B, ndim, *spatial)`` field.
+
+    What ``_sampling_grid(identity_grid(...) + displacement)`` gives, built straight into
+    ``grid_sample``'s channel-last ``(x, y, z)`` layout: one pass per axis, with no identity
+    grid, flip or reordering copy. On the CPU, one thread, that made a 3-step scaling and
+    squaring of a 50x50x64 field a fifth faster, forward and backward.
+    """
+    sizes = displacement.shape[2:]
+    ndim = len(sizes)
+    grid = displacement.new_empty((displacement.shape[0], *sizes, ndim))
+    for axis, n in enumerate(sizes):
+        scale = 2.0 / (n - 1) if n > 1 else 0.0
+        view = [1] * ndim
+        view[axis] = n
+        # normalised identity along this axis: voxel 0 -> -1, voxel n - 1 -> +1
+        line = torch.arange(n, device=displacement.device, dtype=displacement.dtype) * scale - 1
+        grid[..., ndim - 1 - axis] = displacement[:, axis] * scale + line.view(view)
+    return grid
+
+
 def warp(
     image: Tensor,
     displacement: Tensor,
@@ -225,10 +246,7 @@ def warp(
     _check_batch("image", image, "displacement", displacement)
 
     batch = max(image.shape[0], displacement.shape[0])
-    grid_positions = identity_grid(
-        displacement.shape[2:], device=displacement.device, dtype=displacement.dtype
-    )
-    grid = _sampling_grid(grid_positions.unsqueeze(0) + displacement)
+    grid = _displaced_grid(displacement)
 
     if image.is_floating_point():
         sample_dtype = image.dtype
@@ -486,12 +504,36 @@ def resize_displacement(displacement: Tensor, shape: Sequence[int]) -> Tensor:
     return resized * factors.view(1, ndim, *([1] * ndim))
 
 
+def _smoothing_matrix(size: int, sigma: float, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The ``(size, size)`` matrix of a 1D Gaussian smoothing with replicated borders.
+
+    Row ``i`` holds the weight of every input voxel in output ``i``: the kernel taps that fall
+    beyond an end of the axis are added to that end's voxel, which is what padding by
+    replication and then convolving does. Built in float64, returned in ``dtype``.
+    """
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    rows = torch.arange(size).unsqueeze(1).expand(size, offsets.numel())
+    columns = (rows + offsets.long()).clamp(0, size - 1)
+    matrix = torch.zeros(size, size, dtype=torch.float64)
+    matrix.index_put_((rows, columns), kernel.expand(size, -1), accumulate=True)
+    return matrix.to(device=device, dtype=dtype)
+
+
 def gaussian_smooth(field: Tensor, sigma: float) -> Tensor:
     """Smooth every channel of ``field`` with a Gaussian of ``sigma`` voxels, axis by axis.
 
     The kernel is sampled out to ``ceil(3 sigma)`` voxels and normalised to sum 1; the border
     is extended by replication, so a constant field stays constant, and the output has the
     input's shape, device and dtype. ``sigma == 0`` returns ``field`` itself.
+
+    Each axis is smoothed as one product with the axis' banded smoothing matrix (the
+    replicated border folded into its end rows) rather than as a depthwise convolution of
+    the padded field: the same numbers to rounding, and on the CPU 3-4x faster forward and
+    backward together (the refinement smooths its velocity at every step), because a
+    depthwise 3D convolution's backward has no fast CPU kernel.
 
     Args:
         field: ``(B, C, *spatial)``, 2D or 3D.
@@ -509,22 +551,11 @@ def gaussian_smooth(field: Tensor, sigma: float) -> Tensor:
         raise SpatialArgumentError(f"sigma must be 0 or more voxels, not {sigma}")
     if sigma == 0:
         return field
-    radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, device=field.device, dtype=field.dtype)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    ndim = field.dim() - 2
-    channels = field.shape[1]
-    conv = F.conv2d if ndim == 2 else F.conv3d
     out = field
-    for axis in range(ndim):
-        # a 1D kernel laid along one spatial axis, one per channel (depthwise)
-        shape = [channels, 1] + [1] * ndim
-        shape[2 + axis] = 2 * radius + 1
-        pad = [0, 0] * ndim
-        pad[2 * (ndim - 1 - axis)] = pad[2 * (ndim - 1 - axis) + 1] = radius
-        out = conv(F.pad(out, pad, mode="replicate"), kernel.repeat(channels).view(shape),
-                   groups=channels)  # fmt: skip
+    for axis in range(2, field.dim()):
+        matrix = _smoothing_matrix(field.shape[axis], sigma, field.device, field.dtype)
+        # out[..., i, ...] = sum_j matrix[i, j] out[..., j, ...] along this axis
+        out = torch.movedim(torch.movedim(out, axis, -1) @ matrix.t(), -1, axis)
     return out
 
 
