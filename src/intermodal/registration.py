@@ -823,19 +823,26 @@ def register(
     start = time.perf_counter()
     stage("output")
     with torch.no_grad():
-        # The outputs integrate the velocity on the working grid rather than the coarse one:
-        # it is done once, so the cost is small, and forward and inverse agree better (on the
-        # 5 mm test phantom the mean round-trip error halved, 0.14 -> 0.07 mm).
-        velocity_w = resize_displacement(velocity, working_shape)
-        forward = integrate_velocity(velocity_w, settings.integration_steps)
-        backward = integrate_velocity(-velocity_w, settings.integration_steps)
+        # The velocity is integrated on its own grid and the displacement interpolated onto
+        # the working grid: exactly the field that the refinement scored. Integrating the
+        # interpolated velocity on the working grid instead cost 8x the voxels (0.55 s of a 3 s
+        # registration on the real pair at 2 mm) for forward and inverse fields that agree
+        # scarcely better (round trip inverse(forward(p)) - p, mean: 0.21 against 0.22 mm on
+        # the real pair; 0.037 against 0.049 mm, worst 0.14 against 0.23 mm, on the 5 mm test
+        # phantom of test_registration).
+        forward = resize_displacement(
+            integrate_velocity(velocity, settings.integration_steps), working_shape
+        )
+        backward = resize_displacement(
+            integrate_velocity(-velocity, settings.integration_steps), working_shape
+        )
         warped_w = warp(moving_w, forward)
     # The fields stay on the working grid: the transform interpolates them linearly, which is
     # what resampling them onto the fixed grid first would do, without 24 bytes per fixed
     # voxel for each (2.4 GiB each on a 512x512x400 CT).
     displacement_w = _physical_field(forward, grid)
     inverse_w = _physical_field(backward, grid)
-    del forward, backward, velocity_w
+    del forward, backward
     transform = sitk.CompositeTransform(ndim)
     transform.AddTransform(affine)
     transform.AddTransform(sitk.DisplacementFieldTransform(sitk.Image(displacement_w)))
