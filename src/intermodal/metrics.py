@@ -24,7 +24,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from intermodal.errors import IntermodalError
 
@@ -89,6 +88,8 @@ def surface(mask: np.ndarray) -> np.ndarray:
 
     Voxels on the image border count as surface (the outside of the image is background).
     """
+    from scipy import ndimage  # here, not at the top: 0.2 s that `register` never needs
+
     mask = np.asarray(mask, bool)
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
 
@@ -106,6 +107,8 @@ def directed_surface_distances(
     Returns:
         A 1D float64 array, one distance per surface voxel of ``source``.
     """
+    from scipy import ndimage
+
     to_target = ndimage.distance_transform_edt(~surface(target), sampling=tuple(spacing))
     return np.asarray(to_target[surface(source)], dtype=np.float64)
 
