@@ -348,11 +348,6 @@ def mutual_information(
         IntermodalError: if ``bins`` < 2, ``sigma`` <= 0 or ``num_samples`` < 1.
     """
     check_pair("fixed", fixed, "warped", warped)
-    _check_positive_int("bins", bins, minimum=2)
-    if sigma is None:
-        sigma = 0.5 / (bins - 1)
-    elif not sigma > 0:
-        raise IntermodalError(f"sigma must be positive, not {sigma!r}")
     fixed_flat = _unit_range(fixed.flatten(1))
     warped_flat = _unit_range(warped.flatten(1))
     total = fixed_flat.shape[1]
