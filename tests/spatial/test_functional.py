@@ -687,3 +687,67 @@ def test_sample_points_rejects_bad_shapes() -> None:
         sample_points(torch.zeros(2, 1, 4, 4), torch.zeros(2, 5))
     with pytest.raises(SpatialArgumentError, match="padding_mode"):
         sample_points(image, torch.zeros(2, 5), padding_mode="reflect")
+
+
+# --------------------------------------------------------------------------- 3D sampling by slices
+
+
+def test_trilinear_by_slices_matches_grid_sample_in_value_and_both_gradients() -> None:
+    from intermodal.spatial.functional import _sampling_grid, _trilinear_by_slices
+
+    generator = torch.Generator().manual_seed(7)
+    shape = (5, 6, 7)
+    image = torch.randn(2, 3, *shape, generator=generator, dtype=torch.float64)
+    # points inside, between voxels, and beyond every face (border padding)
+    points = torch.rand(3, 4, 9, generator=generator, dtype=torch.float64)
+    points = points * (torch.tensor(shape, dtype=torch.float64) + 4).view(3, 1, 1) - 2
+    image.requires_grad_(True)
+    points.requires_grad_(True)
+    sampled = _trilinear_by_slices(image, points[0:1], points[1:2], points[2:3])
+    grid = _sampling_grid(points.view(1, 3, 1, 4, 9), shape).expand(2, -1, -1, -1, -1)
+    expected = torch.nn.functional.grid_sample(
+        image, grid, padding_mode="border", align_corners=True
+    )[:, :, 0]
+    assert sampled.shape == (2, 3, 4, 9)
+    torch.testing.assert_close(sampled, expected, rtol=0, atol=1e-12)
+    weights = torch.randn(sampled.shape, generator=generator, dtype=torch.float64)
+    got = torch.autograd.grad((sampled * weights).sum(), (image, points))
+    want = torch.autograd.grad((expected * weights).sum(), (image, points))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_integrate_velocity_by_slices_is_the_warp_squarings() -> None:
+    from intermodal.spatial.functional import _by_slices
+
+    generator = torch.Generator().manual_seed(2)
+    velocity = torch.randn(2, 3, 6, 7, 8, generator=generator, dtype=torch.float64)
+    velocity = (3 * torch.nn.functional.avg_pool3d(velocity, 3, 1, 1)).requires_grad_(True)
+    assert _by_slices(velocity)
+    result = integrate_velocity(velocity, 4)
+    expected = velocity / 16
+    for _ in range(4):  # the definition, through warp's 3D sampler
+        expected = expected + warp(expected, expected)
+    torch.testing.assert_close(result, expected, rtol=0, atol=1e-12)
+    weights = torch.randn(result.shape, generator=generator, dtype=torch.float64)
+    (got,) = torch.autograd.grad((result * weights).sum(), velocity)
+    (want,) = torch.autograd.grad((expected * weights).sum(), velocity)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_sampling_by_slices_in_float32_stays_within_its_stated_precision() -> None:
+    from intermodal.spatial.functional import _SLICE_ROWS_MAX, _by_slices
+
+    # the most rows the slice path takes: 128 slices of 128 rows
+    generator = torch.Generator().manual_seed(4)
+    velocity = torch.randn(1, 3, 128, 128, 6, generator=generator, dtype=torch.float64)
+    velocity = 4 * torch.nn.functional.avg_pool3d(velocity, 5, 1, 2)
+    assert 128 * 128 == _SLICE_ROWS_MAX and _by_slices(velocity)
+    single = integrate_velocity(velocity.float(), 3)
+    double = integrate_velocity(velocity, 3)
+    assert (single.double() - double).abs().max() < 2e-3  # voxels
+    # beyond the limit, off the CPU or with zeros padding: grid_sample's 3D path
+    assert not _by_slices(torch.zeros(1, 3, 129, 128, 2))
+    assert not _by_slices(torch.zeros(1, 3, 4, 4, 4), padding_mode="zeros")
+    assert not _by_slices(torch.zeros(1, 3, 1, 4, 4))
+    assert not _by_slices(torch.zeros(1, 3, 4, 4, 4, device="meta"))

@@ -181,6 +181,58 @@ def _displaced_grid(displacement: Tensor) -> Tensor:
     return grid
 
 
+# Rows of a volume stacked as one 2D image, up to which _trilinear_by_slices is used: its float32
+# grid coordinate then resolves 16384 * 2**-25 = 5e-4 voxel (grid_sample's own 3D path resolves
+# the longest axis the same way, typically a few 1e-6 voxel).
+_SLICE_ROWS_MAX = 16384
+
+
+def _by_slices(image: Tensor, padding_mode: str = "border") -> bool:
+    """Whether :func:`_trilinear_by_slices` samples this ``(B, C, D, H, W)`` image."""
+    if image.ndim != 5 or image.device.type != "cpu" or padding_mode != "border":
+        return False
+    depth, height, width = image.shape[2:]
+    return depth >= 2 and height >= 2 and width >= 2 and depth * height <= _SLICE_ROWS_MAX
+
+
+def _trilinear_by_slices(image: Tensor, z: Tensor, y: Tensor, x: Tensor) -> Tensor:
+    """Trilinear samples of a 3D image, border padding, through 2D ``grid_sample``.
+
+    ``image`` is ``(B, C, D, H, W)`` with every axis at least 2 voxels; ``z``, ``y`` and ``x``
+    are voxel positions, all three of one shape ``(B or 1, *points)``. Returns ``(B, C, *points)``.
+
+    On the CPU, PyTorch's 2D bilinear sampler is vectorised and its 3D one is not. So the
+    ``D`` slices are stacked into one ``(D * H, W)`` image; each point is sampled bilinearly
+    in slice ``z0 = floor(z)`` and in slice ``z0 + 1`` (the rows ``H`` further down), and the
+    two samples are mixed linearly in ``z``. That is trilinear interpolation, with the same
+    derivatives: to float64 rounding in a test. In float32 the stacked row coordinate costs
+    precision (see ``_SLICE_ROWS_MAX``). One thread, a 3-step scaling and squaring of a
+    50x50x64 field, forward and backward: about 1.8x faster; 32000 points of a 128x100x100
+    image: about 5x.
+    """
+    batch, channels, depth, height, width = image.shape
+    rows = depth * height
+    z = z.clamp(0, depth - 1)
+    y = y.clamp(0, height - 1)
+    z0 = z.detach().floor().clamp_(max=depth - 2)
+    weight = z - z0
+    shape = z.shape  # torch.broadcast_shapes would import sympy (0.66 s) on its first call
+    count = math.prod(shape[1:])
+    row_scale = 2.0 / (rows - 1)
+    # grid_sample's normalised (x, row) of the point in slice z0; slice z0 + 1 is H rows down
+    gx = (x * (2.0 / (width - 1)) - 1).reshape(shape[0], count)
+    grow = ((z0 * height + y) * row_scale - 1).reshape(shape[0], count)
+    grid = torch.stack(
+        [torch.cat([gx, gx], 1), torch.cat([grow, grow + height * row_scale], 1)], -1
+    )
+    grid = grid.unsqueeze(1).expand(batch, 1, 2 * count, 2)
+    stacked = image.reshape(batch, channels, rows, width)
+    samples = F.grid_sample(stacked, grid, padding_mode="border", align_corners=True)[:, :, 0]
+    low, high = samples[..., :count], samples[..., count:]
+    weight = weight.reshape(shape[0], 1, count)
+    return (low + weight * (high - low)).reshape(batch, channels, *shape[1:])
+
+
 def warp(
     image: Tensor,
     displacement: Tensor,
@@ -331,6 +383,22 @@ def integrate_velocity(velocity: Tensor, steps: int = 7) -> Tensor:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise SpatialArgumentError(f"steps must be a non-negative int, not {steps!r}")
     displacement = velocity / (2**steps)
+    if steps and _by_slices(velocity):
+        # the same squarings, sampled through the CPU's vectorised 2D sampler
+        axes = [
+            torch.arange(n, device=velocity.device, dtype=velocity.dtype)
+            for n in velocity.shape[2:]
+        ]
+        z, y, x = axes[0].view(-1, 1, 1), axes[1].view(-1, 1), axes[2]
+        for _ in range(steps):
+            sampled = _trilinear_by_slices(
+                displacement,
+                displacement[:, 0] + z,
+                displacement[:, 1] + y,
+                displacement[:, 2] + x,
+            )
+            displacement = displacement + sampled
+        return displacement
     for _ in range(steps):
         displacement = displacement + warp(displacement, displacement)
     return displacement
@@ -458,6 +526,9 @@ def sample_points(image: Tensor, points: Tensor, *, padding_mode: str = "border"
     if not isinstance(points, Tensor) or points.ndim != 2 or points.shape[0] != ndim:
         shape = tuple(points.shape) if isinstance(points, Tensor) else type(points).__name__
         raise SpatialArgumentError(f"points must be ({ndim}, N) for a {ndim}D image, not {shape}")
+    if _by_slices(image, padding_mode):
+        z, y, x = points.to(image.dtype).unsqueeze(1)
+        return _trilinear_by_slices(image, z, y, x)
     # (ndim, N) -> (1, ndim, N, 1[, 1]): a grid of N positions, normalised to the image
     positions = points.reshape(1, ndim, -1, *([1] * (ndim - 1)))
     grid = _sampling_grid(positions, image.shape[2:]).to(image.dtype)
