@@ -203,6 +203,33 @@ def test_nmi_constant_images():
     assert nmi(np.ones((4, 4)), np.ones((4, 4))) == 1.0
 
 
+def _histogram2d_nmi(a, b, bins):
+    """Reference: NMI from NumPy's own histogram2d, as nmi computed it before."""
+    joint, _, _ = np.histogram2d(a.ravel(), b.ravel(), bins=bins)
+
+    def entropy(counts):
+        p = counts[counts > 0] / counts.sum()
+        return float(-(p * np.log(p)).sum())
+
+    h_joint = entropy(joint)
+    return 1.0 if h_joint == 0 else (entropy(joint.sum(1)) + entropy(joint.sum(0))) / h_joint
+
+
+@pytest.mark.parametrize("bins", [2, 7, 32])
+def test_nmi_bins_are_exactly_histogram2d_ones(bins):
+    rng = np.random.default_rng(3)
+    cases = [
+        (rng.normal(size=5000), rng.random(5000) * 3 - 1),
+        # every value on a bin edge, where a computed index is most likely to be off by one
+        (np.tile(np.linspace(-1.3, 2.9, bins + 1), 40), np.repeat(np.linspace(0, 1, 40), bins + 1)),
+        # CT-like integers, one constant image (NumPy widens its range by 0.5 either side)
+        (rng.integers(-1000, 1500, 4000).astype(float), np.full(4000, 7.0)),
+        (np.float32(rng.random(3000) * 1e-3).astype(float), rng.random(3000) ** 3),
+    ]
+    for a, b in cases:
+        assert nmi(a, b, bins=bins) == _histogram2d_nmi(a, b, bins)
+
+
 def test_bad_nmi_inputs():
     with pytest.raises(ValueError, match=r"\(4, 4\).*\(4, 5\)"):
         nmi(np.ones((4, 4)), np.ones((4, 5)))
