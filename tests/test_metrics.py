@@ -418,3 +418,15 @@ def test_jacobian_on_the_fields_own_grid_skips_the_resampling(monkeypatch):
     shifted.SetOrigin((5.0, -2.0, 1.0))
     moved = metrics.jacobian_determinant(field, reference=shifted)
     assert sampled and not np.allclose(moved, expected)
+
+
+def test_jacobian_asked_for_in_float32_is_computed_in_it_within_rounding():
+    rng = np.random.default_rng(5)
+    field = sitk.GetImageFromArray(rng.normal(size=(9, 10, 11, 3)) * 0.6, isVector=True)
+    field.SetSpacing((1.5, 2.0, 0.8))
+    field.SetDirection(sitk.VersorTransform((0.4, 0.1, 0.3), 1.1).GetMatrix())
+    expected = jacobian_determinant(field)
+    single = jacobian_determinant(field, dtype=np.float32)
+    assert expected.dtype == np.float64 and single.dtype == np.float32
+    np.testing.assert_allclose(single, expected, rtol=2e-6, atol=2e-6)
+    assert not np.array_equal(single, expected.astype(np.float32))  # not float64, cast
