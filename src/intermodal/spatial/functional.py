@@ -233,6 +233,23 @@ def _trilinear_by_slices(image: Tensor, z: Tensor, y: Tensor, x: Tensor) -> Tens
     return (low + weight * (high - low)).reshape(batch, channels, *shape[1:])
 
 
+def _warp_by_slices(image: Tensor, displacement: Tensor) -> Tensor:
+    """``warp(image, displacement)`` (linear, border) through :func:`_trilinear_by_slices`.
+
+    For a 3D ``image`` that :func:`_by_slices` accepts and a field of its batch and grid.
+    """
+    z, y, x = (
+        torch.arange(n, device=displacement.device, dtype=displacement.dtype)
+        for n in displacement.shape[2:]
+    )
+    return _trilinear_by_slices(
+        image,
+        displacement[:, 0] + z.view(-1, 1, 1),
+        displacement[:, 1] + y.view(-1, 1),
+        displacement[:, 2] + x,
+    )
+
+
 def warp(
     image: Tensor,
     displacement: Tensor,
@@ -383,24 +400,10 @@ def integrate_velocity(velocity: Tensor, steps: int = 7) -> Tensor:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise SpatialArgumentError(f"steps must be a non-negative int, not {steps!r}")
     displacement = velocity / (2**steps)
-    if steps and _by_slices(velocity):
-        # the same squarings, sampled through the CPU's vectorised 2D sampler
-        axes = [
-            torch.arange(n, device=velocity.device, dtype=velocity.dtype)
-            for n in velocity.shape[2:]
-        ]
-        z, y, x = axes[0].view(-1, 1, 1), axes[1].view(-1, 1), axes[2]
-        for _ in range(steps):
-            sampled = _trilinear_by_slices(
-                displacement,
-                displacement[:, 0] + z,
-                displacement[:, 1] + y,
-                displacement[:, 2] + x,
-            )
-            displacement = displacement + sampled
-        return displacement
+    # on the CPU, the same squarings through the vectorised 2D sampler where it applies
+    resample = _warp_by_slices if _by_slices(velocity) else warp
     for _ in range(steps):
-        displacement = displacement + warp(displacement, displacement)
+        displacement = displacement + resample(displacement, displacement)
     return displacement
 
 
