@@ -162,6 +162,23 @@ def test_jacobian_statistics_hand_worked():
     assert stats["sdlogj"] == pytest.approx(np.std(log_det))
 
 
+def test_jacobian_statistics_in_chunks_equal_the_whole(monkeypatch):
+    from intermodal import registration
+
+    rng = np.random.default_rng(3)
+    values = np.exp(rng.normal(0.3, 0.2, size=(7, 9, 11))).astype(np.float32)
+    values[0, 0, :3] = [-1.0, 0.0, 1e-12]  # clipped before the logarithm
+    whole = jacobian_statistics(sitk.GetImageFromArray(values))
+    monkeypatch.setattr(registration, "_STAT_CHUNK", 50)  # 14 chunks, the last one short
+    chunked = jacobian_statistics(sitk.GetImageFromArray(values))
+    log_det = np.log(np.clip(values.astype(np.float64), 1e-9, None))
+    for stats in (whole, chunked):
+        assert stats["sdlogj"] == pytest.approx(np.std(log_det), rel=1e-12)
+        assert stats["nonpositive_fraction"] == 2 / values.size
+        assert stats["mean"] == pytest.approx(values.astype(np.float64).mean(), rel=1e-12)
+        assert (stats["min"], stats["max"]) == (-1.0, float(values.max()))
+
+
 def test_map_points_follows_the_transform(small_pair, phantom_result):
     points = np.array([[0.0, 0.0, 0.0], [10.0, -5.0, 20.0]])
     mapped = phantom_result.map_points(points)

@@ -36,7 +36,7 @@ from intermodal.losses import (
     nmi,
     parzen_mutual_information,
 )
-from intermodal.metrics import jacobian_determinant
+from intermodal.metrics import LOG_JACOBIAN_CLIP, jacobian_determinant
 from intermodal.models import resolve_model
 from intermodal.optim import Adam
 from intermodal.presets import PRESETS
@@ -284,21 +284,31 @@ def jacobian_statistics(jacobian: sitk.Image, mask: sitk.Image | None = None) ->
         values = values[sitk.GetArrayViewFromImage(mask).ravel() > 0]
     if values.size == 0:
         raise IntermodalError("the Jacobian mask selects no voxel")
-    # Two passes over chunks in float64 (mean, then squared deviations), so that a 512^3 grid
-    # never needs whole float64 copies of the determinant and of its logarithm.
-    chunks = [values[i : i + _STAT_CHUNK] for i in range(0, values.size, _STAT_CHUNK)]
-
-    def log_of(chunk: np.ndarray) -> np.ndarray:
-        return np.log(np.clip(chunk.astype(np.float64), 1e-9, None))
-
-    log_mean = sum(float(log_of(c).sum()) for c in chunks) / values.size
-    log_var = sum(float(np.square(log_of(c) - log_mean).sum()) for c in chunks) / values.size
+    # Chunk by chunk in float64, so that a 512^3 grid never needs whole float64 copies of the
+    # determinant and of its logarithm; each chunk's logarithm is taken once, and the chunks'
+    # means and sums of squared deviations are merged exactly (Chan, Golub and LeVeque's
+    # pairwise update), which is as stable as two passes over the whole.
+    count, log_mean, log_m2 = 0, 0.0, 0.0
+    nonpositive, total = 0, 0.0
+    low, high = math.inf, -math.inf
+    for start in range(0, values.size, _STAT_CHUNK):
+        chunk = values[start : start + _STAT_CHUNK]
+        logs = np.log(np.clip(chunk.astype(np.float64), LOG_JACOBIAN_CLIP, None))
+        n, mean = logs.size, float(logs.mean())
+        m2 = float(np.square(logs - mean).sum())
+        delta = mean - log_mean
+        log_m2 += m2 + delta * delta * count * n / (count + n)
+        log_mean += delta * n / (count + n)
+        count += n
+        nonpositive += int(np.count_nonzero(chunk <= 0))
+        total += float(chunk.sum(dtype=np.float64))
+        low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
     return {
-        "nonpositive_fraction": sum(int(np.count_nonzero(c <= 0)) for c in chunks) / values.size,
-        "sdlogj": math.sqrt(log_var),
-        "min": float(min(c.min() for c in chunks)),
-        "max": float(max(c.max() for c in chunks)),
-        "mean": sum(float(c.sum(dtype=np.float64)) for c in chunks) / values.size,
+        "nonpositive_fraction": nonpositive / values.size,
+        "sdlogj": math.sqrt(log_m2 / values.size),
+        "min": low,
+        "max": high,
+        "mean": total / values.size,
     }
 
 
