@@ -394,44 +394,10 @@ def test_jacobian_on_a_reference_grid_equals_the_resampled_field(monkeypatch):
     assert np.std(expected) > 0.1  # a field that is far from the identity
 
 
-@pytest.mark.parametrize("ndim", [2, 3])
-def test_field_sampled_on_a_grid_of_its_direction_is_itks_linear_resampling(ndim):
-    """The separable path gives sitk.Resample's values, zeros outside the field included."""
-    import intermodal.metrics as metrics
-
-    rng = np.random.default_rng(11)
-    size = (7, 2, 5)[:ndim]  # one axis of 2 voxels: its only interval, edge repeated
-    field = sitk.GetImageFromArray(rng.normal(size=(*size[::-1], ndim)), isVector=True)
-    field.SetSpacing((3.0, 2.5, 4.0)[:ndim])
-    field.SetOrigin((1.0, -2.0, 3.0)[:ndim])
-    if ndim == 3:
-        direction = sitk.VersorTransform((0.2, 0.5, 0.7), 0.9).GetMatrix()
-    else:
-        direction = (0.6, -0.8, 0.8, 0.6)
-    field.SetDirection(direction)
-    reference = sitk.Image(*(30, 14, 20)[:ndim], sitk.sitkUInt8)
-    reference.SetSpacing((1.1, 0.9, 1.3)[:ndim])
-    reference.SetOrigin((-3.0, -4.0, 1.0)[:ndim])  # starts, and ends, beyond the field
-    reference.SetDirection(direction)
-    identity = sitk.Transform(ndim, sitk.sitkIdentity)
-    rows = reference.GetSize()[-1]
-    for single, kind, tolerance in [(False, sitk.sitkVectorFloat64, 1e-12),
-                                    (True, sitk.sitkVectorFloat32, 2e-6)]:  # fmt: skip
-        full = sitk.GetArrayFromImage(
-            sitk.Resample(field, reference, identity, sitk.sitkLinear, 0.0, kind)
-        )
-        for low, high in [(0, rows), (3, 9), (rows - 1, rows)]:
-            got = metrics._separable_rows(field, reference, low, high, single)
-            assert got.dtype == (np.float32 if single else np.float64)
-            np.testing.assert_allclose(got, full[low:high], rtol=0, atol=tolerance)
-        outside = np.all(full == 0, axis=-1)
-        assert outside.any() and not outside.all()  # both sides of ITK's inside rule met
-
-
 def test_field_of_another_direction_is_sampled_by_itk(monkeypatch):
     import intermodal.metrics as metrics
 
-    monkeypatch.setattr(metrics, "_separable_rows", None)  # must not be reached
+    monkeypatch.setattr(metrics, "sample_rows", None)  # must not be reached
     rng = np.random.default_rng(12)
     field = sitk.GetImageFromArray(rng.normal(size=(6, 7, 8, 3)), isVector=True)
     field.SetSpacing((2.0, 2.0, 2.0))

@@ -26,6 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from intermodal.errors import IntermodalError
+from intermodal.grids import sample_rows, share_direction
 
 LOG_JACOBIAN_CLIP = 1e-9
 """Determinants are clipped to this before the logarithm of SDlogJ, as Learn2Reg does."""
@@ -335,10 +336,12 @@ def _sampled_rows(
 
     As ITK's linear resampling does it (zero outside the field's grid), in float64, or in
     float32 when ``single``. Where the two grids share their direction, as ``register``'s
-    working grid and the fixed image do, through :func:`_separable_rows`.
+    working grid and the fixed image do, axis by axis (:func:`intermodal.grids.sample_rows`,
+    several times faster).
     """
-    if _same_direction(field, reference):
-        return _separable_rows(field, reference, low, high, single)
+    if share_direction(field, reference):
+        rows = sample_rows(field, reference, low, high, dtype=np.float32 if single else np.float64)
+        return np.moveaxis(rows, 0, -1)
     ndim = reference.GetDimension()
     size = list(reference.GetSize())
     size[-1] = high - low  # the last index axis is the first array axis
@@ -352,63 +355,6 @@ def _sampled_rows(
         sitk.sitkVectorFloat32 if single else sitk.sitkVectorFloat64,
     )  # fmt: skip
     return sitk.GetArrayFromImage(slab)
-
-
-def _same_direction(a: sitk.Image, b: sitk.Image) -> bool:
-    return np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=1e-9)
-
-
-def _interpolation_matrix(positions: np.ndarray, size: int, dtype: type) -> np.ndarray:
-    """``(len(positions), size)`` weights of linear interpolation at continuous ``positions``.
-
-    ITK's rule: a position inside ``[-0.5, size - 0.5)`` takes the two voxels around it, the
-    edge voxel repeated beyond the outermost centres; one outside gets no weight (the value 0).
-    """
-    inside = (positions >= -0.5) & (positions < size - 0.5)
-    clamped = np.clip(positions, 0, size - 1)
-    lower = np.minimum(np.floor(clamped).astype(np.intp), max(size - 2, 0))
-    fraction = clamped - lower
-    matrix = np.zeros((positions.size, size), dtype=dtype)
-    rows = np.arange(positions.size)
-    np.add.at(matrix, (rows, lower), (1 - fraction) * inside)
-    np.add.at(matrix, (rows, np.minimum(lower + 1, size - 1)), fraction * inside)
-    return matrix
-
-
-def _separable_rows(
-    field: sitk.Image, reference: sitk.Image, low: int, high: int, single: bool
-) -> np.ndarray:
-    """:func:`_sampled_rows` for grids of one direction: one linear pass per axis.
-
-    With a common direction ``D`` the continuous index of ``reference``'s voxel ``i`` on
-    ``field``'s grid is ``(D S_f)^-1 (o_r - o_f) + (s_r / s_f) i``, axis by axis, so the
-    multilinear interpolation splits into 1D interpolations along each array axis (the first
-    one restricted to the rows asked for), each a product with a small banded matrix. That is
-    ITK's result, inside/outside rule included, to rounding (1e-14 in a test), and on a 1 mm
-    CT with a 3 mm field, one thread, about 4x faster in float32 than ``sitk.Resample`` of the
-    vector image.
-    """
-    ndim = reference.GetDimension()
-    dtype = np.float32 if single else np.float64
-    direction = np.array(field.GetDirection()).reshape(ndim, ndim)
-    spacing = np.array(field.GetSpacing())
-    offset = np.linalg.solve(
-        direction @ np.diag(spacing), np.subtract(reference.GetOrigin(), field.GetOrigin())
-    )
-    scale = np.array(reference.GetSpacing()) / spacing
-    # components first, (ndim, *spatial) in array order
-    values = np.moveaxis(sitk.GetArrayViewFromImage(field), -1, 0)
-    for axis in range(ndim):  # array axis; index axis ndim - 1 - axis
-        k = ndim - 1 - axis
-        first, last = (low, high) if axis == 0 else (0, reference.GetSize()[k])
-        positions = offset[k] + scale[k] * np.arange(first, last, dtype=np.float64)
-        matrix = _interpolation_matrix(positions, values.shape[axis + 1], dtype)
-        if axis == 0:  # only the field's rows that these rows reach are read (and copied)
-            used = np.flatnonzero(matrix.any(axis=0))
-            begin, end = (used[0], used[-1] + 1) if used.size else (0, 1)
-            matrix, values = matrix[:, begin:end], values[:, begin:end].astype(dtype)
-        values = np.moveaxis(np.moveaxis(values, axis + 1, -1) @ matrix.T, -1, axis + 1)
-    return np.moveaxis(values, 0, -1)
 
 
 _SLAB_VOXELS = 2_000_000

@@ -273,16 +273,19 @@ def save_result(
         The output directory.
     """
     from intermodal.io import write_points
-    from intermodal.io.nifti import write_displacement_nifti
+    from intermodal.io.nifti import write_displacement_nifti, write_float32_nifti
 
     with OutputDirectory(out_dir, overwrite=overwrite) as staging:
-        sitk.WriteImage(result.warped, str(staging / "warped.nii.gz"), useCompression=True)
+        if result.warped.GetPixelID() == sitk.sitkFloat32:
+            write_float32_nifti(result.warped, staging / "warped.nii.gz")
+        else:
+            sitk.WriteImage(result.warped, str(staging / "warped.nii.gz"), useCompression=True)
         # The fields go onto the fixed grid one component at a time (float32), never whole.
         write_displacement_nifti(result.field, result.fixed, staging / "displacement.nii.gz")
         write_displacement_nifti(
             result.inverse_field, result.fixed, staging / "inverse_displacement.nii.gz"
         )
-        sitk.WriteImage(result.jacobian, str(staging / "jacobian.nii.gz"), useCompression=True)
+        write_float32_nifti(result.jacobian, staging / "jacobian.nii.gz")
         sitk.WriteTransform(result.transform, str(staging / "transform.h5"))
         # The initial affine on its own, so that tools taking a chain of files can rebuild the
         # transform: ANTs as `-t displacement.nii.gz -t affine.mat`.

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from intermodal.errors import IntermodalError
-from intermodal.io.nifti import write_displacement_nifti
+from intermodal.io.nifti import write_displacement_nifti, write_float32_nifti
 
 # Header fields that are float32 numbers computed from the geometry: ITK and we may differ in
 # the last bits (float32 vs float64 arithmetic). Every other header byte must be equal.
@@ -79,6 +79,64 @@ def test_coarse_field_is_interpolated_onto_the_reference(tmp_path):
     assert back.GetSize() == reference.GetSize()
     np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(expected))
     assert np.abs(sitk.GetArrayFromImage(back)).max() > 0.5  # not all zero
+
+
+@pytest.mark.parametrize("rotate", [False, True])
+def test_field_written_in_slabs_or_through_itk_is_itks_resampling(tmp_path, monkeypatch, rotate):
+    """Slabs of 2 rows (the grids share their direction) or ITK (they do not): ITK's values."""
+    import intermodal.io.nifti as nifti
+
+    monkeypatch.setattr(nifti, "_SLAB_VOXELS", 2 * 15 * 13)
+    coarse = sitk.Cast(_vector_image((6, 7, 8), reflect=False, seed=3), sitk.sitkVectorFloat64)
+    coarse.SetSpacing((2.0, 2.0, 2.0))
+    reference = sitk.Image(15, 13, 11, sitk.sitkInt16)
+    reference.SetSpacing((1.0, 1.1, 1.2))
+    reference.SetOrigin((10.5, -19.0, 30.7))  # partly beyond the coarse grid: zeros there
+    reference.SetDirection(coarse.GetDirection())
+    if rotate:
+        reference.SetDirection(sitk.VersorTransform((0.0, 0.0, 1.0), 0.2).GetMatrix())
+    write_displacement_nifti(coarse, reference, tmp_path / "d.nii.gz")
+    expected = sitk.Resample(
+        coarse, reference, sitk.Transform(3, sitk.sitkIdentity), sitk.sitkLinear, 0.0,
+        sitk.sitkVectorFloat32,
+    )  # fmt: skip
+    expected = sitk.GetArrayFromImage(expected)
+    with gzip.open(tmp_path / "d.nii.gz") as stream:  # a plain gzip stream
+        body = stream.read()[352:]
+    components = np.frombuffer(body, dtype="<f4").reshape(3, 11, 13, 15)
+    np.testing.assert_array_equal(np.moveaxis(components, 0, -1), expected)
+    zero = np.all(expected == 0, axis=-1)
+    assert zero.any() and not zero.all()
+
+
+@pytest.mark.parametrize("reflect", [False, True])
+@pytest.mark.parametrize("shape", [(4, 5, 6), (5, 6)])
+def test_scalar_float32_image_is_the_file_itk_writes(tmp_path, shape, reflect):
+    image = sitk.VectorIndexSelectionCast(_vector_image(shape, reflect=reflect), 0)
+    assert image.GetPixelID() == sitk.sitkFloat32
+    sitk.WriteImage(image, str(tmp_path / "itk.nii.gz"), useCompression=True)
+    write_float32_nifti(image, tmp_path / "ours.nii.gz")
+    theirs = _split(gzip.open(tmp_path / "itk.nii.gz").read())
+    ours = _split(gzip.open(tmp_path / "ours.nii.gz").read())
+    assert ours[0] == theirs[0]  # every non-float header byte
+    for a, b in zip(ours[1], theirs[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    assert ours[2] == theirs[2]  # the data, byte for byte
+    back = sitk.ReadImage(str(tmp_path / "ours.nii.gz"))
+    assert back.GetSize() == image.GetSize() and back.GetPixelID() == sitk.sitkFloat32
+    np.testing.assert_allclose(back.GetDirection(), image.GetDirection(), atol=1e-6)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
+    write_float32_nifti(image, tmp_path / "plain.nii")  # uncompressed: the same bytes
+    assert (tmp_path / "plain.nii").read_bytes() == gzip.open(tmp_path / "ours.nii.gz").read()
+
+
+def test_scalar_writer_refuses_other_pixel_types_and_suffixes(tmp_path):
+    image = sitk.Image(4, 5, sitk.sitkInt16)
+    with pytest.raises(IntermodalError, match="scalar float32"):
+        write_float32_nifti(image, tmp_path / "a.nii.gz")
+    with pytest.raises(IntermodalError, match=r"\.nii"):
+        write_float32_nifti(sitk.Cast(image, sitk.sitkFloat32), tmp_path / "a.mha")
+    assert not list(tmp_path.iterdir())
 
 
 def test_same_field_same_bytes(tmp_path):
