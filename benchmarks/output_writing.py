@@ -8,7 +8,7 @@ on the coarser working grid; ITK's way is ``sitk.Resample`` onto the fixed grid 
 go through ``sitk.WriteImage`` or ``io.nifti.write_float32_nifti``. Each pair of writers runs in
 turns, on one thread, on the CT of ``../shared/data/mridir`` at its own 2 mm and resampled to
 1 mm, after a ``--preset fast --similarity mi --spacing 3`` registration of the T2 MR onto it;
-each file's values are checked against ITK's (the same float32 values are required).
+each file's values are compared with ITK's (the largest absolute difference is reported).
 
 Usage::
 

@@ -242,7 +242,9 @@ def _write_body(write: Callable[[bytes], object], field: sitk.Image, reference: 
         step = max(1, _SLAB_VOXELS // max(1, math.prod(reference.GetSize()[:-1])))
         for component in range(ndim):
             for low in range(0, rows, step):
-                # in float64 then rounded, as ITK's resampling does: the same float32 values
+                # in float64, then rounded to float32 as ITK's resampling does; the float64
+                # values agree with ITK's to about 1e-14, so a float32 value is ITK's or one
+                # rounding step from it (benchmarks/RESULTS.md, output_writing)
                 slab = sample_rows(
                     field, reference, low, min(low + step, rows), component=component
                 )
