@@ -142,3 +142,13 @@ def test_stored_sweeps_render_their_results_md_sections(compare):
         # a figure changed in the run changes the render
         payload["rows"]["ants"][0]["sdlogj"] += 1.0
         assert regularisation.render(payload) not in committed, path.name
+
+
+def test_real_defaults_line_names_both_runs_when_they_differ(compare):
+    rows = {"ants": real_row(1.19, 20.0), "im_default": real_row(1.16, 60.0)}
+    [line] = compare._real_defaults_line(rows)
+    assert "**NOT MET**" in line and "ratio 3.00" in line and "different runs" not in line
+    rows["im_default"] = real_row(1.20, 1.0, date="run-a")
+    [line] = compare._real_defaults_line(rows)
+    assert "**MET**" in line and "different runs (run-a and " in line
+    assert compare._real_defaults_line({"ants": real_row(1.19, 20.0)}) == []
