@@ -44,18 +44,23 @@ def _split(data: bytes) -> tuple[bytes, list[np.ndarray], bytes]:
     return bytes(masked), floats, data[352:]
 
 
+def _assert_same_file(ours_path, itk_path) -> None:
+    """Every header byte but the float fields' last bits, and the data byte for byte."""
+    ours = _split(gzip.open(ours_path).read())
+    theirs = _split(gzip.open(itk_path).read())
+    assert ours[0] == theirs[0]  # every non-float header byte
+    for a, b in zip(ours[1], theirs[1]):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    assert ours[2] == theirs[2]  # the data, byte for byte
+
+
 @pytest.mark.parametrize("reflect", [False, True])
 @pytest.mark.parametrize("shape", [(4, 5, 6), (5, 6)])
 def test_same_file_as_itk(tmp_path, shape, reflect):
     image = _vector_image(shape, reflect=reflect)
     sitk.WriteImage(image, str(tmp_path / "itk.nii.gz"), useCompression=True)
     write_displacement_nifti(image, image, tmp_path / "ours.nii.gz")
-    theirs = _split(gzip.open(tmp_path / "itk.nii.gz").read())
-    ours = _split(gzip.open(tmp_path / "ours.nii.gz").read())
-    assert ours[0] == theirs[0]  # every non-float header byte
-    for a, b in zip(ours[1], theirs[1]):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
-    assert ours[2] == theirs[2]  # the data, byte for byte
+    _assert_same_file(tmp_path / "ours.nii.gz", tmp_path / "itk.nii.gz")
     back = sitk.ReadImage(str(tmp_path / "ours.nii.gz"))
     assert back.GetDimension() == len(shape)
     np.testing.assert_allclose(back.GetDirection(), image.GetDirection(), atol=1e-6)
@@ -116,12 +121,7 @@ def test_scalar_float32_image_is_the_file_itk_writes(tmp_path, shape, reflect):
     assert image.GetPixelID() == sitk.sitkFloat32
     sitk.WriteImage(image, str(tmp_path / "itk.nii.gz"), useCompression=True)
     write_float32_nifti(image, tmp_path / "ours.nii.gz")
-    theirs = _split(gzip.open(tmp_path / "itk.nii.gz").read())
-    ours = _split(gzip.open(tmp_path / "ours.nii.gz").read())
-    assert ours[0] == theirs[0]  # every non-float header byte
-    for a, b in zip(ours[1], theirs[1]):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
-    assert ours[2] == theirs[2]  # the data, byte for byte
+    _assert_same_file(tmp_path / "ours.nii.gz", tmp_path / "itk.nii.gz")
     back = sitk.ReadImage(str(tmp_path / "ours.nii.gz"))
     assert back.GetSize() == image.GetSize() and back.GetPixelID() == sitk.sitkFloat32
     np.testing.assert_allclose(back.GetDirection(), image.GetDirection(), atol=1e-6)
