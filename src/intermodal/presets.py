@@ -13,7 +13,7 @@ tuning_*_fast, tuning_*_volume and compare_*):
 - ``fast``: in 3D the refinement alone (the bundled 3D network does not help it) on a 4 mm
   grid, 18 steps at a tenth of the voxels; in 2D the network after a moments init and 6
   refinement steps. In 3D under a tenth of ANTs SyNRA's time on the held-out synthetic pelvis
-  (compare_heldout3d; 0.061 of it over 20 pairs in heldout3d_fast20, 1 of them above a
+  (compare_heldout3d; 0.067 of it over 20 pairs in heldout3d_fast20, none of them above a
   tenth), less accurate than ``default`` and rougher (SDlogJ about 0.3 in 3D).
 """
 
