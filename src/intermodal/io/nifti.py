@@ -126,15 +126,12 @@ def nifti_header(reference: sitk.Image, components: int) -> bytes:
 
 
 def _component_on(field: sitk.Image, component: int, reference: sitk.Image) -> sitk.Image:
-    """One component of ``field`` sampled linearly on ``reference``'s grid (0 outside), float32."""
+    """One component of ``field`` sampled linearly on ``reference``'s grid (0 outside), float32.
+
+    For a reference of another direction than the field's (grids of one direction, the field's
+    own included, go through :func:`intermodal.grids.sample_rows`).
+    """
     scalar = sitk.VectorIndexSelectionCast(field, component, sitk.sitkFloat32)
-    if (
-        scalar.GetSize() == reference.GetSize()
-        and np.allclose(scalar.GetSpacing(), reference.GetSpacing())
-        and np.allclose(scalar.GetOrigin(), reference.GetOrigin())
-        and np.allclose(scalar.GetDirection(), reference.GetDirection())
-    ):
-        return scalar
     identity = sitk.Transform(reference.GetDimension(), sitk.sitkIdentity)
     return sitk.Resample(scalar, reference, identity, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
 
