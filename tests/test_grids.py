@@ -67,7 +67,26 @@ def test_rows_of_the_fields_own_grid_are_its_values():
     np.testing.assert_array_equal(sample_rows(field, same, 1, 4), values[:, 1:4])
 
 
-def test_another_direction_is_not_shared():
+def test_another_direction_is_not_shared_and_itk_samples_its_rows():
     field, reference = _grids(3, 3)
     reference.SetDirection(sitk.VersorTransform((0.0, 0.0, 1.0), 0.3).GetMatrix())
     assert not share_direction(field, reference)
+    identity = sitk.Transform(3, sitk.sitkIdentity)
+    full = sitk.Resample(field, reference, identity, sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64)
+    full = np.moveaxis(sitk.GetArrayFromImage(full), -1, 0)
+    np.testing.assert_array_equal(sample_rows(field, reference, 2, 7), full[:, 2:7])
+    np.testing.assert_array_equal(sample_rows(field, reference, 2, 7, component=1), full[1:2, 2:7])
+    single = sample_rows(field, reference, 2, 7, dtype=np.float32)
+    assert single.dtype == np.float32
+    np.testing.assert_array_equal(single, full[:, 2:7].astype(np.float32))
+    assert np.abs(full[:, 2:7]).max() > 0.5 and (full == 0).any()  # inside and outside
+
+
+def test_slab_rows_fit_about_slab_voxels(monkeypatch):
+    from intermodal import grids
+
+    image = sitk.Image(10, 20, 30, sitk.sitkUInt8)
+    monkeypatch.setattr(grids, "SLAB_VOXELS", 1000)
+    assert grids.slab_rows(image) == 5  # 5 rows of 10 x 20 voxels
+    monkeypatch.setattr(grids, "SLAB_VOXELS", 10)
+    assert grids.slab_rows(image) == 1  # never fewer than one row

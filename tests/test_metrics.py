@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-import intermodal.metrics as metrics_module
+from intermodal import grids
 from intermodal.errors import IntermodalError
 from intermodal.metrics import (
     LOG_JACOBIAN_CLIP,
@@ -304,7 +304,7 @@ def test_jacobian_in_slabs_equals_the_whole_grid(monkeypatch):
     image = sitk.GetImageFromArray(field, isVector=True)
     image.SetSpacing((1.0, 2.0, 3.0))
     whole = jacobian_determinant(image)
-    monkeypatch.setattr(metrics_module, "_SLAB_VOXELS", 2 * 9 * 8)  # slabs of 2 slices
+    monkeypatch.setattr(grids, "SLAB_VOXELS", 2 * 9 * 8)  # slabs of 2 slices
     assert jacobian_determinant(image) == pytest.approx(whole, abs=1e-12)
     assert whole.min() < 0.9 < 1.1 < whole.max()  # a field that does vary
 
@@ -374,7 +374,7 @@ def test_jacobian_on_a_reference_grid_equals_the_resampled_field(monkeypatch):
     """Slab-wise sampling onto a finer grid gives the determinant of the resampled field."""
     import intermodal.metrics as metrics
 
-    monkeypatch.setattr(metrics, "_SLAB_VOXELS", 500)  # many slabs on this small grid
+    monkeypatch.setattr(grids, "SLAB_VOXELS", 500)  # many slabs on this small grid
     rng = np.random.default_rng(1)
     field = sitk.GetImageFromArray(rng.normal(size=(10, 12, 14, 3)) * 0.8, isVector=True)
     field.SetSpacing((2.0, 2.0, 2.0))
@@ -397,7 +397,7 @@ def test_jacobian_on_a_reference_grid_equals_the_resampled_field(monkeypatch):
 def test_field_of_another_direction_is_sampled_by_itk(monkeypatch):
     import intermodal.metrics as metrics
 
-    monkeypatch.setattr(metrics, "sample_rows", None)  # must not be reached
+    monkeypatch.setattr(grids, "_interpolation_matrix", None)  # the axis-by-axis path: unused
     rng = np.random.default_rng(12)
     field = sitk.GetImageFromArray(rng.normal(size=(6, 7, 8, 3)), isVector=True)
     field.SetSpacing((2.0, 2.0, 2.0))

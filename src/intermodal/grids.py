@@ -1,4 +1,4 @@
-"""Linear resampling of a field onto a grid of the same direction, axis by axis.
+"""Linear resampling of a field onto another grid, a slab of rows at a time.
 
 ``register`` keeps its displacement fields on the working grid, a coarser grid with the fixed
 image's direction, and samples them onto the fixed grid for the Jacobian and for the files it
@@ -6,16 +6,28 @@ writes. ITK's ``sitk.Resample`` does that point by point through the general tra
 machinery. When both grids share their direction, the continuous index of a voxel of one on
 the other is a scale and a shift per axis, so the multilinear interpolation splits into 1D
 interpolations along each array axis, each a product with a small banded matrix.
-:func:`sample_rows` gives ITK's values (its inside/outside rule included) to rounding, a slab
-of rows at a time, so that a field on a coarse grid is never held at the full grid's size.
+:func:`sample_rows` gives ITK's values (its inside/outside rule included) to rounding that way,
+and takes ITK's own resampling for grids of other directions; either way a slab of rows at a
+time, so that a field on a coarse grid is never held at the full grid's size.
+:func:`slab_rows` says how many rows make a slab.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import SimpleITK as sitk
 
-__all__ = ["sample_rows", "share_direction"]
+__all__ = ["SLAB_VOXELS", "sample_rows", "share_direction", "slab_rows"]
+
+SLAB_VOXELS = 2_000_000
+"""About this many voxels of a full grid are sampled, or worked on, at a time."""
+
+
+def slab_rows(image: sitk.Image) -> int:
+    """Rows (first array axis) of ``image``'s grid in a slab of about :data:`SLAB_VOXELS`."""
+    return max(1, SLAB_VOXELS // max(1, math.prod(image.GetSize()[:-1])))
 
 
 def share_direction(a: sitk.Image, b: sitk.Image) -> bool:
@@ -54,11 +66,12 @@ def sample_rows(
     """``field`` sampled linearly on rows ``low:high`` (first array axis) of ``reference``.
 
     The values of ``sitk.Resample(field, reference, identity, sitkLinear, 0.0)`` on those rows,
-    zero outside the field's grid, to rounding (1e-14 in float64 in a test).
+    zero outside the field's grid: axis by axis where the two grids share their direction (see
+    :func:`share_direction`), to rounding (1e-14 in float64 in a test); by ITK's resampling of
+    the rows otherwise.
 
     Args:
-        field: a scalar or vector image with ``reference``'s direction (see
-            :func:`share_direction`).
+        field: a scalar or vector image of the reference's dimension.
         reference: the grid sampled (its pixels are not read).
         low, high: the rows, along the first array axis (the last index axis).
         dtype: ``np.float64`` or ``np.float32``, the precision of the products.
@@ -68,6 +81,8 @@ def sample_rows(
         ``(components, rows, *rest)``, components first (one for a scalar field or a chosen
         component), the spatial axes in array order.
     """
+    if not share_direction(field, reference):
+        return _resampled_rows(field, reference, low, high, dtype, component)
     ndim = reference.GetDimension()
     direction = np.array(field.GetDirection()).reshape(ndim, ndim)
     spacing = np.array(field.GetSpacing())
@@ -94,3 +109,36 @@ def sample_rows(
             matrix, values = matrix[:, begin:end], values[:, begin:end].astype(dtype)
         values = np.moveaxis(np.moveaxis(values, axis + 1, -1) @ matrix.T, -1, axis + 1)
     return values
+
+
+def _resampled_rows(
+    field: sitk.Image,
+    reference: sitk.Image,
+    low: int,
+    high: int,
+    dtype: type,
+    component: int | None,
+) -> np.ndarray:
+    """:func:`sample_rows` through ``sitk.Resample`` onto a grid of the rows alone."""
+    ndim = reference.GetDimension()
+    vector = field.GetNumberOfComponentsPerPixel() > 1
+    single = np.dtype(dtype) == np.float32
+    if vector and component is not None:
+        field = sitk.VectorIndexSelectionCast(field, component, sitk.sitkFloat64)
+        vector = False
+    if vector:
+        kind = sitk.sitkVectorFloat32 if single else sitk.sitkVectorFloat64
+    else:
+        kind = sitk.sitkFloat32 if single else sitk.sitkFloat64
+    size = list(reference.GetSize())
+    size[-1] = high - low  # the last index axis is the first array axis
+    start = [0] * ndim
+    start[-1] = low
+    origin = reference.TransformIndexToPhysicalPoint(start)
+    identity = sitk.Transform(ndim, sitk.sitkIdentity)
+    slab = sitk.Resample(
+        field, size, identity, sitk.sitkLinear, origin, reference.GetSpacing(),
+        reference.GetDirection(), 0.0, kind,
+    )  # fmt: skip
+    values = sitk.GetArrayFromImage(slab)
+    return np.moveaxis(values, -1, 0) if vector else values[None]

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from intermodal import grids
 from intermodal.errors import IntermodalError
 from intermodal.io.nifti import write_displacement_nifti, write_float32_nifti
 
@@ -88,10 +89,9 @@ def test_coarse_field_is_interpolated_onto_the_reference(tmp_path):
 
 @pytest.mark.parametrize("rotate", [False, True])
 def test_field_written_in_slabs_or_through_itk_is_itks_resampling(tmp_path, monkeypatch, rotate):
-    """Slabs of 2 rows (the grids share their direction) or ITK (they do not): ITK's values."""
-    import intermodal.io.nifti as nifti
-
-    monkeypatch.setattr(nifti, "_SLAB_VOXELS", 2 * 15 * 13)
+    """Slabs of 2 rows, axis by axis (the grids share their direction) or by ITK (they do
+    not): ITK's values."""
+    monkeypatch.setattr(grids, "SLAB_VOXELS", 2 * 15 * 13)
     coarse = sitk.Cast(_vector_image((6, 7, 8), reflect=False, seed=3), sitk.sitkVectorFloat64)
     coarse.SetSpacing((2.0, 2.0, 2.0))
     reference = sitk.Image(15, 13, 11, sitk.sitkInt16)

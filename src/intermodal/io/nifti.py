@@ -1,19 +1,18 @@
-"""A displacement field written to NIfTI-1 one component at a time, on any grid.
+"""A displacement field written to NIfTI-1 a slab of one component at a time, on any grid.
 
 ITK's NIfTI writer needs the whole vector image in memory and, because NIfTI stores the
 components of a vector image slowest (``x, y, z, t, c``) where ITK interleaves them, it makes
 a second full copy to reorder them: 2 x 12 bytes per voxel for a float32 3D field. On a
 512x512x400 CT that is 2.5 GiB on top of the field itself. :func:`write_displacement_nifti`
-builds one component on the target grid at a time (4 bytes per voxel) and streams it out, so
-a field that lives on a coarse grid can be written on the fixed image's full grid in a
-fraction of that memory; where the field's grid has the reference's direction, as
-``register``'s working grid does, it is sampled a slab of rows at a time
-(:func:`intermodal.grids.sample_rows`), so the peak is a slab. ``.nii.gz`` is deflated with
-zlib's run-length strategy: on float32 displacements it gave the default strategy's size
-(within 1 %, zero runs included) in about 0.4x the time. The file is the one ITK would write
-for the same float32 vector image (the same header fields: NIFTI_INTENT_VECTOR, qform and
-sform both "scanner", LPS turned to RAS), which ``tests/test_nifti.py`` checks against ITK
-byte for byte apart from the quaternion's last bits.
+samples one component on the target grid a slab of rows at a time
+(:func:`intermodal.grids.sample_rows`) and streams it out, so a field that lives on a coarse
+grid can be written on the fixed image's full grid in a slab's memory. ``.nii.gz`` is
+deflated with zlib's run-length strategy: on float32 displacements it gave the default
+strategy's size (within 1 %, zero runs included) in about 0.4x the time. The file is the one
+ITK would write for the same float32 vector image (the same header fields:
+NIFTI_INTENT_VECTOR, qform and sform both "scanner", LPS turned to RAS), which
+``tests/io/test_io_nifti.py`` checks against ITK byte for byte apart from the quaternion's
+last bits.
 
 :func:`write_float32_nifti` writes a scalar float32 image (the warped image, the Jacobian)
 as ITK would, deflated the same way.
@@ -32,7 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from intermodal.errors import IntermodalError
-from intermodal.grids import sample_rows, share_direction
+from intermodal.grids import sample_rows, slab_rows
 
 __all__ = ["write_displacement_nifti", "write_float32_nifti"]
 
@@ -125,17 +124,6 @@ def nifti_header(reference: sitk.Image, components: int) -> bytes:
     return bytes(header) + b"\0\0\0\0"
 
 
-def _component_on(field: sitk.Image, component: int, reference: sitk.Image) -> sitk.Image:
-    """One component of ``field`` sampled linearly on ``reference``'s grid (0 outside), float32.
-
-    For a reference of another direction than the field's (grids of one direction, the field's
-    own included, go through :func:`intermodal.grids.sample_rows`).
-    """
-    scalar = sitk.VectorIndexSelectionCast(field, component, sitk.sitkFloat32)
-    identity = sitk.Transform(reference.GetDimension(), sitk.sitkIdentity)
-    return sitk.Resample(scalar, reference, identity, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-
-
 def write_displacement_nifti(
     field: sitk.Image,
     reference: sitk.Image,
@@ -146,13 +134,11 @@ def write_displacement_nifti(
     """Write ``field`` sampled on ``reference``'s grid as a float32 vector NIfTI-1 file.
 
     The field (a vector image of LPS mm, on any grid that covers the reference; zero outside
-    it) is linearly interpolated onto the reference grid one component at a time (a slab of
-    rows at a time where the grids share their direction), so the peak memory is at most one
-    float32 component on the reference grid. ``.nii.gz`` is gzip (deflate, run-length
-    strategy) with no name and a modification time of 0, so the same field gives the same
-    bytes. The file is
-    written in place: callers that need all-or-nothing write into a staging folder (as
-    :func:`intermodal.report.save_result` does).
+    it) is linearly interpolated onto the reference grid one component and a slab of rows at a
+    time, so the peak memory is a slab (:data:`intermodal.grids.SLAB_VOXELS`). ``.nii.gz`` is
+    gzip (deflate, run-length strategy) with no name and a modification time of 0, so the same
+    field gives the same bytes. The file is written in place: callers that need all-or-nothing
+    write into a staging folder (as :func:`intermodal.report.save_result` does).
 
     Args:
         field: vector image with one component per dimension.
@@ -226,28 +212,16 @@ def _write_stream(
             body(raw.write)
 
 
-# voxels of the reference grid sampled at a time (8 MB in float32)
-_SLAB_VOXELS = 2_000_000
-
-
 def _write_body(write: Callable[[bytes], object], field: sitk.Image, reference: sitk.Image) -> None:
     ndim = reference.GetDimension()
     write(nifti_header(reference, ndim))
     # array order (z, y, x) in C order is NIfTI's x-fastest order
-    if share_direction(field, reference):
-        rows = reference.GetSize()[-1]
-        step = max(1, _SLAB_VOXELS // max(1, math.prod(reference.GetSize()[:-1])))
-        for component in range(ndim):
-            for low in range(0, rows, step):
-                # in float64, then rounded to float32 as ITK's resampling does; the float64
-                # values agree with ITK's to about 1e-14, so a float32 value is ITK's or one
-                # rounding step from it (benchmarks/RESULTS.md, output_writing)
-                slab = sample_rows(
-                    field, reference, low, min(low + step, rows), component=component
-                )
-                write(memoryview(np.ascontiguousarray(slab, dtype=np.float32)).cast("B"))
-        return
+    rows, step = reference.GetSize()[-1], slab_rows(reference)
     for component in range(ndim):
-        values = _component_on(field, component, reference)
-        write(memoryview(np.ascontiguousarray(sitk.GetArrayViewFromImage(values))).cast("B"))
-        del values
+        for low in range(0, rows, step):
+            # in float64, then rounded to float32 as ITK's resampling does; the float64 values
+            # agree with ITK's to about 1e-14, so a float32 value is ITK's or one rounding
+            # step from it (benchmarks/RESULTS.md, output_writing)
+            high = min(low + step, rows)
+            slab = sample_rows(field, reference, low, high, component=component)
+            write(memoryview(np.ascontiguousarray(slab, dtype=np.float32)).cast("B"))
