@@ -375,9 +375,15 @@ def _parzen_weights(values: Tensor, bins: int, sigma: float) -> Tensor:
     Only the bins within :data:`_PARZEN_REACH_SIGMAS` sigmas of a sample's nearest bin get a
     weight; the others are exactly 0. With the default sigma of half a bin that is 7
     exponentials a sample instead of ``bins``: on the CPU the 32-bin histogram's forward and
-    backward take a third of the time of all 32, and agree with them to float32 rounding. The
-    weights are a softmax over the window, so a sample far outside ``[0, 1]`` puts its mass on
-    the end bin instead of underflowing to 0/0.
+    backward take a third of the time of all 32, and agree with them to float32 rounding.
+
+    The weights are a softmax over the window, taken relative to the window's centre: the
+    nearest bin is the closest one in range, so its logit is the largest, and every weight is
+    ``exp(logit - centre's logit) <= 1`` before the division by their sum (at least 1). A
+    sample far outside ``[0, 1]`` thus puts its mass on the end bin instead of underflowing
+    to 0/0. Written out rather than as ``torch.softmax`` over the last axis, which on the
+    CPU is about 20x slower for a 7-wide axis than these few element-wise passes (the whole
+    histogram of 43500 samples, forward and backward: about 2.5x faster).
     """
     position = values * (bins - 1)  # in bins
     width = sigma * (bins - 1)
@@ -390,9 +396,13 @@ def _parzen_weights(values: Tensor, bins: int, sigma: float) -> Tensor:
     index = nearest.unsqueeze(-1) + offsets
     logits = -0.5 * ((position.unsqueeze(-1) - index) / width) ** 2
     outside = (index < 0) | (index > bins - 1)
-    weights = torch.softmax(logits.masked_fill(outside, -math.inf), -1)
+    # the centre is always in range; a bin out of range gets exp(-inf) = 0, gradient 0
+    relative = logits.masked_fill(outside, -math.inf) - logits[..., reach : reach + 1]
+    weights = relative.exp()
+    weights = weights / weights.sum(-1, keepdim=True)
     dense = values.new_zeros((*values.shape, bins))
-    return dense.scatter_add(-1, index.clamp(0, bins - 1).long(), weights)
+    # in place: the out-of-place scatter_add would first copy the zeros
+    return dense.scatter_add_(-1, index.clamp(0, bins - 1).long(), weights)
 
 
 def parzen_mutual_information(
