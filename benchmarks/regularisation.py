@@ -51,12 +51,13 @@ ANTS = "ants"  # the candidate that runs the peer instead of intermodal
 def parse_candidate(text: str) -> dict[str, Any]:
     """``"smoothness=4,velocity_stride=4"`` -> ``{"smoothness": 4, "velocity_stride": 4}``.
 
-    Numbers become int or float, ``none`` None, ``pyramid=4-2`` the tuple ``(4, 2)``.
+    Numbers become int or float, ``none`` None, ``pyramid=4-2`` the tuple ``(4, 2)`` (and
+    ``level_steps=6-6-12`` the tuple ``(6, 6, 12)``).
     """
     settings: dict[str, Any] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, _, value = item.partition("=")
-        if key == "pyramid":  # levels joined by "-": "4-2-1"
+        if key in ("pyramid", "level_steps"):  # one number a level, joined by "-": "4-2-1"
             settings[key] = tuple(int(level) for level in value.split("-"))
             continue
         if value.lower() in ("none", "null"):

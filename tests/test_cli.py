@@ -333,6 +333,29 @@ def test_regularisation_options_reach_the_settings(capsys, small_pair_files, tmp
         assert not out.exists()
 
 
+def test_level_steps_option_reaches_the_settings(capsys, small_pair_files, tmp_path):
+    fast = [option for option in FAST if option not in ("--refine", "30")]
+    out = tmp_path / "levels"
+    code, _, _ = _run(
+        capsys, "register", "--fixed", small_pair_files["ct"], "--moving",
+        small_pair_files["mr"], "--out", out, "--level-steps", "4,4,8", *fast,
+    )  # fmt: skip
+    assert code == 0
+    settings = json.loads((out / "report.json").read_text(encoding="utf-8"))["settings"]
+    assert settings["level_steps"] == [4, 4, 8]
+    for options, message in (
+        (("--level-steps", "4,8"), "level steps"),
+        (("--level-steps", "4,4,8", "--refine", "30"), "not both"),
+    ):
+        out = tmp_path / f"bad{len(options)}"
+        code, _, stderr = _run(
+            capsys, "register", "--fixed", small_pair_files["ct"], "--moving",
+            small_pair_files["mr"], "--out", out, *options, *fast,
+        )  # fmt: skip
+        assert code != 0 and message in stderr and len(stderr.strip().splitlines()) == 1
+        assert not out.exists()
+
+
 def test_mutual_information_options_reach_the_settings(capsys, small_pair_files, tmp_path):
     for options, expected in (
         (("--similarity", "mi"), ("mi", 0.0)),

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from intermodal.data.phantom import LABELS, ORGANS
 from intermodal.errors import IntermodalError
 from intermodal.metrics import dice_per_label
-from intermodal.registration import Settings, jacobian_statistics, register
+from intermodal.registration import Settings, jacobian_statistics, level_schedule, register
 from intermodal.report import save_result
 
 ORGAN_LABELS = {name: LABELS[name] for name in ORGANS}
@@ -215,6 +215,10 @@ def test_2d_pair_registers(small_pair_2d):
         (Settings(similarity="ssd"), "similarity"),
         (Settings(spacing=0.0), "--spacing"),
         (Settings(model=None, refine=0), "no deformable step"),
+        (Settings(model=None, refine=30, level_steps=(0, 0, 0)), "no deformable step"),
+        (Settings(level_steps=(6, 6)), "level steps"),
+        (Settings(level_steps=(6, -1, 6)), "level steps"),
+        (Settings(level_steps=(6, 6.5, 6)), "level steps"),
     ],
 )
 def test_bad_settings(settings, message):
@@ -456,6 +460,58 @@ def test_coarse_levels_refine_a_coarser_velocity_and_still_register(small_pair, 
             small_pair.ct_labels, result.warp_image(small_pair.mr_labels, labels=True)
         )
         assert after > before + 0.03
+
+
+@pytest.mark.parametrize(
+    ("settings", "shape", "expected"),
+    [
+        # refine shared equally, the finest level taking the remainder
+        (Settings(refine=20), (40, 48, 48), [(4, 6), (2, 6), (1, 8)]),
+        # a level under 8 voxels along an axis is skipped; the others share its steps
+        (Settings(refine=20), (24, 48, 48), [(2, 10), (1, 10)]),
+        (Settings(refine=20), (6, 48, 48), [(1, 20)]),
+        # level_steps: its own count a level; refine is not used
+        (Settings(refine=99, level_steps=(6, 6, 12)), (40, 48, 48), [(4, 6), (2, 6), (1, 12)]),
+        # a skipped level passes its steps to the next level kept ...
+        (Settings(level_steps=(6, 6, 12)), (24, 48, 48), [(2, 12), (1, 12)]),
+        # ... to the last one kept after it, and to the working grid if none is kept
+        (Settings(pyramid=(2, 8), level_steps=(5, 7)), (24, 48, 48), [(2, 12)]),
+        (Settings(level_steps=(6, 6, 12)), (6, 48, 48), [(1, 24)]),
+        (Settings(level_steps=(0, 6, 12)), (40, 48, 48), [(4, 0), (2, 6), (1, 12)]),
+    ],
+)
+def test_level_schedule(settings, shape, expected):
+    settings.validate()
+    assert level_schedule(settings, shape) == expected
+    assert sum(steps for _, steps in expected) == settings.refine_steps
+
+
+def test_level_steps_set_the_steps_of_each_level(small_pair, monkeypatch):
+    """register refines each level for its own count of steps, and reports progress against
+    their sum."""
+    import intermodal.registration as registration
+
+    calls = []
+    real = registration.refine_velocity
+
+    def recording(fixed, moving, velocity, **kwargs):
+        calls.append((tuple(fixed.shape[2:]), kwargs["steps"]))
+        return real(fixed, moving, velocity, **kwargs)
+
+    monkeypatch.setattr(registration, "refine_velocity", recording)
+    progress = []
+    settings = Settings(model=None, level_steps=(2, 0, 5), spacing=5.0, device="cpu")
+    result = register(
+        small_pair.ct,
+        small_pair.mr,
+        settings,
+        progress=lambda stage, step, total: progress.append((stage, step, total)),
+    )
+    working = tuple(result.report["working_grid"]["size"][::-1])
+    assert calls == [(tuple(n // 4 for n in working), 2), (working, 5)]
+    refine = [(step, total) for stage, step, total in progress if stage == "refine"]
+    assert refine == [(step, 7) for step in range(1, 8)]
+    assert tuple(result.report["settings"]["level_steps"]) == (2, 0, 5)
 
 
 @pytest.mark.parametrize(("similarity", "mi_weight"), [("mi", 0.0), ("mind", 1.0)])

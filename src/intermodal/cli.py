@@ -73,6 +73,11 @@ def _add_registration_options(parser: argparse.ArgumentParser) -> None:
         "--refine", type=int, default=None, metavar="N", help="test-time optimisation steps"
     )
     parser.add_argument(
+        "--level-steps", type=_level_steps, default=None, metavar="N,N,N",
+        help="steps at each refinement level, coarse to fine (levels 4, 2, 1: 'x4, x2, "
+        "full'), instead of --refine shared equally; e.g. 6,6,12",
+    )  # fmt: skip
+    parser.add_argument(
         "--init", default=None, choices=("none", "moments", "rigid", "affine"),
         help="initial alignment (default: affine)",
     )  # fmt: skip
@@ -114,17 +119,30 @@ def _add_registration_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
 
 
+def _level_steps(text: str) -> tuple[int, ...]:
+    """``"6,6,12"`` -> ``(6, 6, 12)``, for ``--level-steps``."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected whole numbers separated by commas, e.g. 6,6,12, not {text!r}"
+        ) from None
+
+
 # options that, when given, override the preset's value of the setting of the same name
 _PRESET_OVERRIDES = (
-    "refine", "init", "spacing", "similarity", "smoothness", "velocity_smoothing",
-    "volume_penalty", "sampling", "mi_weight",
+    "refine", "level_steps", "init", "spacing", "similarity", "smoothness",
+    "velocity_smoothing", "volume_penalty", "sampling", "mi_weight",
 )  # fmt: skip
 
 
 def _settings(args: argparse.Namespace, ndim: int = 3):
     """The registration settings for ``ndim``-D images: ``--preset``, then the options."""
+    from intermodal.errors import IntermodalError
     from intermodal.registration import preset_settings
 
+    if args.refine is not None and args.level_steps is not None:
+        raise IntermodalError("give --refine or --level-steps, not both")
     overrides = {
         name: value for name in _PRESET_OVERRIDES if (value := getattr(args, name)) is not None
     }

@@ -95,6 +95,11 @@ class Settings:
             same voxels; 0 leaves it out. Not used with ``"mi"``, which is that term alone.
         pyramid: refinement levels, as factors by which the working grid is subsampled, coarse
             to fine; the ``refine`` steps are shared equally between them.
+        level_steps: steps at each level of ``pyramid``, coarse to fine, instead of ``refine``
+            shared equally (as ANTs' ``--convergence [40x20x0]`` gives its iterations per
+            level); ``None`` shares ``refine``. When given, its sum is the refinement's step
+            count and ``refine`` is not used. A level skipped for a small image (see
+            :func:`level_schedule`) passes its steps to the next level kept.
         coarse_level_velocity: at a pyramid level whose factor exceeds ``velocity_stride``
             the velocity is refined on that level's grid instead (learning rate and
             ``velocity_smoothing`` scaled so that they keep their size in millimetres), and
@@ -123,9 +128,15 @@ class Settings:
     sampling: float = 1.0
     mi_weight: float = 0.0
     pyramid: tuple[int, ...] = (4, 2, 1)
+    level_steps: tuple[int, ...] | None = None
     coarse_level_velocity: bool = True
     integration_steps: int = 5
     seed: int = 0
+
+    @property
+    def refine_steps(self) -> int:
+        """The refinement's step count: the sum of ``level_steps`` if given, else ``refine``."""
+        return self.refine if self.level_steps is None else sum(self.level_steps)
 
     def validate(self) -> None:
         """Raise :class:`IntermodalError` for any setting out of range."""
@@ -161,7 +172,15 @@ class Settings:
             raise IntermodalError(
                 f"pyramid levels must be factors among 1, 2, 4, 8, not {self.pyramid}"
             )
-        if (self.model is None or self.model.lower() == "none") and self.refine == 0:
+        if self.level_steps is not None and (
+            len(self.level_steps) != len(self.pyramid)
+            or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in self.level_steps)
+        ):
+            raise IntermodalError(
+                f"level steps must be one whole number of 0 or more per pyramid level "
+                f"{tuple(self.pyramid)}, not {self.level_steps}"
+            )
+        if (self.model is None or self.model.lower() == "none") and self.refine_steps == 0:
             raise IntermodalError("--model none with --refine 0 would do no deformable step")
 
 
@@ -401,6 +420,35 @@ def _similarity_loss(
         return score(fixed_rows.index_select(0, index).t(), warped[0])
 
     return sampled
+
+
+def level_schedule(settings: Settings, working_shape: Sequence[int]) -> list[tuple[int, int]]:
+    """The refinement's ``(factor, steps)`` per pyramid level, coarse to fine.
+
+    A level whose grid would be under 8 voxels along an axis is skipped. Without
+    ``settings.level_steps`` the ``refine`` steps are shared equally between the levels kept
+    (the finest takes the remainder); with it each level keeps its own count, and a skipped
+    level's steps go to the next level kept (to the last one kept, after it). If no level is
+    kept, the working grid itself takes every step.
+    """
+    kept = [f for f in settings.pyramid if min(working_shape) // f >= 8]
+    if settings.level_steps is None:
+        levels = kept or [1]
+        share, extra = divmod(settings.refine, len(levels))
+        return list(zip(levels, [share] * (len(levels) - 1) + [share + extra]))
+    if not kept:
+        return [(1, sum(settings.level_steps))]
+    schedule: list[tuple[int, int]] = []
+    carried = 0
+    for factor, steps in zip(settings.pyramid, settings.level_steps, strict=True):
+        if factor in kept:
+            schedule.append((factor, steps + carried))
+            carried = 0
+        else:
+            carried += steps
+    factor, steps = schedule[-1]
+    schedule[-1] = (factor, steps + carried)
+    return schedule
 
 
 def refine_velocity(
@@ -781,15 +829,10 @@ def register(
     timings["network"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    if settings.refine > 0:
-        # Coarse to fine: the steps are shared between the levels of the pyramid; a level whose
-        # grid would be under 8 voxels along an axis is skipped.
-        levels = [f for f in settings.pyramid if min(working_shape) // f >= 8] or [1]
-        share, extra = divmod(settings.refine, len(levels))
-        steps_per_level = [share] * (len(levels) - 1) + [share + extra]
-        schedule = list(zip(levels, steps_per_level))
+    total_steps = settings.refine_steps
+    if total_steps > 0:
         done = 0
-        for factor, steps in schedule:
+        for factor, steps in level_schedule(settings, working_shape):
             if steps == 0:
                 continue
             fixed_level, moving_level = fixed_w, moving_w
@@ -809,7 +852,7 @@ def register(
 
             def level_progress(stage: str, step: int, total: int, offset: int = done) -> None:
                 if progress:
-                    progress(stage, offset + step, settings.refine)
+                    progress(stage, offset + step, total_steps)
 
             velocity = refine_velocity(
                 fixed_level,
@@ -924,6 +967,7 @@ def settings_from_mapping(values: dict[str, Any]) -> Settings:
 __all__: Sequence[str] = [
     "Settings",
     "PRESETS",
+    "level_schedule",
     "preset_settings",
     "RegistrationResult",
     "register",
