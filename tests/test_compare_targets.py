@@ -71,7 +71,7 @@ def test_the_methods_that_need_the_bundled_model(compare):
     # the fast preset (and its MI variants) runs the bundled model in 2D only (in 3D it is the
     # refinement alone)
     fast = {"im_preset_fast", "im_fast_mi", "im_fast_mi_2mm", "im_fast_mi_3mm",
-            "im_fast_mi_3mm_s05"}  # fmt: skip
+            "im_fast_mi_3mm_s05", "im_fast_mi_3mm_levels"}  # fmt: skip
     assert {m for m in compare.LABELS if compare.uses_bundled(m, 2)} == needing | fast
 
 
