@@ -109,6 +109,24 @@ def test_real_fastest_line_says_how_far_short_when_no_row_reaches_ants(compare):
     assert compare._real_fastest_line({"im_default": real_row(1.16, 36.0)}) == []
 
 
+def test_real_rows_show_each_run_and_the_targets_say_which_ants_nmi(compare):
+    assert compare.nmi_runs_cell({"nmi": 1.19}) == "-"  # measured before each run was scored
+    assert compare.nmi_runs_cell({"nmi_runs": [1.1911] * 3}) == "same"
+    varied = {"nmi_runs": [1.18964, 1.19081, 1.19160]}
+    assert compare.nmi_runs_cell(varied) == "1.1896 / 1.1908 / 1.1916"
+    rows = {
+        "ants": {**real_row(1.1908, 18.0), **varied},
+        "im_preset_fast": real_row(1.1911, 1.5),
+    }
+    [line] = compare._real_fastest_line(rows)
+    assert "**MET**" in line
+    assert line.endswith("ANTs' NMI is the median of its 3 runs' (1.1896 / 1.1908 / 1.1916)")
+    del rows["ants"]["nmi_runs"]
+    rows["im_preset_fast"]["nmi"] = 1.18
+    [line] = compare._real_fastest_line(rows)
+    assert "**NOT MET**" in line and line.endswith("ANTs' NMI is its last run's")
+
+
 def test_results_md_is_what_the_stored_measurements_render(compare, tmp_path, monkeypatch):
     """The compare_* and ants_seeds sections of RESULTS.md, the targets included, are exactly
     what ``compare.py --render-only`` makes of the committed parts: no figure is typed in."""
