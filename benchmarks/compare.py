@@ -102,7 +102,7 @@ LABELS = {
     "diffusion weight (`--preset fast --similarity mi --spacing 3 --smoothness 0.5`)",
     "im_fast_mi_3mm_levels": "intermodal: fast preset, mutual information on a 3 mm grid, "
     "6/3/15 steps on the 4x/2x/1x levels, 2 squarings (`--preset fast --similarity mi "
-    "--spacing 3 --level-steps 6,3,15`, `integration_steps=2`)",
+    "--spacing 3 --level-steps 6,3,15 --integration-steps 2`)",
     "vxm_intra": "VoxelMorph VxmPairwise, intra loss (LNCC CT + LNCC MR)",
     "vxm_mi": "VoxelMorph VxmPairwise, MI loss",
     "ants": "ANTs SyNRA, Mattes MI",

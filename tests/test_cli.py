@@ -333,18 +333,20 @@ def test_regularisation_options_reach_the_settings(capsys, small_pair_files, tmp
         assert not out.exists()
 
 
-def test_level_steps_option_reaches_the_settings(capsys, small_pair_files, tmp_path):
+def test_level_and_integration_steps_options_reach_the_settings(capsys, small_pair_files, tmp_path):
     fast = [option for option in FAST if option not in ("--refine", "30")]
     out = tmp_path / "levels"
     code, _, _ = _run(
         capsys, "register", "--fixed", small_pair_files["ct"], "--moving",
-        small_pair_files["mr"], "--out", out, "--level-steps", "4,4,8", *fast,
+        small_pair_files["mr"], "--out", out, "--level-steps", "4,4,8", "--integration-steps",
+        "2", *fast,
     )  # fmt: skip
     assert code == 0
     settings = json.loads((out / "report.json").read_text(encoding="utf-8"))["settings"]
-    assert settings["level_steps"] == [4, 4, 8]
+    assert (settings["level_steps"], settings["integration_steps"]) == ([4, 4, 8], 2)
     for options, message in (
         (("--level-steps", "4,8"), "level steps"),
+        (("--integration-steps", "-1"), "integration steps"),
         (("--level-steps", "4,4,8", "--refine", "30"), "not both"),
     ):
         out = tmp_path / f"bad{len(options)}"

@@ -216,6 +216,8 @@ def test_2d_pair_registers(small_pair_2d):
         (Settings(spacing=0.0), "--spacing"),
         (Settings(model=None, refine=0), "no deformable step"),
         (Settings(model=None, refine=30, level_steps=(0, 0, 0)), "no deformable step"),
+        (Settings(integration_steps=11), "integration steps"),
+        (Settings(integration_steps=2.0), "integration steps"),
         (Settings(level_steps=(6, 6)), "level steps"),
         (Settings(level_steps=(6, -1, 6)), "level steps"),
         (Settings(level_steps=(6, 6.5, 6)), "level steps"),

@@ -78,6 +78,11 @@ def _add_registration_options(parser: argparse.ArgumentParser) -> None:
         "full'), instead of --refine shared equally; e.g. 6,6,12",
     )  # fmt: skip
     parser.add_argument(
+        "--integration-steps", type=int, default=None, metavar="N",
+        help="scaling-and-squaring steps that turn the velocity into the deformation "
+        "(default 5; the fast preset 3)",
+    )  # fmt: skip
+    parser.add_argument(
         "--init", default=None, choices=("none", "moments", "rigid", "affine"),
         help="initial alignment (default: affine)",
     )  # fmt: skip
@@ -131,7 +136,7 @@ def _level_steps(text: str) -> tuple[int, ...]:
 
 # options that, when given, override the preset's value of the setting of the same name
 _PRESET_OVERRIDES = (
-    "refine", "level_steps", "init", "spacing", "similarity", "smoothness",
+    "refine", "level_steps", "integration_steps", "init", "spacing", "similarity", "smoothness",
     "velocity_smoothing", "volume_penalty", "sampling", "mi_weight",
 )  # fmt: skip
 

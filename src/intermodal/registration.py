@@ -172,6 +172,15 @@ class Settings:
             raise IntermodalError(
                 f"pyramid levels must be factors among 1, 2, 4, 8, not {self.pyramid}"
             )
+        if (
+            isinstance(self.integration_steps, bool)
+            or not isinstance(self.integration_steps, int)
+            or not 0 <= self.integration_steps <= 10
+        ):
+            raise IntermodalError(
+                f"integration steps must be a whole number from 0 to 10, not "
+                f"{self.integration_steps!r}"
+            )
         if self.level_steps is not None and (
             len(self.level_steps) != len(self.pyramid)
             or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in self.level_steps)
