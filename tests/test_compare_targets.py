@@ -171,3 +171,23 @@ def test_real_defaults_line_names_both_runs_when_they_differ(compare):
     [line] = compare._real_defaults_line(rows)
     assert "**MET**" in line and "different runs (run-a and " in line
     assert compare._real_defaults_line({"ants": real_row(1.19, 20.0)}) == []
+
+
+def test_sweep_candidates_parse_into_settings(compare):
+    """``regularisation.py --candidates``: one number a level for the per-level settings, and
+    the parsed candidate is a valid setting of register."""
+    import regularisation
+
+    from intermodal.registration import preset_settings
+
+    parsed = regularisation.parse_candidate(
+        "preset=fast,similarity=mi,spacing=3,level_steps=6-3-15,integration_steps=2,"
+        "pyramid=4-2-1,model=none"
+    )
+    assert parsed == {
+        "preset": "fast", "similarity": "mi", "spacing": 3, "level_steps": (6, 3, 15),
+        "integration_steps": 2, "pyramid": (4, 2, 1), "model": None,
+    }  # fmt: skip
+    settings = preset_settings(parsed.pop("preset"), 3, **parsed)
+    settings.validate()
+    assert settings.refine_steps == 24
