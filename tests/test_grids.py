@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from intermodal.grids import sample_rows, share_direction
+from intermodal.grids import same_grid, sample_rows, share_direction
 
 
 def _grids(ndim: int, components: int):
@@ -90,3 +90,24 @@ def test_slab_rows_fit_about_slab_voxels(monkeypatch):
     assert grids.slab_rows(image) == 5  # 5 rows of 10 x 20 voxels
     monkeypatch.setattr(grids, "SLAB_VOXELS", 10)
     assert grids.slab_rows(image) == 1  # never fewer than one row
+
+
+def test_same_grid_compares_every_part_of_the_geometry_within_the_tolerance():
+    image = sitk.Image(6, 5, 4, sitk.sitkFloat32)
+    image.SetSpacing((1.0, 2.0, 3.0))
+    image.SetOrigin((-100.0, 20.0, 5.0))
+    assert same_grid(image, sitk.Image(image))
+    assert not same_grid(image, sitk.Image(6, 5, 3, sitk.sitkFloat32))  # size
+    assert not same_grid(image, sitk.Image(6, 5, sitk.sitkFloat32))  # dimension
+    for setter, getter in (
+        ("SetSpacing", "GetSpacing"),
+        ("SetOrigin", "GetOrigin"),
+        ("SetDirection", "GetDirection"),
+    ):
+        for shift, default_same, loose_same in ((5e-7, True, True), (5e-4, False, True)):
+            other = sitk.Image(image)
+            values = list(getattr(image, getter)())
+            values[-1] += shift
+            getattr(other, setter)(values)
+            assert same_grid(image, other) is default_same, (setter, shift)
+            assert same_grid(image, other, tolerance=1e-3) is loose_same, (setter, shift)

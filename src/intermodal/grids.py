@@ -30,6 +30,27 @@ def slab_rows(image: sitk.Image) -> int:
     return max(1, SLAB_VOXELS // max(1, math.prod(image.GetSize()[:-1])))
 
 
+def same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-6) -> bool:
+    """Whether two images lie on one grid: the same dimension and size, and spacing, origin
+    (mm) and direction cosines each within ``tolerance`` of the other's.
+
+    The default suits grids computed here; a grid read back from a file (float32 NIfTI
+    headers) wants a looser one, such as the desktop app's 1e-3.
+    """
+    return (
+        a.GetDimension() == b.GetDimension()
+        and a.GetSize() == b.GetSize()
+        and all(
+            np.allclose(x, y, rtol=0, atol=tolerance)
+            for x, y in (
+                (a.GetSpacing(), b.GetSpacing()),
+                (a.GetOrigin(), b.GetOrigin()),
+                (a.GetDirection(), b.GetDirection()),
+            )
+        )
+    )
+
+
 def share_direction(a: sitk.Image, b: sitk.Image) -> bool:
     """Whether two images of one dimension have the same direction (to 1e-9)."""
     return a.GetDimension() == b.GetDimension() and np.allclose(

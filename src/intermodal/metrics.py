@@ -26,7 +26,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from intermodal.errors import IntermodalError
-from intermodal.grids import sample_rows, slab_rows
+from intermodal.grids import same_grid, sample_rows, slab_rows
 
 LOG_JACOBIAN_CLIP = 1e-9
 """Determinants are clipped to this before the logarithm of SDlogJ, as Learn2Reg does."""
@@ -278,7 +278,7 @@ def jacobian_determinant(
         raise IntermodalError(
             f"displacement grid {displacement.GetSize()} needs 2 voxels or more along each axis"
         )
-    if reference is not None and _same_grid(reference, displacement):
+    if reference is not None and same_grid(reference, displacement):
         reference = None  # sampling the field at its own voxels gives it back: skip that
     grid = displacement if reference is None else reference
     if reference is not None:
@@ -316,17 +316,6 @@ def jacobian_determinant(
         slab = _jacobian_det_of(rows(low, high), index_to_mm)
         det[start:stop] = slab[start - low : start - low + stop - start]
     return det
-
-
-def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
-    """Whether two images share size, spacing, origin and direction (to 1e-6 mm / 1e-9)."""
-    return (
-        a.GetDimension() == b.GetDimension()
-        and a.GetSize() == b.GetSize()
-        and np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=0, atol=1e-9)
-        and np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=0, atol=1e-6)
-        and np.allclose(a.GetDirection(), b.GetDirection(), rtol=0, atol=1e-9)
-    )
 
 
 def _sampled_rows(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import SimpleITK as sitk
 
+from intermodal import grids
 from intermodal.errors import IntermodalError
 from intermodal.gui.display import Grid
 
@@ -117,15 +118,14 @@ def displacement_voxels(displacement: sitk.Image) -> np.ndarray:
     return np.moveaxis(index[..., ::-1], -1, 0).astype(np.float32)
 
 
-def same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-3) -> bool:
-    """Whether two images share size, spacing, origin and direction."""
-    return (
-        a.GetDimension() == b.GetDimension()
-        and a.GetSize() == b.GetSize()
-        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tolerance)
-        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tolerance)
-        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tolerance)
-    )
+# images that the app reads back from files (float32 NIfTI headers) count as on one grid
+# within this many mm (and direction cosines within as much)
+FILE_GRID_TOLERANCE = 1e-3
+
+
+def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+    """:func:`intermodal.grids.same_grid` to :data:`FILE_GRID_TOLERANCE`."""
+    return grids.same_grid(a, b, FILE_GRID_TOLERANCE)
 
 
 @dataclass
