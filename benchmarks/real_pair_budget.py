@@ -11,13 +11,20 @@ thread (torch and ITK), after a warm-up registration that is not counted; ANTs S
 the same process, first, and each row's time is divided by its. NMI and SDlogJ are scored as
 ``compare.py`` scores the real pair.
 
+With ``--seeds N`` it asks a third question instead: how much the real pair's pick
+(``compare.py``'s ``im_fast_mi_3mm_levels``) depends on its seed, which draws the voxels at
+which each refinement step scores MI. Its rows are that setting with seeds 0 to N - 1; seed 0
+is the one that ``compare_real`` measured.
+
 Usage::
 
     nice -n 10 .venv/bin/python benchmarks/real_pair_budget.py --load-note "nothing else ran"
+    nice -n 10 .venv/bin/python benchmarks/real_pair_budget.py --seeds 8
 
 (Re)writes the section between ``<!-- real_pair_budget:begin -->`` and
-``<!-- real_pair_budget:end -->`` of ``benchmarks/RESULTS.md`` and keeps the rows in
-``benchmarks/measured/real_pair_budget.json``.
+``<!-- real_pair_budget:end -->`` of ``benchmarks/RESULTS.md`` (with ``--seeds``,
+``real_pair_seeds``) and keeps the rows in ``benchmarks/measured/real_pair_budget.json``
+(``real_pair_seeds.json``).
 """
 
 from __future__ import annotations
@@ -41,8 +48,7 @@ from intermodal.registration import preset_settings, register
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "mridir"
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
-RECORD = REPO / "benchmarks" / "measured" / "real_pair_budget.json"
-BEGIN, END = "<!-- real_pair_budget:begin -->", "<!-- real_pair_budget:end -->"
+MEASURED = REPO / "benchmarks" / "measured"
 
 # overrides of preset_settings("fast", 3, similarity="mi", device="cpu")
 ROWS = [
@@ -54,12 +60,31 @@ ROWS = [
     {"spacing": 3.0, "init": "affine"},
     {"spacing": 2.0, "sampling": 0.1, "refine": 54},
 ]
+# the real pair's pick (tuning_3d_mi_levels), whose seed --seeds varies
+PICK = {"spacing": 3.0, "level_steps": (6, 3, 15), "integration_steps": 2}
+
+
+def _name(overrides: dict) -> str:
+    """``{"spacing": 3.0, "level_steps": (6, 3, 15)}`` -> ``spacing=3,level_steps=6-3-15``."""
+
+    def text(value) -> str:
+        if isinstance(value, tuple):
+            return "-".join(str(v) for v in value)
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    return ",".join(f"{key}={text(value)}" for key, value in overrides.items())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--load-note", default="not recorded")
+    parser.add_argument(
+        "--seeds", type=int, default=0, metavar="N",
+        help="instead of the budget rows: the real pair's pick with seeds 0 to N - 1",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    section = "real_pair_seeds" if args.seeds else "real_pair_budget"
+    rows_asked = [{**PICK, "seed": seed} for seed in range(args.seeds)] if args.seeds else ROWS
     if not (DATA / "ct_2mm.nii.gz").is_file():
         print(f"skipped: the MRI-DIR pair is not at {DATA}")
         return 0
@@ -74,15 +99,13 @@ def main(argv: list[str] | None = None) -> int:
              "sdlogj": sdlogj(ants.jacobian_det)}]  # fmt: skip
     print(rows[-1], flush=True)
     register(ct, mr, preset_settings("fast", 3, similarity="mi", device="cpu"))  # warm-up
-    for overrides in ROWS:
+    for overrides in rows_asked:
         settings = preset_settings("fast", 3, similarity="mi", device="cpu", **overrides)
         start = time.perf_counter()
         result = register(ct, mr, settings)
         seconds = time.perf_counter() - start
-        name = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                        for k, v in overrides.items())  # fmt: skip
         rows.append({
-            "settings": f"`preset=fast,similarity=mi,{name}`", "seconds": seconds,
+            "settings": f"`preset=fast,similarity=mi,{_name(overrides)}`", "seconds": seconds,
             "nmi": evaluator.nmi(evaluator.warp(result.transform)),
             "sdlogj": sdlogj(np.asarray(sitk.GetArrayViewFromImage(result.jacobian))),
             "stage_s": result.report["timings_s"],
@@ -90,9 +113,14 @@ def main(argv: list[str] | None = None) -> int:
         print(rows[-1], flush=True)
     command = shlex.join(["nice", "-n", "10", ".venv/bin/python",
                           "benchmarks/real_pair_budget.py", *sys.argv[1:]])  # fmt: skip
+    title = (
+        "the real pair's pick under other seeds"
+        if args.seeds
+        else "the MI refinement's budget and init on the real pair"
+    )
     lines = [
-        BEGIN,
-        "## Exploratory: the MI refinement's budget and init on the real pair (not a choice)",
+        f"<!-- {section}:begin -->",
+        f"## Exploratory: {title} (not a choice)",
         "",
         f"- date: {date}; command: `{command}`; load: {args.load_note}",
         "- asked of the test pair itself after every setting was chosen on the tuning pairs, "
@@ -108,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             f"| {row['settings']} | {row['seconds']:.2f} | {row['seconds'] / ants.seconds:.3f} "
             f"| {row['nmi']:.4f} | {row['sdlogj']:.3f} |"
         )
-    lines.append(END)
-    publish(RESULTS, lines, RECORD, rows)
+    lines.append(f"<!-- {section}:end -->")
+    publish(RESULTS, lines, MEASURED / f"{section}.json", rows)
     return 0
 
 
