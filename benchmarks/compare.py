@@ -109,19 +109,39 @@ LABELS = {
     "elastix": "elastix affine + B-spline, Mattes MI",
     "sitk": "SimpleITK affine + B-spline, Mattes MI",
 }
+# the fast preset with mutual information, the metric that ANTs optimises and the real pair's
+# NMI scores; the rows below add to it
+_FAST_MI = {"preset": "fast", "device": "cpu", "similarity": "mi"}
+# Settings of the intermodal method keys that are the same in 2D and 3D (im_smooth and
+# im_sampled depend on the dimension: see intermodal_settings).
 INTERMODAL_SETTINGS = {
     "im_model": {"model": "auto", "refine": 0, "device": "cpu"},
     "im_fast": {"model": "auto", "refine": 0, "init": "moments", "device": "cpu"},
     "im_default": {"model": "auto", "device": "cpu"},
     "im_refine": {"model": None, "device": "cpu"},
+    # through preset_settings, as `--preset fast` runs it
+    "im_preset_fast": {"preset": "fast", "device": "cpu"},
+    # On the preset's 4 mm grid, and on the default 2 mm grid with the preset's number of
+    # samples per step (a tenth of the 4 mm grid's voxels is a fortieth of the 2 mm grid's).
+    # Fixed from those two rules, not tuned on the real pair.
+    "im_fast_mi": dict(_FAST_MI),
+    "im_fast_mi_2mm": {**_FAST_MI, "spacing": 2.0, "sampling": 0.025},
+    # The row that the rule of RESULTS.md's tuning_3d_mi_nmi picked on the tuning pairs in its
+    # run at 72b5bbf (the highest NMI within a tenth of ANTs' time there), before any run of it
+    # on the real pair.
+    "im_fast_mi_3mm": {**_FAST_MI, "spacing": 3.0},
+    # The row that the same rule picked in tuning_3d_mi_smooth at 82cedfe, before any run of it
+    # on the real pair.
+    "im_fast_mi_3mm_s05": {**_FAST_MI, "spacing": 3.0, "smoothness": 0.5},
+    # The row that the same rule picked in tuning_3d_mi_levels at 9c47b73, before any run of it
+    # on the real pair.
+    "im_fast_mi_3mm_levels": {
+        **_FAST_MI,
+        "spacing": 3.0,
+        "level_steps": (6, 3, 15),
+        "integration_steps": 2,
+    },
 }
-# The smoother preset (intermodal.registration.PRESETS["smooth"]), per dimension: of the
-# settings swept on the tuning pairs (dataset seed TUNING_SEED; RESULTS.md sections
-# tuning_2d_volume and tuning_3d_volume), the one with the highest mean Dice whose mean SDlogJ
-# there is at most 0.09, a tenth under the target's 0.10 because held-out pairs vary. No
-# held-out pair was used to choose it. (The preset before it, 2D smoothness=2,
-# velocity_smoothing=4 and 3D volume_penalty=0.5, was chosen on the first held-out pairs: see
-# SWEPT_HELDOUT_PAIRS.) The fast preset was chosen on the tuning pairs too (tuning_*_fast).
 SMOOTH_SETTINGS = PRESETS["smooth"]
 
 
@@ -137,38 +157,6 @@ def intermodal_settings(method: str, dim: int) -> dict[str, Any] | None:
         return {"model": "auto", "device": "cpu", **SMOOTH_SETTINGS[dim]}
     if method == "im_sampled":
         return {"model": "auto", "device": "cpu", **SMOOTH_SETTINGS[dim], "sampling": 0.1}
-    if method == "im_preset_fast":  # through preset_settings, as `--preset fast` runs it
-        return {"preset": "fast", "device": "cpu"}
-    # The fast preset with mutual information, the metric that ANTs optimises and the real
-    # pair's NMI scores: on the preset's 4 mm grid, and on the default 2 mm grid with the
-    # preset's number of samples per step (a tenth of the 4 mm grid's voxels is a fortieth of
-    # the 2 mm grid's). Fixed from those two rules, not tuned on the real pair.
-    if method == "im_fast_mi":
-        return {"preset": "fast", "device": "cpu", "similarity": "mi"}
-    if method == "im_fast_mi_2mm":
-        return {
-            "preset": "fast", "device": "cpu", "similarity": "mi", "spacing": 2.0,
-            "sampling": 0.025,
-        }  # fmt: skip
-    # The row that the rule of RESULTS.md's tuning_3d_mi_nmi picked on the tuning pairs in its
-    # run at 72b5bbf (the highest NMI within a tenth of ANTs' time there), before any run of it
-    # on the real pair.
-    if method == "im_fast_mi_3mm":
-        return {"preset": "fast", "device": "cpu", "similarity": "mi", "spacing": 3.0}
-    # The row that the same rule picked in tuning_3d_mi_smooth at 82cedfe, before any run of it
-    # on the real pair.
-    if method == "im_fast_mi_3mm_s05":
-        return {
-            "preset": "fast", "device": "cpu", "similarity": "mi", "spacing": 3.0,
-            "smoothness": 0.5,
-        }  # fmt: skip
-    # The row that the same rule picked in tuning_3d_mi_levels at 9c47b73, before any run of it
-    # on the real pair.
-    if method == "im_fast_mi_3mm_levels":
-        return {
-            "preset": "fast", "device": "cpu", "similarity": "mi", "spacing": 3.0,
-            "level_steps": (6, 3, 15), "integration_steps": 2,
-        }  # fmt: skip
     return INTERMODAL_SETTINGS.get(method)
 
 
@@ -629,11 +617,13 @@ def real(methods: list[str], repeats: int = 1, load_note: str | None = None) -> 
             wall, rss, code = run_measured(worker_command(spec), workdir / "log.txt")
             if code != 0:
                 runs[method].append({"error": (workdir / "log.txt").read_text()[-500:]})
+                warped.pop(method, None)  # a failed method has no panel in the QC figure
                 continue
             result = json.loads((workdir / "result.json").read_text())
             # every run is scored: ANTs samples its metric from a clock seed, so its result
             # differs from run to run (the next run overwrites this one's transform)
             array = evaluator.warp(sitk.ReadTransform(str(workdir / "transform.h5")))
+            warped[method] = array  # the last run's goes into the QC figure
             nmi = evaluator.nmi(array)
             runs[method].append({"process_s": wall, "wait4_maxrss_mib": rss, "nmi": nmi, **result})
             print(
@@ -644,8 +634,6 @@ def real(methods: list[str], repeats: int = 1, load_note: str | None = None) -> 
         if not done or "error" in done[-1]:
             rows[method] = done[-1] if done else {"error": "not run"}
             continue
-        array = evaluator.warp(sitk.ReadTransform(str(OUT / "real" / method / "transform.h5")))
-        warped[method] = array
         rows[method] = {
             **done[-1],
             "seconds": statistics.median(r["seconds"] for r in done),

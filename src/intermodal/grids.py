@@ -19,7 +19,7 @@ import math
 import numpy as np
 import SimpleITK as sitk
 
-__all__ = ["SLAB_VOXELS", "sample_rows", "share_direction", "slab_rows"]
+__all__ = ["SLAB_VOXELS", "same_grid", "sample_rows", "share_direction", "slab_rows"]
 
 SLAB_VOXELS = 2_000_000
 """About this many voxels of a full grid are sampled, or worked on, at a time."""
