@@ -234,6 +234,8 @@ def write_structure_set(
     ds.SeriesNumber = 903
     ds.SeriesDescription = "structures propagated by intermodal"
     ds.OperatorsName = ""
+    ds.FrameOfReferenceUID = frame.frame_of_reference_uid
+    ds.PositionReferenceIndicator = frame.first.get("PositionReferenceIndicator", "")
     ds.InstanceNumber = 1
     ds.StructureSetLabel = label[:16]
     now = _dt.datetime.now()
