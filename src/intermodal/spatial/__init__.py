@@ -6,7 +6,9 @@ and warp backwards: ``warped(x) = moving(x + u(x))``. See ``docs/conventions.md`
 
 from intermodal.spatial.functional import (
     SpatialArgumentError,
+    coarse_positions,
     compose,
+    downsample_image,
     gaussian_smooth,
     identity_grid,
     integrate_velocity,
@@ -20,7 +22,9 @@ from intermodal.spatial.functional import (
 
 __all__ = [
     "SpatialArgumentError",
+    "coarse_positions",
     "compose",
+    "downsample_image",
     "gaussian_smooth",
     "identity_grid",
     "integrate_velocity",
