@@ -328,6 +328,21 @@ def test_parzen_mutual_information_hand_worked():
     torch.testing.assert_close(independent, torch.zeros(1), atol=1e-6, rtol=0)
 
 
+def test_parzen_mutual_information_weights_leave_out_pairs():
+    """Weight 0 removes a pair: the crossed pairs added at weight 0 change nothing, and
+    whole weights count a pair that many times."""
+    same = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
+    with_noise = torch.tensor([[0.0, 0.0, 1.0, 1.0, 0.0, 1.0]])
+    crossed = torch.tensor([[0.0, 0.0, 1.0, 1.0, 1.0, 0.0]])
+    weights = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.0, 0.0]])
+    masked = parzen_mutual_information(with_noise, crossed, 2, 0.01, weights)
+    torch.testing.assert_close(masked, parzen_mutual_information(same, same, 2, 0.01))
+    doubled = parzen_mutual_information(same, same, 2, 0.01, torch.full((1, 4), 2.0))
+    torch.testing.assert_close(doubled, parzen_mutual_information(same, same, 2, 0.01))
+    with pytest.raises(ValueError, match="weights must be"):
+        parzen_mutual_information(same, same, 2, 0.01, torch.ones(1, 3))
+
+
 def test_parzen_mutual_information_agrees_with_the_image_loss():
     image = torch.rand(1, 1, 6, 7, 8, generator=torch.Generator().manual_seed(0))
     other = image.sqrt()

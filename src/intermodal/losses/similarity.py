@@ -406,7 +406,11 @@ def _parzen_weights(values: Tensor, bins: int, sigma: float) -> Tensor:
 
 
 def parzen_mutual_information(
-    fixed: Tensor, warped: Tensor, bins: int = 32, sigma: float | None = None
+    fixed: Tensor,
+    warped: Tensor,
+    bins: int = 32,
+    sigma: float | None = None,
+    weights: Tensor | None = None,
 ) -> Tensor:
     """Mutual information (nats) of paired intensity samples already scaled to ``[0, 1]``.
 
@@ -420,6 +424,8 @@ def parzen_mutual_information(
         warped: ``(B, N)`` samples, paired with ``fixed``.
         bins: histogram bins per image, at least 2.
         sigma: Parzen window width on the ``[0, 1]`` scale.
+        weights: ``(B, N)`` non-negative mass of each pair (``None``: 1 each); a pair of
+            weight 0, e.g. one that falls outside an image's field of view, does not count.
 
     Returns:
         ``(B,)`` mutual information, 0 for independent samples (higher is more similar).
@@ -438,10 +444,19 @@ def parzen_mutual_information(
         sigma = 0.5 / (bins - 1)
     elif not sigma > 0:
         raise IntermodalError(f"sigma must be positive, not {sigma!r}")
-    joint = _parzen_weights(fixed, bins, sigma).transpose(1, 2) @ _parzen_weights(
-        warped, bins, sigma
-    )
-    joint = joint / fixed.shape[1]
+    fixed_weights = _parzen_weights(fixed, bins, sigma)
+    if weights is None:
+        total = torch.full((fixed.shape[0], 1, 1), float(fixed.shape[1]), device=fixed.device)
+    else:
+        if weights.shape != fixed.shape:
+            raise ShapeError(
+                f"weights must be (B, N) like the samples {tuple(fixed.shape)}, not "
+                f"{tuple(weights.shape)}"
+            )
+        fixed_weights = fixed_weights * weights.unsqueeze(-1)
+        total = weights.sum(1).clamp_min(1e-8).view(-1, 1, 1)
+    joint = fixed_weights.transpose(1, 2) @ _parzen_weights(warped, bins, sigma)
+    joint = joint / total.to(joint.dtype)
     p_fixed = joint.sum(2, keepdim=True)
     p_warped = joint.sum(1, keepdim=True)
     tiny = 1e-10
