@@ -203,6 +203,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     moving = read_image(args.moving, series=args.moving_series)
     labels = read_image(args.labels) if args.labels else None
     points = read_points(args.points) if args.points else None
+    _check_dicom_request(args, fixed, moving)
     reporter = _Reporter(args.quiet)
     result = register(fixed, moving, settings[fixed.GetDimension()], progress=reporter)
     reporter.close()
@@ -218,6 +219,66 @@ def cmd_register(args: argparse.Namespace) -> int:
         result, out, overwrite=args.overwrite, labels=labels, points=points, extra_report=extra
     )
     print(_summary(result.report, out))
+    if args.dicom:
+        _export_dicom(args, out, overwrite=False)
+    return 0
+
+
+def _add_dicom_options(parser: argparse.ArgumentParser, *, export: bool = False) -> None:
+    if not export:
+        parser.add_argument(
+            "--dicom", action="store_true", help="also write DICOM into OUT/dicom/ (DICOM inputs)"
+        )
+    parser.add_argument(
+        "--structures", action="append", default=[], metavar="RTSTRUCT",
+        help="RT Structure Set on the moving (or fixed) series to propagate; repeatable",
+    )  # fmt: skip
+    parser.add_argument(
+        "--allow-different-patients", action="store_true",
+        help="write DICOM even when the inputs' PatientID or PatientName differ",
+    )  # fmt: skip
+
+
+def _check_dicom_request(args: argparse.Namespace, fixed, moving) -> None:
+    """Before registering: the DICOM inputs, patients and structure sets --dicom will need."""
+    from intermodal.errors import IntermodalError
+
+    if args.structures and not args.dicom:
+        raise IntermodalError("--structures needs --dicom (or run 'intermodal export-dicom')")
+    if not args.dicom:
+        return
+    for name in ("fixed", "moving"):
+        if not Path(getattr(args, name)).is_dir():
+            raise IntermodalError(f"{getattr(args, name)}: --dicom needs a DICOM series folder")
+    from intermodal.dicom import check_dicom_inputs
+
+    check_dicom_inputs(
+        args.fixed, args.moving, fixed_series=args.fixed_series,
+        moving_series=args.moving_series, structures=tuple(args.structures),
+        allow_different_patients=args.allow_different_patients,
+        images={"fixed": fixed, "moving": moving},
+    )  # fmt: skip
+
+
+def _export_dicom(args: argparse.Namespace, out: Path, *, overwrite: bool) -> None:
+    from intermodal.dicom import export_dicom
+
+    summary = export_dicom(
+        out, fixed=args.fixed, moving=args.moving, fixed_series=args.fixed_series,
+        moving_series=args.moving_series, structures=tuple(args.structures),
+        overwrite=overwrite, allow_different_patients=args.allow_different_patients,
+    )  # fmt: skip
+    kind = "deformable" if summary.deformable else "matrix"
+    print(
+        f"DICOM in {summary.folder}: {len(summary.series_files)} slices, a {kind} spatial "
+        f"registration, {len(summary.structure_sets)} structure set(s)"
+        + (f"; skipped ROIs without contours: {', '.join(summary.skipped_rois)}"
+           if summary.skipped_rois else "")
+    )  # fmt: skip
+
+
+def cmd_export_dicom(args: argparse.Namespace) -> int:
+    _export_dicom(args, Path(args.result), overwrite=args.overwrite)
     return 0
 
 
@@ -388,7 +449,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     def progress(state: dict) -> None:
         reporter("train", int(state["step"]), steps)
 
-    weights = train(config, resume=args.resume, overwrite=args.overwrite, progress=progress)
+    import shlex
+
+    command = shlex.join(
+        ["intermodal", "train"]
+        + (["--config", args.config] if args.config else [])
+        + [a for value in args.set or () for a in ("--set", value)]
+    )
+    weights = train(
+        config,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        progress=progress,
+        command=command,
+    )
     reporter.close()
     print(f"trained {steps} steps: {weights}")
     return 0
@@ -511,9 +585,23 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--fixed-series", help="DICOM SeriesInstanceUID for --fixed")
     register.add_argument("--moving-series", help="DICOM SeriesInstanceUID for --moving")
     register.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    _add_dicom_options(register)
     _add_registration_options(register)
     _add_common(register)
     register.set_defaults(handler=cmd_register)
+
+    export = commands.add_parser(
+        "export-dicom", help="write a register output folder's results as DICOM (into dicom/)"
+    )
+    export.add_argument("result", help="an output folder of 'intermodal register'")
+    export.add_argument("--fixed", help="fixed DICOM folder (default: as in report.json)")
+    export.add_argument("--moving", help="moving DICOM folder (default: as in report.json)")
+    export.add_argument("--fixed-series", help="DICOM SeriesInstanceUID for --fixed")
+    export.add_argument("--moving-series", help="DICOM SeriesInstanceUID for --moving")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing dicom/")
+    _add_dicom_options(export, export=True)
+    _add_common(export)
+    export.set_defaults(handler=cmd_export_dicom)
 
     warp = commands.add_parser("warp", help="apply a saved transform.h5 to another image")
     warp.add_argument("--transform", required=True, help="transform.h5 written by register")

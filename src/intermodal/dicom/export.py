@@ -81,8 +81,20 @@ def check_dicom_inputs(
     moving_series: str | None = None,
     structures: tuple[str | os.PathLike, ...] = (),
     allow_different_patients: bool = False,
+    images: dict[str, sitk.Image] | None = None,
 ) -> tuple[SeriesInfo, SeriesInfo, list[StructureSet]]:
     """Read and check what a DICOM export needs, before any work is done.
+
+    Args:
+        fixed, moving: the DICOM series folders.
+        fixed_series, moving_series: SeriesInstanceUIDs, when a folder holds several.
+        structures: RT Structure Set files, each on the fixed or the moving series.
+        allow_different_patients: accept inputs whose PatientID or PatientName differ.
+        images: ``{"fixed": image, "moving": image}`` as read; when given, every ROI is
+            rasterised on its image's grid too, so that a contour outside it is found now.
+
+    Returns:
+        The two series' headers and the structure sets read.
 
     Raises:
         DicomError: an input is not a DICOM series or lacks a tag the output needs; the two
@@ -106,6 +118,12 @@ def check_dicom_inputs(
                 f"{path}: PatientID {structure_set.patient_id!r} differs from {patient!r} of "
                 f"{fixed_info.directory}: the structures are of another patient"
             )
+        if images is not None:
+            on_moving = moving_info.series_uid in structure_set.series_uids
+            grid = images["moving" if on_moving else "fixed"]
+            for roi in structure_set.rois:
+                if roi.contours:
+                    rasterise(roi, grid, structure_set.path)
         sets.append(structure_set)
     return fixed_info, moving_info, sets
 
