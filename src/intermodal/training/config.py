@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from intermodal.data.generator import GeneratorConfig
 from intermodal.errors import IntermodalError
 
 try:  # Python 3.11+
@@ -40,6 +41,7 @@ __all__ = [
     "LOSSES",
     "AugmentConfig",
     "DataConfig",
+    "GeneratorConfig",
     "LossConfig",
     "ModelConfig",
     "TrainConfig",
@@ -57,18 +59,29 @@ either with probability 1/2 per sample."""
 
 DEVICES = ("auto", "cpu", "cuda")
 
+SOURCES = ("manifest", "generator")
+"""Where training pairs come from: a prepared dataset on disk, or generated on the fly."""
+
+BEST_METRICS = ("dice", "similarity")
+"""What picks the best checkpoint: the validation Dice (higher is better) or the validation
+intra-modality similarity loss (lower is better; needs no labels)."""
+
 
 @dataclass
 class DataConfig:
-    """Where the prepared data is.
+    """Where the training pairs come from.
 
     Attributes:
+        source: ``manifest`` (a prepared dataset) or ``generator`` (pairs generated on the
+            fly, see the ``[generator]`` section and :mod:`intermodal.data.generator`).
         manifest: the prepared dataset's manifest (JSON); its ``training`` split trains and
             its ``validation`` split (if any) is used for validation Dice.
-        dim: 2 or 3, the dimension of the prepared images.
-        validation_labels: label values averaged in the validation Dice, those present.
+        dim: 2 or 3, the dimension of the images.
+        validation_labels: label values averaged in the validation Dice of a manifest's
+            validation split, those present (generated pairs score every label but 0).
     """
 
+    source: str = "manifest"
     manifest: str = ""
     dim: int = 3
     validation_labels: list[int] = field(default_factory=lambda: [2, 3, 4, 5])
@@ -136,8 +149,10 @@ class TrainingConfig:
         validate_every: steps between validation Dice evaluations (0: only at the end).
         checkpoint_every: steps between checkpoints (0: only at the end).
         log_every: steps between entries in the training history.
-        amp: mixed precision: ``"auto"`` (on with CUDA), ``true`` or ``false``. Only ever
-            used on CUDA.
+        amp: mixed precision (bfloat16): ``"auto"`` (on with CUDA), ``true`` or ``false``.
+            Only ever used on CUDA.
+        best_metric: what picks ``best.safetensors`` among the validations: ``dice`` or
+            ``similarity`` (the intra-modality loss on the validation pairs).
     """
 
     steps: int = 10000
@@ -149,6 +164,7 @@ class TrainingConfig:
     checkpoint_every: int = 1000
     log_every: int = 10
     amp: bool | str = "auto"
+    best_metric: str = "dice"
 
 
 @dataclass
@@ -181,7 +197,8 @@ class TrainConfig:
     """Everything :func:`intermodal.training.train` needs.
 
     Attributes:
-        data, model, loss, train, augment: the sections.
+        data, model, loss, train, augment, generator: the sections (``generator`` is used
+            with ``data.source = "generator"``).
         out: output folder (weights, card, trainer state, history, TensorBoard logs).
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
     """
@@ -191,6 +208,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainingConfig = field(default_factory=TrainingConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     out: str = "runs/train"
     device: str = "auto"
 
@@ -217,6 +235,7 @@ class TrainConfig:
             IntermodalError: naming the first key whose value is out of range.
         """
         _check(self.data.dim in (2, 3), "data.dim", "2 or 3", self.data.dim)
+        _check(self.data.source in SOURCES, "data.source", f"one of {SOURCES}", self.data.source)
         _check(
             len(self.model.features) > 0 and min(self.model.features) > 0,
             "model.features",
@@ -259,6 +278,12 @@ class TrainConfig:
         _check(
             isinstance(t.amp, bool) or t.amp == "auto", "train.amp", 'true, false or "auto"', t.amp
         )
+        _check(
+            t.best_metric in BEST_METRICS,
+            "train.best_metric",
+            f"one of {BEST_METRICS}",
+            t.best_metric,
+        )
         a = self.augment
         _check(0 <= a.probability <= 1, "augment.probability", "a number in [0, 1]", a.probability)
         _check(
@@ -268,6 +293,22 @@ class TrainConfig:
             value = getattr(a, key)
             _check(math.isfinite(value) and value >= 0, f"augment.{key}", "a number >= 0", value)
         _check(self.device in DEVICES, "device", f"one of {DEVICES}", self.device)
+        if self.data.source == "generator":
+            g = self.generator
+            _check(
+                len(g.shape) == self.data.dim,
+                "generator.shape",
+                f"{self.data.dim} voxel counts (data.dim is {self.data.dim})",
+                g.shape,
+            )
+            g.validate("generator.", multiple=2 ** (len(self.model.features) - 1))
+            _check(
+                a.probability == 0,
+                "augment.probability",
+                "0 with data.source = 'generator' (the generator draws its own contrasts and "
+                "motion)",
+                a.probability,
+            )
         return self
 
 
@@ -432,8 +473,9 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     valid = _valid_keys(TrainConfig)
     if path is not None:
         path = Path(path)
+        values = _read_file(path)
         try:
-            _apply(config, _read_file(path), "", valid)
+            _apply(config, values, "", valid)
         except IntermodalError as error:
             raise IntermodalError(f"{path}: {error}") from None
     for override in overrides:

@@ -6,9 +6,9 @@ pairs and augmentations as an uninterrupted run, and every DDP process sees diff
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -18,7 +18,15 @@ from intermodal.errors import IntermodalError
 from intermodal.training.augment import augment_intensity, random_affine, warp_subject
 from intermodal.training.config import DIRECTIONS, AugmentConfig
 
-__all__ = ["Pair", "PairBatch", "make_batch", "sample_pairs", "step_generator", "validation_pairs"]
+__all__ = [
+    "Pair",
+    "PairBatch",
+    "generated_batch",
+    "make_batch",
+    "sample_pairs",
+    "step_generator",
+    "validation_pairs",
+]
 
 # A fixed stream tag so that the pair draws and the augmentation draws never share numbers.
 _PAIR_STREAM = 0
@@ -197,3 +205,31 @@ def make_batch(
         network_fixed = augment_intensity(network_fixed, augment, generator)
         network_moving = augment_intensity(network_moving, augment, generator)
     return batch._replace(network_fixed=network_fixed, network_moving=network_moving)
+
+
+def generated_batch(items: Mapping[str, Any], device: torch.device | str) -> PairBatch:
+    """A :class:`PairBatch` of generated pairs (a batch of :mod:`intermodal.data.generator`).
+
+    Args:
+        items: what :func:`intermodal.data.generator.collate_pairs` returns: ``moving_ct``,
+            ``moving_mr``, ``fixed_ct``, ``fixed_mr``, ``moving_labels``, ``fixed_labels``
+            ``(B, 1, *spatial)`` and ``ct_moving`` ``(B,)`` bool.
+        device: where the batch goes.
+
+    Returns:
+        The batch; the network sees ``(CT_j, MR_i)``, or ``(MR_j, CT_i)`` where ``ct_moving``.
+    """
+    moved = {
+        name: items[name].to(device, non_blocking=True)
+        for name in (
+            "moving_mr",
+            "moving_ct",
+            "fixed_ct",
+            "fixed_mr",
+            "moving_labels",
+            "fixed_labels",
+            "ct_moving",
+        )
+    }
+    batch = PairBatch(**moved, network_fixed=moved["fixed_ct"], network_moving=moved["moving_mr"])
+    return batch._replace(network_fixed=batch.seen_fixed, network_moving=batch.seen_moving)

@@ -3,7 +3,7 @@
 ``trainer_state.safetensors`` holds the model weights (``model.*``), the optimiser's tensors
 flattened (``optimizer.<param index>.<name>``) and, in its header metadata under
 ``"trainer"``, a JSON document: the step, the optimiser's parameter groups and scalars, the
-gradient scaler, the RNG states (as lists of ints), the wall time so far and the resolved
+RNG states (as lists of ints), the wall time so far and the resolved
 configuration. One file, replaced atomically, so weights and optimiser state can never come
 from different steps. ``trainer_state.json`` beside it is a readable copy of the JSON; both are
 written in full before either replaces the previous pair.

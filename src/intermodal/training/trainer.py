@@ -1,26 +1,37 @@
 """The training loop: intra-modality supervised inter-modality registration (Cao et al. 2018).
 
-Each step draws pairs ``(i, j)``, ``i != j``, from the training split of a prepared dataset,
-shows the network ``(CT_j, MR_i)`` (or ``(MR_j, CT_i)``), and minimises the loss of
-:mod:`intermodal.training.objectives`. The run's folder (``config.out``) receives:
+Each step takes pairs ``(i, j)``, ``i != j``, either from the training split of a prepared
+dataset (``data.source = "manifest"``) or generated on the fly (``"generator"``, see
+:mod:`intermodal.data.generator`), shows the network ``(CT_j, MR_i)`` (or ``(MR_j, CT_i)``),
+and minimises the loss of :mod:`intermodal.training.objectives`. The run's folder
+(``config.out``) receives:
 
-- ``model.safetensors`` and ``model.json``: the weights and model card
+- ``model.safetensors`` and ``model.json``: the last weights and model card
   (:mod:`intermodal.checkpoint`), at every checkpoint and at the end;
+- ``best.safetensors`` and ``best.json``: the weights of the best validation so far
+  (``train.best_metric``), written whenever a validation beats the previous best;
 - ``trainer_state.safetensors`` (and a JSON copy): weights, optimiser and step, for ``resume``;
-- ``history.json``: the training loss every ``log_every`` steps and the validation Dice;
+- ``history.json``: the training loss every ``log_every`` steps and the validation scores;
 - ``config.json``: the resolved configuration;
 - ``tensorboard/``: the same scalars, when ``tensorboard`` is installed.
 
-Every file is written atomically. Under ``torchrun`` only rank 0 writes.
+The card records the data (the manifest, or the generator's settings and seeds), the steps,
+the wall time, the steps per second and the time a step waited for its data, the machine,
+the validation scores (with those of no registration, for generated pairs), the best
+checkpoint and the command. Every file is written atomically. Under ``torchrun`` only rank 0
+writes. On CUDA the network runs under bfloat16 autocast (``train.amp``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
+import os
+import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +39,9 @@ import torch
 from torch import Tensor
 
 from intermodal.checkpoint import save_model
+from intermodal.data.generator import GeneratedPairs, collate_pairs, worker_init
 from intermodal.errors import IntermodalError, OutputExistsError
-from intermodal.networks import RegistrationModel
+from intermodal.networks import RegistrationModel, RegistrationOutput
 from intermodal.preprocess import DEFAULT_HU_WINDOW, DEFAULT_MR_PERCENTILES
 from intermodal.spatial import warp
 from intermodal.training.config import TrainConfig
@@ -37,6 +49,8 @@ from intermodal.training.distributed import Distributed, setup_distributed
 from intermodal.training.objectives import training_loss
 from intermodal.training.pairs import (
     Pair,
+    PairBatch,
+    generated_batch,
     make_batch,
     sample_pairs,
     step_generator,
@@ -45,13 +59,93 @@ from intermodal.training.pairs import (
 from intermodal.training.state import STATE_FILE, load_state, save_state, set_rng_states, write_json
 from intermodal.training.volumes import Volumes, load_volumes
 
-__all__ = ["MODEL_FILE", "train", "validation_dice"]
+__all__ = ["BEST_FILE", "MODEL_FILE", "score_batches", "train", "validation_dice"]
 
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
+BEST_FILE = "best.safetensors"
 
 Progress = Callable[[dict[str, Any]], None]
+
+
+def _dice_of_batch(
+    warped: Tensor, fixed: Tensor, label_values: list[int] | None
+) -> list[dict[int, float]]:
+    """Per pair, Dice per label of ``label_values`` (None: every label but 0) in either map."""
+    scores = []
+    for b in range(warped.shape[0]):
+        values = label_values
+        if values is None:
+            values = [int(v) for v in torch.cat([warped[b].unique(), fixed[b].unique()]).unique()]
+            values = [v for v in values if v != 0]
+        pair: dict[int, float] = {}
+        for value in values:
+            in_warped = warped[b] == value
+            in_fixed = fixed[b] == value
+            total = int(in_warped.sum() + in_fixed.sum())
+            if total:
+                pair[value] = 2 * float((in_warped & in_fixed).sum()) / total
+        scores.append(pair)
+    return scores
+
+
+def score_batches(
+    model: RegistrationModel,
+    batches: Iterable[PairBatch],
+    label_values: list[int] | None = None,
+    similarity: Callable[[RegistrationOutput, PairBatch], float] | None = None,
+    *,
+    amp: bool = False,
+) -> dict[str, Any] | None:
+    """Mean Dice of the moving labels warped (nearest neighbour) onto the fixed labels.
+
+    For each pair, Dice per label present in either map (of ``label_values``, or every label
+    but 0 when it is None), averaged; then averaged over pairs.
+
+    Args:
+        model: the network, evaluated without gradients.
+        batches: the pairs, with labels.
+        label_values: the labels (organs) to score; None: all but 0.
+        similarity: if given, also averaged over the batches (e.g. the training loss's
+            similarity term) and returned as ``similarity``.
+        amp: run the network under bfloat16 autocast (CUDA).
+
+    Returns:
+        ``{"mean": float, "per_label": {value: float}}`` (and ``similarity``), or None if no
+        pair scores a label.
+    """
+    was_training = model.training
+    model.eval()
+    scores: list[float] = []
+    per_label: dict[int, list[float]] = {}
+    similarities: list[float] = []
+    with torch.no_grad():
+        for batch in batches:
+            device = batch.network_fixed.device
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                output = model(batch.network_fixed, batch.network_moving)
+            output = RegistrationOutput(output.velocity.float(), output.displacement.float())
+            if similarity is not None:
+                similarities.append(similarity(output, batch))
+            if batch.moving_labels is None or batch.fixed_labels is None:
+                continue
+            warped = warp(batch.moving_labels, output.displacement, mode="nearest")
+            for pair in _dice_of_batch(warped, batch.fixed_labels, label_values):
+                for value, dice in pair.items():
+                    per_label.setdefault(value, []).append(dice)
+                if pair:
+                    scores.append(sum(pair.values()) / len(pair))
+    model.train(was_training)
+    if not scores and not similarities:
+        return None
+    result: dict[str, Any] = {}
+    if scores:
+        result["mean"] = sum(scores) / len(scores)
+        result["per_label"] = {str(v): sum(s) / len(s) for v, s in sorted(per_label.items())}
+    if similarities:
+        result["similarity"] = sum(similarities) / len(similarities)
+    return result
 
 
 def validation_dice(
@@ -78,44 +172,17 @@ def validation_dice(
     """
     if volumes.labels is None or not pairs:
         return None
-    was_training = model.training
-    model.eval()
-    scores: list[float] = []
-    per_label: dict[int, list[float]] = {value: [] for value in label_values}
-    with torch.no_grad():
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start : start + batch_size]
-            batch = make_batch(volumes.ct, volumes.mr, volumes.labels, chunk)
-            displacement = model(batch.network_fixed, batch.network_moving).displacement
-            warped = warp(batch.moving_labels, displacement.float(), mode="nearest")
-            for b in range(len(chunk)):
-                pair_scores = []
-                for value in label_values:
-                    in_warped = warped[b] == value
-                    in_fixed = batch.fixed_labels[b] == value
-                    total = int(in_warped.sum() + in_fixed.sum())
-                    if total:
-                        dice = 2 * float((in_warped & in_fixed).sum()) / total
-                        pair_scores.append(dice)
-                        per_label[value].append(dice)
-                if pair_scores:
-                    scores.append(sum(pair_scores) / len(pair_scores))
-    model.train(was_training)
-    if not scores:
-        return None
-    return {
-        "mean": sum(scores) / len(scores),
-        "per_label": {str(v): sum(s) / len(s) for v, s in per_label.items() if s},
-    }
+    batches = (
+        make_batch(volumes.ct, volumes.mr, volumes.labels, pairs[start : start + batch_size])
+        for start in range(0, len(pairs), batch_size)
+    )
+    result = score_batches(model, batches, label_values)
+    return result if result is not None and "mean" in result else None
 
 
 def _preprocessing_card(manifest_path: Path, volumes: Volumes) -> dict[str, Any]:
     """The grid and intensity scaling the model was trained on, for its card."""
-    normalisation: Any = {
-        "ct": {"hu_window": list(DEFAULT_HU_WINDOW)},
-        "mr": {"percentiles": list(DEFAULT_MR_PERCENTILES)},
-        "range": [0.0, 1.0],
-    }
+    normalisation: Any = _DEFAULT_NORMALISATION
     try:
         raw = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
         # `intermodal prepare` records its grid and intensity scaling under "prepared"
@@ -130,6 +197,227 @@ def _preprocessing_card(manifest_path: Path, volumes: Volumes) -> dict[str, Any]
         "axes": "spacing in (x, y, z) mm; shape in array order (z, y, x)",
         "normalisation": normalisation,
     }
+
+
+_DEFAULT_NORMALISATION = {
+    "ct": {"hu_window": list(DEFAULT_HU_WINDOW)},
+    "mr": {"percentiles": list(DEFAULT_MR_PERCENTILES)},
+    "range": [0.0, 1.0],
+}
+
+
+class _ManifestData:
+    """Pairs of a prepared dataset's training split; validation on its validation split."""
+
+    def __init__(self, config: TrainConfig, distributed: Distributed) -> None:
+        from intermodal.data.manifest import load_manifest
+
+        if not config.data.manifest:
+            raise IntermodalError(
+                "config: data.manifest must name the prepared dataset's manifest (or set "
+                "data.source = 'generator')"
+            )
+        self.config = config
+        self.distributed = distributed
+        manifest = load_manifest(config.data.manifest)
+        dim = config.data.dim
+        labels = "required" if config.loss.dice > 0 else "if_all"
+        volumes = load_volumes(manifest, "training", dim=dim, labels=labels)
+        if len(volumes) < 2:
+            raise IntermodalError(
+                f"{manifest.path}: training needs at least 2 subjects in the 'training' split "
+                f"(pairs i != j), it has {len(volumes)}"
+            )
+        validation = None
+        if manifest.splits.get("validation"):
+            validation = load_volumes(
+                manifest, "validation", dim=dim, labels="if_all", reference=volumes
+            )
+        label_values = [int(k) for k in manifest.labels] or [0]
+        if volumes.labels is not None:
+            label_values.append(int(volumes.labels.max()))
+        self.n_classes = 1 + max(label_values)
+        self.shape = volumes.shape
+        self.where = f"{manifest.path}: the prepared grid"
+        self.preprocessing = _preprocessing_card(manifest.path, volumes)
+        self.card = {
+            "source": "manifest",
+            "manifest": str(config.data.manifest),
+            "subjects": len(volumes),
+            "n_validation": 0 if validation is None else len(validation),
+        }
+        device = distributed.device
+        self.volumes = volumes.to(device)
+        self.validation = None if validation is None else validation.to(device)
+        self.validation_pairs = (
+            [] if validation is None else validation_pairs(len(validation), config.train.direction)
+        )
+
+    def batches(self, start_step: int) -> Iterator[tuple[PairBatch, list[float]]]:
+        """The batch of every step from ``start_step`` on, and its generation times (none)."""
+        config, volumes = self.config, self.volumes
+        for step in range(start_step, config.train.steps):
+            pairs = sample_pairs(
+                len(volumes),
+                config.train.batch_size,
+                seed=config.train.seed,
+                step=step,
+                rank=self.distributed.rank,
+                direction=config.train.direction,
+            )
+            batch = make_batch(
+                volumes.ct,
+                volumes.mr,
+                volumes.labels,
+                pairs,
+                augment=config.augment,
+                generator=step_generator(config.train.seed, step, self.distributed.rank),
+            )
+            yield batch, []
+
+    def validate(self, model: RegistrationModel, amp: bool) -> dict[str, Any] | None:
+        if self.validation is None or not self.validation_pairs:
+            return None
+        return validation_dice(
+            model,
+            self.validation,
+            self.validation_pairs,
+            self.config.data.validation_labels,
+            self.config.train.batch_size,
+        )
+
+    def close(self) -> None:
+        pass
+
+
+class _StepIndices(torch.utils.data.Sampler):
+    """Generated-pair indices of steps ``start..steps - 1`` for one process, in order.
+
+    Step ``s`` of rank ``r`` in a world of ``w`` takes items ``(s w + r) B .. (s w + r) B +
+    B - 1``: each item is drawn once in the whole run, and a resumed run continues the same
+    sequence.
+    """
+
+    def __init__(self, start: int, steps: int, batch_size: int, rank: int, world: int) -> None:
+        self.start, self.steps, self.batch_size = start, steps, batch_size
+        self.rank, self.world = rank, world
+
+    def __iter__(self) -> Iterator[int]:
+        for step in range(self.start, self.steps):
+            first = (step * self.world + self.rank) * self.batch_size
+            yield from range(first, first + self.batch_size)
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start) * self.batch_size
+
+
+class _GeneratedData:
+    """Pairs generated on the fly (:mod:`intermodal.data.generator`), in worker processes.
+
+    Validation is a fixed set of pairs from ``generator.validation_seed``, generated once.
+    """
+
+    def __init__(self, config: TrainConfig, distributed: Distributed) -> None:
+        self.config = config
+        self.distributed = distributed
+        g = config.generator
+        self.shape = tuple(g.shape)
+        self.where = "config: generator.shape"
+        n_classes = {"shapes": g.shape_labels + 1, "pelvis": 10, "ct": 4}
+        self.n_classes = max(n for name, n in n_classes.items() if getattr(g, f"{name}_weight"))
+        self.preprocessing = {
+            "spacing": [float(g.spacing)] * len(g.shape),
+            "shape": list(g.shape),
+            "axes": "spacing in (x, y, z) mm; shape in array order (z, y, x)",
+            "normalisation": _DEFAULT_NORMALISATION,
+        }
+        self.card = {
+            "source": "generator",
+            "generator": "intermodal.data.generator",
+            "seed": g.seed,
+            "validation_seed": g.validation_seed,
+            "n_validation": g.validation_pairs,
+            "settings": dataclasses.asdict(g),
+        }
+        self.loader: Any = None
+        device = distributed.device
+        # validation batches grouped by label source, so each source is scored on its own
+        self.validation: dict[str, list[PairBatch]] = {}
+        if distributed.is_main and g.validation_pairs:
+            pairs = GeneratedPairs(
+                g, seed=g.validation_seed, length=g.validation_pairs, direction="both"
+            )
+            by_source: dict[str, list[dict[str, Any]]] = {}
+            for k in range(len(pairs)):
+                item = pairs[k]
+                by_source.setdefault(item["source"], []).append(item)
+            size = config.train.batch_size
+            for source, items in sorted(by_source.items()):
+                self.validation[source] = [
+                    generated_batch(collate_pairs(items[first : first + size]), device)
+                    for first in range(0, len(items), size)
+                ]
+
+    def batches(self, start_step: int) -> Iterator[tuple[PairBatch, list[float]]]:
+        """The batch of every step from ``start_step`` on, and each pair's generation time."""
+        config, g = self.config, self.config.generator
+        world, rank = self.distributed.world_size, self.distributed.rank
+        dataset = GeneratedPairs(
+            g,
+            seed=g.seed,
+            length=config.train.steps * world * config.train.batch_size,
+            direction=config.train.direction,
+        )
+        sampler = _StepIndices(start_step, config.train.steps, config.train.batch_size, rank, world)
+        self.loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=config.train.batch_size,
+            sampler=sampler,
+            num_workers=g.workers,
+            collate_fn=collate_pairs,
+            worker_init_fn=worker_init if g.workers else None,
+            prefetch_factor=2 if g.workers else None,
+            pin_memory=self.distributed.device.type == "cuda",
+        )
+        device = self.distributed.device
+        for items in self.loader:
+            yield generated_batch(items, device), list(items["seconds"])
+
+    def validate(self, model: RegistrationModel, amp: bool) -> dict[str, Any] | None:
+        if not self.validation:
+            return None
+        config = self.config
+
+        def similarity(output: RegistrationOutput, batch: PairBatch) -> float:
+            _, terms = training_loss(
+                config.loss,
+                output,
+                batch,
+                integration_steps=config.model.integration_steps,
+                n_classes=self.n_classes,
+                seed=config.train.seed,
+            )
+            return terms["similarity"]
+
+        result: dict[str, Any] = {"per_source": {}}
+        totals: dict[str, list[float]] = {"mean": [], "similarity": []}
+        for source, batches in self.validation.items():
+            score = score_batches(model, batches, None, similarity, amp=amp)
+            if score is None:
+                continue
+            pairs = sum(batch.fixed_ct.shape[0] for batch in batches)
+            score.pop("per_label", None)
+            result["per_source"][source] = {**score, "pairs": pairs}
+            for key, values in totals.items():
+                if key in score:
+                    values += [score[key]] * pairs
+        for key, values in totals.items():
+            if values:
+                result[key] = sum(values) / len(values)
+        return result
+
+    def close(self) -> None:
+        self.loader = None
 
 
 class _Logger:
@@ -188,14 +476,39 @@ def _use_amp(config: TrainConfig, device: torch.device) -> bool:
     return wanted and device.type == "cuda"
 
 
+def _machine(device: torch.device) -> dict[str, Any]:
+    """Where the run trains, for the card."""
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": (
+            torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+        )
+        or device.type,
+    }
+
+
+def _better(metric: str, score: dict[str, Any] | None, best: dict[str, Any] | None) -> bool:
+    """Whether validation ``score`` beats ``best`` on ``metric`` (``dice`` or ``similarity``)."""
+    key = "mean" if metric == "dice" else "similarity"
+    if score is None or key not in score:
+        return False
+    if best is None or key not in best:
+        return True
+    return score[key] > best[key] if metric == "dice" else score[key] < best[key]
+
+
 def train(
     config: TrainConfig,
     *,
     resume: bool = False,
     overwrite: bool = False,
     progress: Progress | None = None,
+    command: str | None = None,
 ) -> Path:
-    """Train a registration network on a prepared dataset.
+    """Train a registration network on a prepared dataset or on generated pairs.
 
     Args:
         config: the checked settings (see :func:`~intermodal.training.config.load_config`).
@@ -204,11 +517,15 @@ def train(
             uninterrupted run (on the CPU bit for bit).
         overwrite: start afresh even if ``config.out`` already holds a run.
         progress: called after every step (on rank 0) with ``step`` (completed steps),
-            ``steps``, ``loss``, the loss terms, ``steps_per_s``, ``lr`` and, on steps
-            that validate, ``validation_dice``.
+            ``steps``, ``loss``, the loss terms, ``steps_per_s``, ``lr``, ``wait_s`` (time
+            the step waited for its data), ``generation_s`` (mean time to generate one of its
+            pairs, generated data only) and, on steps that validate, ``validation_dice``.
+        command: the command line that runs this training, recorded on the card.
 
     Returns:
-        The final weights, ``config.out/model.safetensors`` (with ``model.json`` beside it).
+        The last weights, ``config.out/model.safetensors`` (with ``model.json`` beside it).
+        The weights with the best validation score so far are ``best.safetensors`` (and
+        ``best.json``) beside them.
 
     Raises:
         IntermodalError: a bad manifest or prepared data (naming the subject), fewer than 2
@@ -218,11 +535,21 @@ def train(
             ``overwrite`` is set.
     """
     config.validate()
-    if not config.data.manifest:
-        raise IntermodalError("config: data.manifest must name the prepared dataset's manifest")
+    if config.data.source == "manifest" and not config.data.manifest:
+        raise IntermodalError(
+            "config: data.manifest must name the prepared dataset's manifest (or set "
+            "data.source = 'generator')"
+        )
     distributed = setup_distributed(config.device)
     try:
-        return _train(config, distributed, resume=resume, overwrite=overwrite, progress=progress)
+        return _train(
+            config,
+            distributed,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+            command=command,
+        )
     finally:
         distributed.close()
 
@@ -234,55 +561,40 @@ def _train(
     resume: bool,
     overwrite: bool,
     progress: Progress | None,
+    command: str | None,
 ) -> Path:
-    from intermodal.data.manifest import load_manifest
-
     started = time.perf_counter()
     device = distributed.device
     out = Path(config.out)
     _check_output(out, resume, overwrite)
-    manifest = load_manifest(config.data.manifest)
-    dim = config.data.dim
-    labels = "required" if config.loss.dice > 0 else "if_all"
-    train_volumes = load_volumes(manifest, "training", dim=dim, labels=labels)
-    if len(train_volumes) < 2:
-        raise IntermodalError(
-            f"{manifest.path}: training needs at least 2 subjects in the 'training' split "
-            f"(pairs i != j), it has {len(train_volumes)}"
-        )
-    validation_volumes = None
-    if manifest.splits.get("validation"):
-        validation_volumes = load_volumes(
-            manifest, "validation", dim=dim, labels="if_all", reference=train_volumes
-        )
-    label_values = [int(k) for k in manifest.labels] or [0]
-    if train_volumes.labels is not None:
-        label_values.append(int(train_volumes.labels.max()))
-    n_classes = 1 + max(label_values)
+    amp = _use_amp(config, device)
+    if config.data.source == "generator":
+        data: _ManifestData | _GeneratedData = _GeneratedData(config, distributed)
+    else:
+        data = _ManifestData(config, distributed)
 
     torch.manual_seed(config.train.seed)
     model = RegistrationModel(
-        dim,
+        config.data.dim,
         features=tuple(config.model.features),
         output_stride=config.model.output_stride,
         integration_steps=config.model.integration_steps,
         instance_norm=config.model.instance_norm,
     )
     multiple = model.required_multiple
-    if any(n % multiple for n in train_volumes.shape):
+    if any(n % multiple for n in data.shape):
         raise IntermodalError(
-            f"{manifest.path}: the prepared grid {train_volumes.shape} must be a multiple of "
-            f"{multiple} along every axis for model.features of length "
-            f"{len(config.model.features)}; prepare the data with a padded grid or use fewer "
-            f"levels"
+            f"{data.where} {data.shape} must be a multiple of {multiple} along every axis for "
+            f"model.features of length {len(config.model.features)}; prepare the data with a "
+            f"padded grid or use fewer levels"
         )
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
-    amp = _use_amp(config, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    # Mixed precision is bfloat16, which keeps float32's range: no gradient scaling.
 
     start_step, wall_time, history = 0, 0.0, []
     last_validation: dict[str, Any] | None = None
+    best: dict[str, Any] | None = None
     if resume:
         model_state, optimizer_state, meta = load_state(out)
         if meta.get("network") != model.config():
@@ -292,12 +604,11 @@ def _train(
             )
         model.load_state_dict(model_state)
         optimizer.load_state_dict(optimizer_state)
-        if meta.get("scaler"):
-            scaler.load_state_dict(meta["scaler"])
         set_rng_states(meta["rng"])
         start_step = int(meta["step"])
         wall_time = float(meta.get("wall_time_s", 0.0))
         last_validation = meta.get("validation_dice")
+        best = meta.get("best")
         history_file = out / "history.json"
         if history_file.is_file():
             history = [
@@ -313,9 +624,6 @@ def _train(
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", config.resolved())
     log = _Logger(out, main, history)
-    train_volumes = train_volumes.to(device)
-    if validation_volumes is not None:
-        validation_volumes = validation_volumes.to(device)
     if distributed.enabled:
         network: torch.nn.Module = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
@@ -324,12 +632,42 @@ def _train(
         network = model
     model.train()
 
-    preprocessing = _preprocessing_card(manifest.path, train_volumes)
-    n_validation = 0 if validation_volumes is None else len(validation_volumes)
-    val_pairs = (
-        [] if validation_volumes is None else validation_pairs(n_validation, config.train.direction)
-    )
+    identity = None
+    if main and config.data.source == "generator":
+        identity = data.validate(_identity_model(model), amp)
     good_step = start_step
+    timing = {"steps": 0, "loop_s": 0.0, "wait_s": 0.0, "generation_s": 0.0, "pairs": 0}
+
+    def card(step: int, elapsed: float, validation: dict[str, Any] | None) -> dict[str, Any]:
+        steps = max(timing["steps"], 1)
+        return {
+            "preprocessing": data.preprocessing,
+            "training": {
+                "config": config.resolved(),
+                "loss": config.loss.name,
+                "direction": config.train.direction,
+                "steps": step,
+                "wall_time_s": elapsed,
+                "steps_per_s": timing["steps"] / max(timing["loop_s"], 1e-9),
+                "step_s": {
+                    "mean": timing["loop_s"] / steps,
+                    "waiting_for_data": timing["wait_s"] / steps,
+                },
+                "generation_s_per_pair": (
+                    timing["generation_s"] / timing["pairs"] if timing["pairs"] else None
+                ),
+                "timed_steps": timing["steps"],
+                "validation_dice": validation,
+                "validation_identity": identity,
+                "best": best,
+                "data": data.card,
+                "seed": config.train.seed,
+                "world_size": distributed.world_size,
+                "machine": _machine(device),
+                "command": command,
+                "amp": "bfloat16" if amp else None,
+            },
+        }
 
     def checkpoint(step: int) -> None:
         nonlocal good_step
@@ -347,106 +685,101 @@ def _train(
             {
                 "step": step,
                 "network": model.config(),
-                "scaler": scaler.state_dict() if amp else None,
                 "wall_time_s": elapsed,
                 "validation_dice": last_validation,
+                "best": best,
                 "config": config.resolved(),
             },
         )
-        card = {
-            "preprocessing": preprocessing,
-            "training": {
-                "config": config.resolved(),
-                "loss": config.loss.name,
-                "direction": config.train.direction,
-                "steps": step,
-                "wall_time_s": elapsed,
-                "validation_dice": last_validation,
-                "data": {
-                    "manifest": str(config.data.manifest),
-                    "subjects": len(train_volumes),
-                    "n_validation": n_validation,
-                },
-                "seed": config.train.seed,
-                "world_size": distributed.world_size,
-            },
-        }
-        save_model(model, out / MODEL_FILE, card)
+        save_model(model, out / MODEL_FILE, card(step, elapsed, last_validation))
         log.flush()
 
-    loop_start, loop_first = time.perf_counter(), start_step
+    def save_best(step: int) -> None:
+        elapsed = wall_time + time.perf_counter() - started
+        save_model(model, out / BEST_FILE, card(step, elapsed, last_validation))
+
+    batches = data.batches(start_step)
     try:
-        for step in range(start_step, config.train.steps):
+        waited = time.perf_counter()
+        for step, (batch, generation) in zip(range(start_step, config.train.steps), batches):
             done = step + 1
-            pairs = sample_pairs(
-                len(train_volumes),
-                config.train.batch_size,
-                seed=config.train.seed,
-                step=step,
-                rank=distributed.rank,
-                direction=config.train.direction,
-            )
-            batch = make_batch(
-                train_volumes.ct,
-                train_volumes.mr,
-                train_volumes.labels,
-                pairs,
-                augment=config.augment,
-                generator=step_generator(config.train.seed, step, distributed.rank),
-            )
-            with torch.autocast(device_type=device.type, enabled=amp):
+            began = time.perf_counter()
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 output = network(batch.network_fixed, batch.network_moving)
             loss, terms = training_loss(
                 config.loss,
                 output,
                 batch,
                 integration_steps=config.model.integration_steps,
-                n_classes=n_classes,
+                n_classes=data.n_classes,
                 seed=config.train.seed * 1_000_003 + step,
             )
             mean_loss = _mean_loss(loss, distributed, done, out, good_step)
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            loss.backward()
+            optimizer.step()
+            finished = time.perf_counter()
+            timing["steps"] += 1
+            timing["loop_s"] += finished - waited
+            timing["wait_s"] += began - waited
+            timing["generation_s"] += sum(generation)
+            timing["pairs"] += len(generation)
 
             report: dict[str, Any] = {"step": done, "steps": config.train.steps, **terms}
             report["loss"] = mean_loss
-            report["steps_per_s"] = (done - loop_first) / max(
-                time.perf_counter() - loop_start, 1e-9
-            )
+            report["steps_per_s"] = timing["steps"] / max(timing["loop_s"], 1e-9)
             report["lr"] = optimizer.param_groups[0]["lr"]
+            report["wait_s"] = began - waited
+            if generation:
+                report["generation_s"] = sum(generation) / len(generation)
             if done % config.train.log_every == 0 or done == config.train.steps:
                 values = {f"train/{k}": v for k, v in terms.items()}
                 log.log(done, {**values, "train/loss": mean_loss})
             validate_every = config.train.validate_every
-            if (
-                val_pairs
-                and main
-                and ((validate_every and done % validate_every == 0) or done == config.train.steps)
+            if main and (
+                (validate_every and done % validate_every == 0) or done == config.train.steps
             ):
-                last_validation = validation_dice(
-                    model,
-                    validation_volumes,
-                    val_pairs,
-                    config.data.validation_labels,
-                    config.train.batch_size,
-                )
-                if last_validation is not None:
-                    last_validation["step"] = done
-                    report["validation_dice"] = last_validation["mean"]
-                    log.log(done, {"validation/dice": last_validation["mean"]})
+                validation = data.validate(model, amp)
+                if validation is not None:
+                    last_validation = {**validation, "step": done}
+                    values = {}
+                    if "mean" in validation:
+                        report["validation_dice"] = validation["mean"]
+                        values["validation/dice"] = validation["mean"]
+                    if "similarity" in validation:
+                        report["validation_similarity"] = validation["similarity"]
+                        values["validation/similarity"] = validation["similarity"]
+                    log.log(done, values)
+                    if _better(config.train.best_metric, validation, best):
+                        best = {
+                            **{k: v for k, v in validation.items() if k != "per_label"},
+                            "step": done,
+                            "metric": config.train.best_metric,
+                        }
+                        save_best(done)
             every = config.train.checkpoint_every
             if (every and done % every == 0) or done == config.train.steps:
                 checkpoint(done)
             if progress is not None and main:
                 progress(report)
+            waited = time.perf_counter()
         if start_step >= config.train.steps and main and not (out / MODEL_FILE).is_file():
             checkpoint(start_step)
     finally:
+        batches.close()
+        data.close()
         log.close()
     distributed.barrier()
     return out / MODEL_FILE
+
+
+def _identity_model(model: RegistrationModel) -> RegistrationModel:
+    """A copy of ``model`` that predicts a zero velocity: the score of no registration."""
+    identity = RegistrationModel.from_config(model.config()).to(next(model.parameters()).device)
+    with torch.no_grad():
+        identity.unet.head.weight.zero_()
+        identity.unet.head.bias.zero_()
+    return identity
 
 
 def _mean_loss(

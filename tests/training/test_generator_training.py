@@ -1,0 +1,225 @@
+"""Training on generated pairs: the loss goes down, best and last checkpoints, the card,
+resume, worker processes, the command line and the bundled configurations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from intermodal.checkpoint import load_model
+from intermodal.cli import main
+from intermodal.errors import IntermodalError
+from intermodal.training import load_config, train
+from intermodal.training.state import load_state
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class _Stop(Exception):
+    """Raised from the progress callback to kill a run mid-way."""
+
+
+TINY = (
+    "data.source=generator",
+    "data.dim=2",
+    "generator.shape=[32, 32]",
+    "generator.spacing=7.0",
+    "generator.validation_pairs=6",
+    "generator.workers=0",
+    "model.features=[8, 16, 16]",
+    "model.integration_steps=4",
+    "train.steps=24",
+    "train.batch_size=2",
+    "train.lr=5e-3",
+    "train.validate_every=8",
+    "train.checkpoint_every=4",
+    "train.log_every=1",
+    "device=cpu",
+)
+"""A tiny 2D network on 32 x 32 generated pairs, generated in the training process."""
+
+
+@pytest.fixture
+def generated_config(tmp_path):
+    """:data:`TINY` with an output folder and overrides."""
+
+    def make(*overrides: str):
+        return load_config(None, [*TINY, f"out={json.dumps(str(tmp_path / 'run'))}", *overrides])
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One run of :data:`TINY`, shared by the checks on its files."""
+    out = tmp_path_factory.mktemp("generated") / "run"
+    config = load_config(None, [*TINY, f"out={json.dumps(str(out))}"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reports: list[dict] = []
+        train(config, progress=reports.append, command="intermodal train --config x.toml")
+    finally:
+        torch.set_num_threads(threads)
+    return out, reports
+
+
+def test_training_on_generated_pairs_lowers_the_validation_loss(trained):
+    out, reports = trained
+    assert [r["step"] for r in reports] == list(range(1, 25))
+    card = load_model(out / "model.safetensors")[1]["training"]
+    identity = card["validation_identity"]
+    final = card["validation_dice"]
+    # the fixed validation pairs: the intra-modality loss falls below that of no registration
+    assert final["similarity"] < identity["similarity"] - 0.01, (final, identity)
+    assert final["step"] == 24
+    assert set(final["per_source"]) <= {"shapes", "pelvis"}
+    assert sum(s["pairs"] for s in final["per_source"].values()) == 6
+    assert all(0 <= s["mean"] <= 1 for s in final["per_source"].values())
+    assert all("validation_dice" in reports[k] for k in (7, 15, 23))
+
+
+def test_best_and_last_checkpoints_are_written(trained):
+    out, _ = trained
+    for name in ("model.safetensors", "model.json", "best.safetensors", "best.json"):
+        assert (out / name).is_file(), name
+    _, last = load_model(out / "model.safetensors")
+    _, best = load_model(out / "best.safetensors")
+    history = json.loads((out / "history.json").read_text(encoding="utf-8"))
+    dice = {e["step"]: e["validation/dice"] for e in history if "validation/dice" in e}
+    assert sorted(dice) == [8, 16, 24]
+    best_step = max(dice, key=lambda step: (dice[step], -step))
+    assert best["training"]["best"]["step"] == best_step
+    assert best["training"]["best"]["mean"] == pytest.approx(dice[best_step])
+    assert best["training"]["steps"] == best_step
+    assert last["training"]["steps"] == 24
+    assert last["training"]["best"]["step"] == best_step
+    assert load_state(out)[2]["best"]["step"] == best_step
+
+
+def test_card_records_the_generator_speed_machine_and_command(trained):
+    out, reports = trained
+    card = load_model(out / "model.safetensors")[1]
+    training = card["training"]
+    assert training["data"]["source"] == "generator"
+    assert training["data"]["seed"] == 0 and training["data"]["validation_seed"] == 1
+    assert training["data"]["settings"]["shape"] == [32, 32]
+    assert training["steps_per_s"] > 0 and training["wall_time_s"] > 0
+    assert training["generation_s_per_pair"] > 0
+    assert 0 <= training["step_s"]["waiting_for_data"] <= training["step_s"]["mean"]
+    assert training["machine"]["cpus"] >= 1 and training["machine"]["torch"]
+    assert training["command"] == "intermodal train --config x.toml"
+    assert card["preprocessing"]["spacing"] == [7.0, 7.0]
+    assert card["preprocessing"]["shape"] == [32, 32]
+    assert all(r["generation_s"] > 0 and r["wait_s"] >= 0 for r in reports)
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(out / "model.safetensors"))
+
+
+def test_resumed_generated_run_equals_an_uninterrupted_one(generated_config, tmp_path):
+    overrides = ("train.steps=10", "train.validate_every=5", "generator.validation_pairs=2")
+    full = generated_config(*overrides, f"out={json.dumps(str(tmp_path / 'full'))}")
+    train(full)
+    killed = generated_config(*overrides, f"out={json.dumps(str(tmp_path / 'killed'))}")
+
+    def kill_at_7(report):
+        if report["step"] == 7:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train(killed, progress=kill_at_7)
+    assert load_state(tmp_path / "killed")[2]["step"] == 4
+    reports: list[dict] = []
+    train(killed, resume=True, progress=reports.append)
+    assert [r["step"] for r in reports] == [5, 6, 7, 8, 9, 10]
+    expected, got = _weights(tmp_path / "full"), _weights(tmp_path / "killed")
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    best_full = load_model(tmp_path / "full" / "best.safetensors")[1]["training"]["best"]
+    best_killed = load_model(tmp_path / "killed" / "best.safetensors")[1]["training"]["best"]
+    assert best_full == best_killed
+
+
+def test_worker_processes_feed_the_same_pairs(generated_config, tmp_path):
+    """Generation in a worker process gives the run that generation in place gives."""
+    overrides = ("train.steps=3", "train.validate_every=0", "generator.validation_pairs=0")
+    here = generated_config(*overrides, f"out={json.dumps(str(tmp_path / 'here'))}")
+    worker = generated_config(
+        *overrides, "generator.workers=1", f"out={json.dumps(str(tmp_path / 'worker'))}"
+    )
+    train(here)
+    train(worker)
+    expected, got = _weights(tmp_path / "here"), _weights(tmp_path / "worker")
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+    assert not (tmp_path / "here" / "best.safetensors").exists(), "no validation, no best"
+
+
+def test_dice_term_is_an_option_and_best_by_similarity(generated_config):
+    config = generated_config(
+        "train.steps=4", "train.validate_every=2", "generator.validation_pairs=2",
+        "loss.dice=0.5", "train.best_metric=similarity",
+    )  # fmt: skip
+    reports: list[dict] = []
+    weights = train(config, progress=reports.append)
+    assert all("dice" in r for r in reports)
+    best = load_model(weights.parent / "best.safetensors")[1]["training"]["best"]
+    assert best["metric"] == "similarity" and best["step"] in (2, 4)
+
+
+def test_generator_run_on_a_3d_grid(generated_config):
+    config = generated_config(
+        "data.dim=3", "generator.shape=[16, 16, 16]", "generator.spacing=10.0",
+        "train.steps=2", "train.validate_every=0", "generator.validation_pairs=1",
+    )  # fmt: skip
+    weights = train(config)
+    model, card = load_model(weights)
+    assert model.ndim == 3 and card["preprocessing"]["shape"] == [16, 16, 16]
+
+
+def test_train_command_with_a_generator_config(capsys, tmp_path):
+    config = tmp_path / "train.toml"
+    config.write_text(
+        f"out = {json.dumps(str(tmp_path / 'run'))}\ndevice = 'cpu'\n"
+        "[data]\nsource = 'generator'\ndim = 2\n"
+        "[model]\nfeatures = [8, 16]\n"
+        "[generator]\nshape = [16, 16]\nspacing = 10.0\nworkers = 0\nvalidation_pairs = 1\n"
+        "[train]\nsteps = 2\nbatch_size = 1\nvalidate_every = 2\ncheckpoint_every = 2\n"
+    )
+    code = main(["train", "--config", str(config), "--set", "generator.seed=3", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    card = load_model(tmp_path / "run" / "model.safetensors")[1]["training"]
+    assert card["data"]["seed"] == 3
+    assert card["command"].startswith("intermodal train --config")
+    assert "generator.seed=3" in card["command"]
+
+
+def test_bad_generator_key_from_the_command_line(capsys):
+    code = main(["train", "--set", "data.source=generator", "--set", "generator.colour=1"])
+    stderr = capsys.readouterr().err
+    assert code == 2 and "generator.colour" in stderr
+    assert len(stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["general2d", "general3d"])
+def test_bundled_generator_configs_are_valid(name):
+    config = load_config(REPO / "configs" / f"{name}.toml")
+    assert config.data.source == "generator"
+    assert config.loss.name == "intra" and config.loss.dice == 0
+    assert config.train.direction == "both"
+    assert len(config.generator.shape) == config.data.dim
+    if config.data.dim == 3:
+        assert max(config.generator.shape) <= 64
+        assert 4 <= config.generator.spacing <= 6
+        assert config.model.output_stride >= 2
+
+
+def test_manifest_source_still_needs_a_manifest():
+    with pytest.raises(IntermodalError, match="data.manifest"):
+        train(load_config(None, ["device=cpu"]))
