@@ -267,6 +267,7 @@ def _export_dicom(args: argparse.Namespace, out: Path, *, overwrite: bool) -> No
         out, fixed=args.fixed, moving=args.moving, fixed_series=args.fixed_series,
         moving_series=args.moving_series, structures=tuple(args.structures),
         overwrite=overwrite, allow_different_patients=args.allow_different_patients,
+        landmarks=getattr(args, "landmarks", None),
     )  # fmt: skip
     kind = "deformable" if summary.deformable else "matrix"
     print(
@@ -599,6 +600,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--fixed-series", help="DICOM SeriesInstanceUID for --fixed")
     export.add_argument("--moving-series", help="DICOM SeriesInstanceUID for --moving")
     export.add_argument("--overwrite", action="store_true", help="replace an existing dicom/")
+    export.add_argument(
+        "--landmarks", nargs=2, metavar=("FIXED_CSV", "MOVING_CSV"),
+        help="corresponding landmarks (mm) for the TRE in report.html",
+    )  # fmt: skip
     _add_dicom_options(export, export=True)
     _add_common(export)
     export.set_defaults(handler=cmd_export_dicom)

@@ -266,7 +266,8 @@ def save_result(
     """Write every output of a registration into ``out_dir``, all or nothing.
 
     Files: ``warped.nii.gz``, ``displacement.nii.gz``, ``inverse_displacement.nii.gz``,
-    ``jacobian.nii.gz``, ``transform.h5``, ``report.json``, ``qc.png``, and
+    ``jacobian.nii.gz``, ``transform.h5``, ``report.json``, ``qc.png``, the TG-132 QA page
+    ``report.html`` with its numbers in ``qa.json`` (:mod:`intermodal.qa_report`), and
     ``warped_labels.nii.gz`` / ``points.csv`` when labels or points are given.
 
     Returns:
@@ -313,6 +314,9 @@ def save_result(
             sitk.WriteImage(image, str(staging / name), useCompression=True)
             outputs.append(name)
         qc_figure(result, staging / "qc.png")
+        from intermodal.qa_report import write_result_qa  # TG-132 QA page beside report.json
+
+        outputs += write_result_qa(result, staging)
         report = {**result.report, **(extra_report or {}), "outputs": sorted(outputs)}
         write_json(report, staging / "report.json")
     return Path(out_dir)

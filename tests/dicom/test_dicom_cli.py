@@ -29,7 +29,11 @@ def dicom_pair(tmp_path_factory, small_pair) -> dict:
     values = [int(v) for v in np.unique(labels) if v > 0][:2]
     rois = {f"label{v}": (v, (255, 0, 0), slice_contours(moving, labels == v)) for v in values}
     structures = write_rtstruct(root / "mr_rois.dcm", moving, mr, rois)
-    return {"root": root, "ct": ct, "mr": mr, "structures": structures}
+    fixed = read_image(root / "ct")
+    ct_labels = sitk.GetArrayFromImage(small_pair.ct_labels)
+    ct_rois = {f"label{v}": (v, (0, 255, 0), slice_contours(fixed, ct_labels == v)) for v in values}
+    on_ct = write_rtstruct(root / "ct_rois.dcm", fixed, ct, ct_rois)
+    return {"root": root, "ct": ct, "mr": mr, "structures": structures, "on_ct": on_ct}
 
 
 def _run(capsys, *args) -> tuple[int, str, str]:
@@ -64,9 +68,20 @@ def test_register_dicom_writes_every_object(capsys, dicom_pair, tmp_path: Path) 
     # export-dicom on the same folder: refused, then replaced with --overwrite
     code, _, stderr = _run(capsys, "export-dicom", out, "--quiet")
     assert code == 2 and "dicom: output directory exists; pass --overwrite" in stderr
-    code, stdout, stderr = _run(capsys, "export-dicom", out, "--overwrite", "--quiet")
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "Jacobian determinant" in page and "Contour agreement" not in page
+    landmarks = tmp_path / "landmarks.csv"
+    landmarks.write_text("x,y,z\n0,0,0\n10,-5,5\n", encoding="utf-8")
+    code, stdout, stderr = _run(
+        capsys, "export-dicom", out, "--overwrite", "--quiet", "--structures",
+        dicom_pair["structures"], "--structures", dicom_pair["on_ct"], "--landmarks",
+        landmarks, landmarks,
+    )  # fmt: skip
     assert code == 0, stderr
-    assert "0 structure set(s)" in stdout
+    assert "2 structure set(s)" in stdout
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "Contour agreement" in page and "Target registration error" in page
+    assert "label" in page and "<script" not in page
 
 
 def test_bad_register_dicom_of_two_patients(capsys, dicom_pair, small_pair, tmp_path) -> None:

@@ -165,6 +165,7 @@ def export_dicom(
     structures: tuple[str | os.PathLike, ...] = (),
     overwrite: bool = False,
     allow_different_patients: bool = False,
+    landmarks: tuple[str | os.PathLike, str | os.PathLike] | None = None,
 ) -> ExportSummary:
     """Write ``result_dir/dicom/``: the warped series, a spatial registration, structures.
 
@@ -178,6 +179,9 @@ def export_dicom(
             ROI name is on both, its agreement (Dice, mean distance, HD95) is measured.
         overwrite: replace an existing ``dicom/``.
         allow_different_patients: go on when the inputs' PatientID or PatientName differ.
+        landmarks: CSV files of corresponding fixed and moving landmarks (mm), for the TRE.
+
+    The ROI agreement and the TRE are added to the folder's ``report.html`` (``qa.json``).
 
     Returns:
         What was written, and the ROI agreement measured.
@@ -225,6 +229,16 @@ def export_dicom(
     forward = sitk.ReadTransform(str(result_dir / "transform.h5"))
     moving_grid = read_image(moving_info.directory, series=moving_info.series_uid)
     check_grid_matches(moving_grid, moving_info, "the moving image")
+    landmark_rows = None
+    if landmarks is not None:
+        from intermodal.io import read_points
+        from intermodal.qa_report import landmark_measures, largest_voxel
+
+        fixed_points, moving_points = (read_points(path) for path in landmarks)
+        landmark_rows = landmark_measures(
+            forward, fixed_points, moving_points,
+            largest_voxel(warped, moving_grid),
+        )  # fmt: skip
     inverse = sitk.CompositeTransform(3)
     inverse_field = sitk.ReadImage(
         str(result_dir / "inverse_displacement.nii.gz"), sitk.sitkVectorFloat64
@@ -278,6 +292,8 @@ def export_dicom(
             )  # fmt: skip
             names.append(name)
     agreement = roi_agreement(propagated, drawn, warped, moving_grid)
+    if agreement or landmark_rows is not None:
+        _update_qa_report(result_dir, warped, moving_grid, agreement, landmark_rows)
     return ExportSummary(
         folder=out,
         series_uid=written.series_uid,
@@ -289,6 +305,25 @@ def export_dicom(
         agreement=agreement,
         propagated=propagated,
     )
+
+
+def _update_qa_report(
+    result_dir: Path,
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    agreement: list[RoiAgreement],
+    landmarks: dict[str, Any] | None,
+) -> None:
+    """Add the ROI agreement and TRE to ``report.html``; the rest from ``qa.json`` or files."""
+    from intermodal.qa_report import largest_voxel, write_qa_report
+
+    jacobian = None
+    if not (result_dir / "qa.json").is_file():  # a result written before qa.json existed
+        jacobian = sitk.ReadImage(str(result_dir / "jacobian.nii.gz"), sitk.sitkFloat32)
+    write_qa_report(
+        result_dir, jacobian=jacobian, largest_voxel_mm=largest_voxel(fixed, moving),
+        agreement=agreement or None, landmarks=landmarks,
+    )  # fmt: skip
 
 
 def roi_agreement(
