@@ -41,7 +41,12 @@ def _smooth_displacement(reference: sitk.Image, amplitude: float) -> sitk.Image:
 
 
 def make_result(
-    root: Path, *, amplitude: float = 3.0, oblique: bool = True, missing_slice: bool = True
+    root: Path,
+    *,
+    amplitude: float = 3.0,
+    oblique: bool = True,
+    missing_slice: bool = True,
+    ct_missing_slice: bool = False,
 ) -> Case:
     """CT on an axial grid; MR oblique with anisotropic slices and one slice missing; a
     registration result with a known affine and a smooth displacement written as ``register``
@@ -49,7 +54,7 @@ def make_result(
     from intermodal.io import read_image
 
     ct_dir, mr_dir = root / "ct", root / "mr"
-    ct = write_series(phantom(modality="CT"), ct_dir)
+    ct = write_series(phantom(modality="CT"), ct_dir, skip_slices=(4,) if ct_missing_slice else ())
     direction = rotation(np.array([1.0, 2.0, 3.0]), 0.25) if oblique else None
     mr_image = phantom((8, 22, 18), (2.2, 2.2, 5.0), direction=direction, modality="MR")
     mr = write_series(mr_image, mr_dir, modality="MR", skip_slices=(3,) if missing_slice else ())

@@ -196,3 +196,39 @@ def test_bad_result_not_on_the_fixed_series(tmp_path: Path, case) -> None:
 def test_bad_not_a_result_folder(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="no warped.nii.gz"):
         export_dicom(tmp_path)
+
+
+def test_fixed_series_with_a_missing_slice(tmp_path: Path) -> None:
+    """The CT read onto a regular grid: the output has every slice; UIDs all new and distinct."""
+    case = make_result(tmp_path, ct_missing_slice=True)
+    summary = export_dicom(case.result)
+    slices = _headers(summary.folder / "series")
+    assert len(slices) == len(case.ct["sop_uids"]) + 1 == case.fixed.GetSize()[2]
+    depths = sorted(float(ds.ImagePositionPatient[2]) for ds in slices)
+    assert np.allclose(np.diff(depths), case.fixed.GetSpacing()[2], atol=1e-3)
+    registration = pydicom.dcmread(summary.registration)
+    instances = [ds.SOPInstanceUID for ds in slices] + [registration.SOPInstanceUID]
+    inputs = set(case.ct["sop_uids"]) | set(case.mr["sop_uids"])
+    assert len(set(instances)) == len(instances) and not set(instances) & inputs
+    assert registration.SeriesInstanceUID != summary.series_uid
+    assert registration.FrameOfReferenceUID == slices[0].FrameOfReferenceUID
+
+
+def test_fine_field_is_subsampled_on_a_stated_grid(case, monkeypatch) -> None:
+    from intermodal.dicom import spatial_registration
+
+    monkeypatch.setattr(spatial_registration, "MAX_GRID_VECTORS", 1000)
+    summary = export_dicom(case.result)
+    grid = pydicom.dcmread(summary.registration).DeformableRegistrationSequence[0]
+    grid = grid.DeformableRegistrationGridSequence[0]
+    size, spacing = case.fixed.GetSize(), case.fixed.GetSpacing()
+    dims = [int(n) for n in grid.GridDimensions]
+    assert np.prod(dims) <= 1000
+    stride = round(float(grid.GridResolution[0]) / spacing[0])
+    assert stride > 1 and dims == [-(-n // stride) for n in size]
+    assert np.allclose([float(v) for v in grid.GridResolution], np.array(spacing) * stride)
+    # a coarser grid of the same smooth field: points still map within a fraction of a mm
+    transform = read_registration(summary.registration, case.mr["frame_uid"])
+    for point in [(0.0, 0.0, 0.0), (4.0, -6.0, 2.0)]:
+        gap = np.subtract(transform.TransformPoint(point), case.transform.TransformPoint(point))
+        assert np.linalg.norm(gap) < 0.5

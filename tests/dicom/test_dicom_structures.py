@@ -203,3 +203,21 @@ def test_bad_not_a_structure_set(case) -> None:
     slice_file = next(case.ct_dir.glob("*.dcm"))
     with pytest.raises(DicomError, match="not an RT Structure Set"):
         export_dicom(case.result, structures=(slice_file,))
+
+
+def test_contours_on_a_slice_the_ct_lacks_reference_no_image(tmp_path: Path) -> None:
+    from conftest import make_result
+
+    case = make_result(tmp_path, ct_missing_slice=True)
+    path = _structure_set(case, case.moving, case.mr, "mr_rois.dcm")
+    summary = export_dicom(case.result, structures=(path,))
+    ds = pydicom.dcmread(summary.structure_sets[0])
+    missing_depth = float(case.fixed.TransformIndexToPhysicalPoint((0, 0, 4))[2])
+    with_image, without = 0, 0
+    for item in ds.ROIContourSequence:
+        for contour_item in item.ContourSequence:
+            on_missing = abs(float(contour_item.ContourData[2]) - missing_depth) < 1e-3
+            assert ("ContourImageSequence" in contour_item) != on_missing
+            with_image, without = with_image + (not on_missing), without + on_missing
+    assert with_image and without
+    assert dciodvfy_errors(summary.structure_sets[0]) == []
