@@ -43,12 +43,13 @@ bench-gpu: setup
 	$(BIN)/python benchmarks/gpu_timings.py --out benchmarks/measured/gpu_timings.json
 	$(BIN)/python benchmarks/gpu_timings.py --render benchmarks/measured/gpu_timings.json
 
-# Retrain a bundled model from nothing (synth -> prepare -> train -> install into the package).
+# Retrain a bundled model from nothing: train on generated pairs (configs/general3d.toml,
+# general2d.toml; a second call resumes), install the best checkpoint into the package.
 model-3d: setup
-	$(BIN)/python tools/train_bundled.py pelvis3d
+	$(BIN)/python tools/train_bundled.py general3d
 
 model-2d: setup
-	$(BIN)/python tools/train_bundled.py pelvis2d
+	$(BIN)/python tools/train_bundled.py general2d
 
 clean:
 	rm -rf $(VENV) intermodal-demo .pytest_cache

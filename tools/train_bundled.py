@@ -1,28 +1,30 @@
-"""Retrain a bundled model from nothing: synth -> prepare -> train -> install.
+"""Retrain a bundled model from nothing, and install it into the package.
 
-Usage (from the repository root; ``make model-3d`` and ``make model-2d`` run exactly this)::
+Usage (from the repository root; ``make model-3d`` and ``make model-2d`` run the first two)::
 
-    .venv/bin/python tools/train_bundled.py pelvis3d
+    .venv/bin/python tools/train_bundled.py general3d
+    .venv/bin/python tools/train_bundled.py general2d
+    .venv/bin/python tools/train_bundled.py pelvis3d     # the earlier models, from synth
     .venv/bin/python tools/train_bundled.py pelvis2d
 
+``general3d`` and ``general2d`` train on pairs generated on the fly (issue 24,
+:mod:`intermodal.data.generator`): no data on disk, one step, ``intermodal train --config
+configs/NAME.toml``, and the checkpoint with the best validation score
+(``best.safetensors``) is installed. The run lives in ``build/bundled/NAME/run`` (ignored); a
+second call resumes it where it stopped, so a long run can be split over several sessions
+(commit the run folder's ``trainer_state.*`` in between if the machine does not keep it).
+
+``pelvis3d`` and ``pelvis2d`` are the earlier recipe: synth -> prepare -> train on a prepared
+dataset of synthetic subjects (dataset seed 1, subject ``k`` with seed ``100003 + k``), and the
+last weights are installed. ``--subjects N`` synthesises N subjects instead of the recipe's
+count, in a folder of its own (``build/bundled/NAME-Ns/``), and ``--jobs N`` makes and prepares
+that many subjects at once.
+
 Every step goes through the ``intermodal`` command line, so the bundled model is trained the
-way a user would train one. Intermediate data lives in ``build/bundled/NAME/`` (ignored);
-each step resumes where it stopped. The last step copies the weights, unchanged, into
-``src/intermodal/models/`` and writes the card beside them with the training paths made
-relative and a ``provenance`` entry: this command, the synthetic data's recipe, the machine,
-torch and the date.
-
-The synthetic subjects come from dataset seed 1 (subject ``k`` has seed ``100003 + k``); the
-demo, the tests and the benchmarks use other dataset seeds, so they never see a training
-subject.
-
-``--subjects N`` synthesises N subjects instead of the recipe's count, in a folder of its own
-(``build/bundled/NAME-Ns/``), and ``--jobs N`` makes and prepares that many subjects at once
-(``prepare`` takes about 50 s a 3D subject on one thread). More subjects is the first thing to
-try for the 3D model, which memorises the recipe's 16 training subjects (benchmarks/RESULTS.md,
-section generalisation_3d; in 2D the count made no difference, section data_scale_2d)::
-
-    .venv/bin/python tools/train_bundled.py pelvis3d --subjects 200 --jobs 16 --no-install
+way a user would train one. The last step copies the weights, unchanged, into
+``src/intermodal/models/`` (as ``NAME``, or ``--install-as OTHER``) and writes the card beside
+them with the training paths made relative and a ``provenance`` entry: this command, the
+data's recipe, the machine, torch and the date. ``--no-install`` trains only.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = {
+    "general3d": {"dim": 3, "generator": True},
+    "general2d": {"dim": 2, "generator": True},
     "pelvis3d": {"dim": 3, "subjects": 24, "seed": 1, "spacing": 4.0},
     "pelvis2d": {"dim": 2, "subjects": 60, "seed": 1, "spacing": None},
 }
@@ -82,17 +86,72 @@ def identity_dice(manifest: Path, dim: int, card: dict) -> float:
     return validation_dice(model, volumes, pairs, labels)["mean"]
 
 
+def machine() -> dict:
+    import torch
+
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def install(weights: Path, card: dict, name: str) -> None:
+    """Copy ``weights`` and write ``card`` into the package as ``name``, each atomically."""
+    target = REPO / "src" / "intermodal" / "models"
+    shutil.copyfile(weights, target / f"{name}.safetensors.tmp")
+    (target / f"{name}.json.tmp").write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(target / f"{name}.safetensors.tmp", target / f"{name}.safetensors")
+    os.replace(target / f"{name}.json.tmp", target / f"{name}.json")
+    print(f"installed {target / name}.safetensors (+ .json)")
+
+
+def generated(args: argparse.Namespace, recipe: dict) -> None:
+    """Train on generated pairs (resuming a run in progress), install the best checkpoint."""
+    config = REPO / "configs" / f"{args.name}.toml"
+    run = REPO / "build" / "bundled" / args.name / "run"
+    resume = ["--resume"] if (run / "trainer_state.json").is_file() else []
+    intermodal("train", "--config", str(config.relative_to(REPO)), *resume)
+    if args.no_install:
+        return
+    best = run / "best.safetensors"
+    weights = best if best.is_file() else run / "model.safetensors"
+    card = relative(json.loads(weights.with_suffix(".json").read_text()))
+    last = json.loads((run / "model.json").read_text())["training"]
+    card["provenance"] = {
+        "command": f"make model-{recipe['dim']}d "
+        f"(= .venv/bin/python tools/train_bundled.py {args.name})",
+        "config": str(config.relative_to(REPO)),
+        "installed_checkpoint": weights.name,
+        "run": {k: last[k] for k in ("steps", "wall_time_s", "steps_per_s", "best")},
+        "data": {"generator": "intermodal.data.generator", **card["training"]["data"]},
+        "machine": machine(),
+        "installed": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M}Z",
+    }
+    install(weights, card, args.install_as or args.name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name", choices=sorted(RECIPES))
     parser.add_argument("--no-install", action="store_true", help="train, but do not install")
     parser.add_argument(
+        "--install-as", metavar="NAME",
+        help="install under this name in src/intermodal/models/ (default: the recipe's)",
+    )  # fmt: skip
+    parser.add_argument(
         "--subjects", type=int, help="synthesise this many subjects instead of the recipe's "
-        "(in build/bundled/NAME-Ns/)",
+        "(in build/bundled/NAME-Ns/; pelvis recipes only)",
     )  # fmt: skip
     parser.add_argument("--jobs", type=int, default=1, help="subjects made and prepared at once")
     args = parser.parse_args()
     recipe = dict(RECIPES[args.name])
+    if recipe.get("generator"):
+        if args.subjects is not None:
+            parser.error("--subjects applies to the pelvis recipes; the generator has no subjects")
+        generated(args, recipe)
+        return
     folder = args.name
     if args.subjects is not None:
         if args.subjects < 4:
@@ -125,8 +184,6 @@ def main() -> None:
     if args.no_install:
         return
 
-    import torch
-
     card = json.loads((run / "model.json").read_text())
     card = relative(card)
     card["training"]["validation_dice_identity"] = identity_dice(
@@ -144,20 +201,10 @@ def main() -> None:
             "prepare_spacing_mm": recipe["spacing"],
             "prepare": relative(json.loads((prepared / "prepare.json").read_text())),
         },
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        },
+        "machine": machine(),
         "installed": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M}Z",
     }
-    target = REPO / "src" / "intermodal" / "models"
-    shutil.copyfile(run / "model.safetensors", target / f"{args.name}.safetensors.tmp")
-    (target / f"{args.name}.json.tmp").write_text(json.dumps(card, indent=2) + "\n")
-    os.replace(target / f"{args.name}.safetensors.tmp", target / f"{args.name}.safetensors")
-    os.replace(target / f"{args.name}.json.tmp", target / f"{args.name}.json")
-    print(f"installed {target / args.name}.safetensors (+ .json)")
+    install(run / "model.safetensors", card, args.install_as or args.name)
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ def test_two_d_subjects_are_rendered_as_two_separate_slices(monkeypatch):
     ((labels, spacing),) = calls
     np.testing.assert_array_equal(labels[0], pair.moving_labels.numpy())
     np.testing.assert_array_equal(labels[1], pair.fixed_labels.numpy())
-    assert spacing[2] >= 100, "slices far apart: nothing blurs from one subject to the other"
+    assert spacing[2] >= 40, "slices far apart: nothing blurs from one subject to the other"
 
 
 @pytest.mark.parametrize("grid", [SMALL_2D, SMALL_3D])

@@ -81,9 +81,11 @@ _SHAPE_TISSUE_PROBABILITY = (0.05, 0.2, 0.6, 0.15)
 _INTEGRATION_STEPS = 7
 _MAX_VOXELS = 256**3
 # Air between the two subjects rendered side by side: 3D, slices (wider than the blur and the
-# thick-slice profile); 2D, the distance between the two slices (mm).
+# thick-slice profile); 2D, the distance between the two slices (mm): 4 correlation lengths of
+# the renderer's texture (4-10 mm) and far beyond its blur, but not so far that its smooth
+# noise grids grow (their cost rises with the distance).
 _GAP_SLICES = 4
-_GAP_2D_MM = 200.0
+_GAP_2D_MM = 40.0
 
 
 @dataclass
