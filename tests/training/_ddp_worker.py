@@ -2,7 +2,8 @@
 
 Usage: python -m torch.distributed.run --standalone --nproc_per_node=2 _ddp_worker.py \
     MANIFEST OUT
-Each rank writes OUT/rank<r>.json with a SHA-256 of its final weights and its first pairs.
+Each rank writes OUT/rank<r>.json with a SHA-256 of its final weights and its first pairs
+(subject indices; with MANIFEST ``generator``, generated pairs, the first items' indices).
 """
 
 from __future__ import annotations
@@ -39,23 +40,37 @@ def main() -> None:
 
     trainer_module.RegistrationModel = RecordedModel
     trainer_module.sample_pairs = recorded_sample
-    config = load_config(
-        None,
-        [
-            f"data.manifest={json.dumps(manifest)}",
+    common = [
+        "model.features=[8, 16, 16]",
+        "model.integration_steps=4",
+        "train.steps=6",
+        "train.batch_size=2",
+        "train.lr=3e-3",
+        "train.validate_every=3",
+        "train.checkpoint_every=3",
+        f"out={json.dumps(str(out / 'run'))}",
+        "device=cpu",
+    ]
+    if manifest == "generator":
+        real_item = trainer_module.GeneratedPairs.__getitem__
+
+        def recorded_item(self, index):
+            if self.seed == 0 and len(first_pairs) < 2:
+                first_pairs.append(index)
+            return real_item(self, index)
+
+        trainer_module.GeneratedPairs.__getitem__ = recorded_item
+        data = [
+            "data.source=generator",
             "data.dim=2",
-            "model.features=[8, 16, 16]",
-            "model.integration_steps=4",
-            "train.steps=6",
-            "train.batch_size=2",
-            "train.lr=3e-3",
-            "train.validate_every=3",
-            "train.checkpoint_every=3",
-            "augment.probability=0.5",
-            f"out={json.dumps(str(out / 'run'))}",
-            "device=cpu",
-        ],
-    )
+            "generator.shape=[32, 32]",
+            "generator.spacing=7.0",
+            "generator.workers=0",
+            "generator.validation_pairs=2",
+        ]
+    else:
+        data = [f"data.manifest={json.dumps(manifest)}", "data.dim=2", "augment.probability=0.5"]
+    config = load_config(None, [*data, *common])
     weights = train(config)
     digest = hashlib.sha256()
     for name, tensor in sorted(models[0].state_dict().items()):
