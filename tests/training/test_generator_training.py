@@ -111,6 +111,7 @@ def test_card_records_the_generator_speed_machine_and_command(trained):
     assert training["steps_per_s"] > 0 and training["wall_time_s"] > 0
     assert training["generation_s_per_pair"] > 0
     assert 0 <= training["step_s"]["waiting_for_data"] <= training["step_s"]["mean"]
+    assert training["step_s"]["cpu"] > 0
     assert training["machine"]["cpus"] >= 1 and training["machine"]["torch"]
     assert training["command"] == "intermodal train --config x.toml"
     assert card["preprocessing"]["spacing"] == [7.0, 7.0]

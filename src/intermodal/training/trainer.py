@@ -636,7 +636,14 @@ def _train(
     if main and config.data.source == "generator":
         identity = data.validate(_identity_model(model), amp)
     good_step = start_step
-    timing = {"steps": 0, "loop_s": 0.0, "wait_s": 0.0, "generation_s": 0.0, "pairs": 0}
+    timing = {
+        "steps": 0,
+        "loop_s": 0.0,
+        "wait_s": 0.0,
+        "cpu_s": 0.0,
+        "generation_s": 0.0,
+        "pairs": 0,
+    }
 
     def card(step: int, elapsed: float, validation: dict[str, Any] | None) -> dict[str, Any]:
         steps = max(timing["steps"], 1)
@@ -652,6 +659,9 @@ def _train(
                 "step_s": {
                     "mean": timing["loop_s"] / steps,
                     "waiting_for_data": timing["wait_s"] / steps,
+                    # this process's CPU time (all its threads): what the step costs on a
+                    # machine that others share
+                    "cpu": timing["cpu_s"] / steps,
                 },
                 "generation_s_per_pair": (
                     timing["generation_s"] / timing["pairs"] if timing["pairs"] else None
@@ -703,7 +713,7 @@ def _train(
         waited = time.perf_counter()
         for step, (batch, generation) in zip(range(start_step, config.train.steps), batches):
             done = step + 1
-            began = time.perf_counter()
+            began, began_cpu = time.perf_counter(), time.process_time()
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 output = network(batch.network_fixed, batch.network_moving)
             loss, terms = training_loss(
@@ -722,6 +732,7 @@ def _train(
             timing["steps"] += 1
             timing["loop_s"] += finished - waited
             timing["wait_s"] += began - waited
+            timing["cpu_s"] += time.process_time() - began_cpu
             timing["generation_s"] += sum(generation)
             timing["pairs"] += len(generation)
 
