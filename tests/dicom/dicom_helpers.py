@@ -70,8 +70,9 @@ def write_series(
     series_uid = generate_uid()
     frame_uid = frame_of_reference_uid or generate_uid()
     values = sitk.GetArrayFromImage(image).astype(np.float64)
-    slope = 1.0 if modality == "CT" else 0.05
     intercept = 0.0 if modality == "CT" else -100.0
+    # MR: a rescale that leaves no stored value outside int16 (at least 0.05 per step)
+    slope = 1.0 if modality == "CT" else max(0.05, (float(values.max()) - intercept) / 32000)
     stored = np.round((values - intercept) / slope).astype(np.int16)
     direction = np.array(image.GetDirection()).reshape(3, 3)
     spacing = image.GetSpacing()
