@@ -439,6 +439,32 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def _provenance() -> dict[str, Any]:
+    """Which intermodal ran: its source folder, the checkout's commit and its edited files.
+
+    Others edit the pipeline in the same checkout, so a run may import intermodal from a
+    clean export of a commit instead (``PYTHONPATH=<export>/src``); its folder says which.
+    """
+    import subprocess
+
+    import intermodal
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return "unknown"
+
+    return {
+        "intermodal_source": str(Path(intermodal.__file__).resolve().parent),
+        "checkout_commit": git("rev-parse", "HEAD"),
+        "checkout_edited_src": git("status", "--porcelain", "--", "src").splitlines(),
+        "source_commit": os.environ.get("INTERMODAL_SOURCE_COMMIT", "the checkout"),
+    }
+
+
 def run(
     set_name: str, split: str, cases: int, methods: Sequence[str], threads: int, first: int = 0
 ) -> Path:
@@ -455,6 +481,7 @@ def run(
         "cpus": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
         "versions": _versions(),
+        **_provenance(),
     }
     record["runs"].append(run_info)
     context = get_context("spawn")
