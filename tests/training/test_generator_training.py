@@ -4,6 +4,7 @@ resume, worker processes, the command line and the bundled configurations."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,7 @@ TINY = (
     "train.validate_every=8",
     "train.checkpoint_every=4",
     "train.log_every=1",
+    "train.threads=1",
     "device=cpu",
 )
 """A tiny 2D network on 32 x 32 generated pairs, generated in the training process."""
@@ -224,3 +226,12 @@ def test_bundled_generator_configs_are_valid(name):
 def test_manifest_source_still_needs_a_manifest():
     with pytest.raises(IntermodalError, match="data.manifest"):
         train(load_config(None, ["device=cpu"]))
+
+
+def test_threads_follow_the_setting_and_are_restored(generated_config):
+    before = torch.get_num_threads()
+    config = generated_config("train.steps=1", "generator.validation_pairs=0", "train.threads=0")
+    weights = train(config)
+    machine = load_model(weights)[1]["training"]["machine"]
+    assert machine["torch_threads"] == max(1, (os.cpu_count() or 1) - 0)
+    assert torch.get_num_threads() == before

@@ -541,6 +541,9 @@ def train(
             "data.source = 'generator')"
         )
     distributed = setup_distributed(config.device)
+    threads = torch.get_num_threads()
+    if distributed.device.type == "cpu":
+        torch.set_num_threads(_training_threads(config))
     try:
         return _train(
             config,
@@ -551,7 +554,19 @@ def train(
             command=command,
         )
     finally:
+        torch.set_num_threads(threads)
         distributed.close()
+
+
+def _training_threads(config: TrainConfig) -> int:
+    """torch threads for training on the CPU: ``train.threads``, or the cores left free."""
+    if config.train.threads:
+        return config.train.threads
+    if config.data.source == "generator":
+        # torchrun's processes on this machine share its cores
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+        return max(1, (os.cpu_count() or 1) // local - config.generator.workers)
+    return torch.get_num_threads()
 
 
 def _train(
