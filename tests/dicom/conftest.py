@@ -75,6 +75,8 @@ def make_result(
     sitk.WriteImage(warped, str(result / "warped.nii.gz"))
     sitk.WriteImage(displacement, str(result / "displacement.nii.gz"))
     sitk.WriteImage(inverse, str(result / "inverse_displacement.nii.gz"))
+    jacobian = sitk.DisplacementFieldJacobianDeterminant(displacement)
+    sitk.WriteImage(sitk.Cast(jacobian, sitk.sitkFloat32), str(result / "jacobian.nii.gz"))
     sitk.WriteTransform(affine, str(result / "affine.mat"))
     sitk.WriteTransform(transform, str(result / "transform.h5"))
     report = {

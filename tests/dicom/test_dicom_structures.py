@@ -123,6 +123,9 @@ def test_agreement_when_structures_on_both(case) -> None:
     assert names == {f"{n} (on {s})" for n in ("Bladder", "Rectum") for s in ("fixed", "moving")}
     for agreement in summary.agreement:
         assert 0.0 <= agreement.dice <= 1.0 and agreement.hd95_mm >= 0.0
+    # a result without qa.json: the page is made from jacobian.nii.gz, with the ROI table
+    page = (case.result / "report.html").read_text(encoding="utf-8")
+    assert "Contour agreement per ROI" in page and "Bladder (on fixed)" in page
 
 
 def test_written_structure_sets_pass_dciodvfy(case) -> None:

@@ -130,7 +130,7 @@ def check_dicom_inputs(
 
 def _read_result(result_dir: Path) -> dict[str, Any]:
     names = ("warped.nii.gz", "displacement.nii.gz", "inverse_displacement.nii.gz",
-             "affine.mat", "transform.h5", "report.json")  # fmt: skip
+             "jacobian.nii.gz", "affine.mat", "transform.h5", "report.json")  # fmt: skip
     for name in names:
         if not (result_dir / name).is_file():
             raise IntermodalError(
