@@ -318,12 +318,15 @@ def _random_displacement(
     its standard deviation is drawn uniformly below the largest. The velocity is integrated on
     a grid of half the resolution (it is smooth at both scales) and resized.
     """
+    ndim = len(shape)
     half = [max(2, (n + 1) // 2) for n in shape]
-    factor = [(h - 1) / (n - 1) for h, n in zip(half, shape)]
-    velocity = torch.zeros(1, len(shape), *half)
+    # voxels of the half grid per voxel of the full grid, along each axis (about 1/2)
+    factor = torch.tensor([(h - 1) / (n - 1) for h, n in zip(half, shape)])
+    velocity = torch.zeros(1, ndim, *half)
     for control, largest in scales:
-        sd = float(rng.uniform(0, largest)) * factor[0]
-        velocity = velocity + _random_velocity(rng, half, control * factor[0], sd)
+        sd = float(rng.uniform(0, largest))
+        velocity = velocity + _random_velocity(rng, half, control * float(factor.mean()), sd)
+    velocity = velocity * factor.view(1, ndim, *[1] * ndim)
     coarse = integrate_velocity(velocity, steps=_INTEGRATION_STEPS)
     return resize_displacement(coarse, tuple(shape))
 
