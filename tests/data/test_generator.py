@@ -209,12 +209,32 @@ def test_both_directions_alternate_and_reach_the_network():
     batch = generated_batch(collate_pairs(items), "cpu")
     assert batch.ct_moving.tolist() == [False, True, False, True]
     for b, ct_moving in enumerate(batch.ct_moving.tolist()):
-        fixed = batch.fixed_mr[b] if ct_moving else batch.fixed_ct[b]
-        moving = batch.moving_ct[b] if ct_moving else batch.moving_mr[b]
-        assert torch.equal(batch.network_fixed[b], fixed)
-        assert torch.equal(batch.network_moving[b], moving)
+        acquired = dataset.generator.pair(b, seed=0).acquired
+        fixed = acquired["fixed_mr"] if ct_moving else acquired["fixed_ct"]
+        moving = acquired["moving_ct"] if ct_moving else acquired["moving_mr"]
+        assert torch.equal(batch.network_fixed[b, 0], fixed)
+        assert torch.equal(batch.network_moving[b, 0], moving)
     one_way = GeneratedPairs(GeneratorConfig(**SMALL_2D), seed=0, length=2, direction="mr_to_ct")
     assert [one_way.ct_moving(k) for k in range(2)] == [False, False]
+
+
+@pytest.mark.parametrize("in_loss", [False, True])
+def test_couch_and_crops_reach_the_network_not_the_loss(in_loss):
+    """A couch does not move with the anatomy: by default only the network's inputs show it."""
+    config = GeneratorConfig(
+        **SMALL_3D, couch_probability=1.0, crop_probability=0.0, artefacts_in_loss=in_loss
+    )
+    pair = PairGenerator(config).pair(0, seed=1)
+    for name in ("moving_ct", "fixed_ct"):
+        labels = pair.moving_labels if name == "moving_ct" else pair.fixed_labels
+        changed = pair.acquired[name] != getattr(pair, name)
+        if in_loss:
+            assert not changed.any()
+        else:
+            assert changed.any(), "the acquired CT has a couch"
+            assert not (changed & (labels > 0)).any(), "the couch lies outside the body"
+    for name in ("moving_mr", "fixed_mr"):
+        assert torch.equal(pair.acquired[name], getattr(pair, name))
 
 
 def test_items_do_not_depend_on_the_worker_processes():

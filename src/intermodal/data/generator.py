@@ -85,6 +85,7 @@ _MAX_VOXELS = 256**3
 # the renderer's texture (4-10 mm) and far beyond its blur, but not so far that its smooth
 # noise grids grow (their cost rises with the distance).
 _GAP_SLICES = 4
+_IMAGE_NAMES = ("moving_ct", "moving_mr", "fixed_ct", "fixed_mr")
 _GAP_2D_MM = 40.0
 
 
@@ -116,6 +117,9 @@ class GeneratorConfig:
         couch_probability: chance that a CT shows a couch.
         crop_probability: chance that an image's field of view is cropped.
         thick_slice_probability: chance that an MR (3D) has slices of 2-3 voxels.
+        artefacts_in_loss: also put the couch and the crops into the images the loss
+            compares; by default only the network's inputs have them (see
+            :class:`GeneratedPair`).
     """
 
     shape: list[int] = field(default_factory=lambda: [48, 48, 48])
@@ -141,6 +145,7 @@ class GeneratorConfig:
     couch_probability: float = 0.5
     crop_probability: float = 0.25
     thick_slice_probability: float = 0.3
+    artefacts_in_loss: bool = False
 
     @property
     def dim(self) -> int:
@@ -256,9 +261,18 @@ class GeneratedPair:
 
     Images are float32 ``(*shape)`` in [0, 1]; labels int64 ``(*shape)``.
 
+    The images the loss compares and the images the network sees differ by the acquisition
+    artefacts that do not move with the anatomy: a CT's couch and the cropped fields of view.
+    An intra-modality loss rewards aligning a couch with a couch or a crop edge with a crop
+    edge, which moves the anatomy apart; so, unless ``artefacts_in_loss`` is set, the loss's
+    images have neither, and the network learns to ignore them from its inputs alone.
+
     Attributes:
-        moving_ct, moving_mr: subject i's CT and MR, both rendered from ``moving_labels``.
-        fixed_ct, fixed_mr: subject j's, both rendered from ``fixed_labels``.
+        moving_ct, moving_mr: subject i's CT and MR, both rendered from ``moving_labels``,
+            for the loss.
+        fixed_ct, fixed_mr: subject j's, both rendered from ``fixed_labels``, for the loss.
+        acquired: the same four images (same keys) as acquired: with the couch and crops, for
+            the network.
         moving_labels, fixed_labels: ``L_i`` and ``L_j = L_i o phi``.
         displacement: ``(ndim, *shape)`` float32, voxels: ``phi - id``, so that
             ``warp(moving_labels, displacement, mode="nearest", padding_mode="zeros")`` gives
@@ -271,6 +285,7 @@ class GeneratedPair:
     moving_mr: Tensor
     fixed_ct: Tensor
     fixed_mr: Tensor
+    acquired: dict[str, Tensor]
     moving_labels: Tensor
     fixed_labels: Tensor
     displacement: Tensor
@@ -564,8 +579,10 @@ class PairGenerator:
         fixed_labels: np.ndarray,
         tissue_of_label: Mapping[int, int],
         rng: np.random.Generator,
-    ) -> list[np.ndarray]:
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Subject i's CT and MR, then subject j's, each pair from its own label map, in [0, 1].
+
+        Returned twice: without and with the couch and the crops (see :class:`GeneratedPair`).
 
         The two subjects are rendered in one call per modality, side by side along the first
         axis with a gap of air, so that they share their contrast (the intensity of each
@@ -602,16 +619,17 @@ class PairGenerator:
             slice_thickness_mm=thickness,
             tissue_of_label=tissue_of_label,
         )
-        images = []
+        anatomy, acquired = [], []
         for ct_part, mr_part in zip(split(hu), split(mr)):
+            anatomy += [_ct_unit(ct_part), _mr_unit(mr_part)]
             if rng.random() < config.couch_probability and (ct_part > -500).any():
                 ct_part = render.add_couch(ct_part, rng, spacing=spacing)
             if rng.random() < config.crop_probability:
                 ct_part = _crop(rng, ct_part, DEFAULT_HU_WINDOW[0])
             if rng.random() < config.crop_probability:
                 mr_part = _crop(rng, mr_part, 0.0)
-            images += [_ct_unit(ct_part), _mr_unit(mr_part)]
-        return images
+            acquired += [_ct_unit(ct_part), _mr_unit(mr_part)]
+        return anatomy, acquired
 
     def pair(self, index: int, seed: int) -> GeneratedPair:
         """Sample ``index`` of the stream ``seed``; the same arguments give the same pair."""
@@ -627,14 +645,14 @@ class PairGenerator:
             0, 0
         ]
         fixed_labels = fixed.numpy().astype(np.uint8)
-        moving_ct, moving_mr, fixed_ct, fixed_mr = self._render(
-            moving_labels, fixed_labels, tissue_of_label, rng
-        )
+        anatomy, acquired = self._render(moving_labels, fixed_labels, tissue_of_label, rng)
+        acquired_images = dict(zip(_IMAGE_NAMES, (torch.from_numpy(a) for a in acquired)))
+        images = acquired_images
+        if not config.artefacts_in_loss:
+            images = dict(zip(_IMAGE_NAMES, (torch.from_numpy(a) for a in anatomy)))
         return GeneratedPair(
-            moving_ct=torch.from_numpy(moving_ct),
-            moving_mr=torch.from_numpy(moving_mr),
-            fixed_ct=torch.from_numpy(fixed_ct),
-            fixed_mr=torch.from_numpy(fixed_mr),
+            **images,
+            acquired=acquired_images,
             moving_labels=moving,
             fixed_labels=fixed,
             displacement=displacement,
@@ -655,9 +673,10 @@ class GeneratedPairs(torch.utils.data.Dataset):
             (``(MR_j, CT_i)``) or ``both``: even items MR to CT, odd items CT to MR.
 
     Items are dicts of tensors: ``moving_ct``, ``moving_mr``, ``fixed_ct``, ``fixed_mr``
-    ``(1, *shape)`` float32, ``moving_labels``, ``fixed_labels`` ``(1, *shape)`` int64,
-    ``displacement`` ``(ndim, *shape)`` voxels, ``ct_moving`` (bool), ``source`` (the label
-    source's name) and ``seconds``.
+    (the loss's images) and ``network_fixed``, ``network_moving`` (the acquired images the
+    network sees, per the direction) ``(1, *shape)`` float32, ``moving_labels``,
+    ``fixed_labels`` ``(1, *shape)`` int64, ``displacement`` ``(ndim, *shape)`` voxels,
+    ``ct_moving`` (bool), ``source`` (the label source's name) and ``seconds``.
     """
 
     def __init__(
@@ -692,8 +711,12 @@ class GeneratedPairs(torch.utils.data.Dataset):
                 "fixed_labels",
             )
         }
+        ct_moving = self.ct_moving(index)
+        seen = pair.acquired
+        item["network_fixed"] = (seen["fixed_mr"] if ct_moving else seen["fixed_ct"])[None]
+        item["network_moving"] = (seen["moving_ct"] if ct_moving else seen["moving_mr"])[None]
         item["displacement"] = pair.displacement
-        item["ct_moving"] = self.ct_moving(index)
+        item["ct_moving"] = ct_moving
         item["source"] = pair.source
         item["seconds"] = pair.seconds
         return item

@@ -212,12 +212,15 @@ def generated_batch(items: Mapping[str, Any], device: torch.device | str) -> Pai
 
     Args:
         items: what :func:`intermodal.data.generator.collate_pairs` returns: ``moving_ct``,
-            ``moving_mr``, ``fixed_ct``, ``fixed_mr``, ``moving_labels``, ``fixed_labels``
-            ``(B, 1, *spatial)`` and ``ct_moving`` ``(B,)`` bool.
+            ``moving_mr``, ``fixed_ct``, ``fixed_mr`` (the images the loss compares),
+            ``network_fixed``, ``network_moving`` (the images the network sees),
+            ``moving_labels``, ``fixed_labels`` ``(B, 1, *spatial)`` and ``ct_moving`` ``(B,)``
+            bool.
         device: where the batch goes.
 
     Returns:
-        The batch; the network sees ``(CT_j, MR_i)``, or ``(MR_j, CT_i)`` where ``ct_moving``.
+        The batch: the network sees ``(CT_j, MR_i)``, or ``(MR_j, CT_i)`` where ``ct_moving``,
+        as acquired (with a couch and crops where the generator drew them).
     """
     moved = {
         name: items[name].to(device, non_blocking=True)
@@ -231,5 +234,8 @@ def generated_batch(items: Mapping[str, Any], device: torch.device | str) -> Pai
             "ct_moving",
         )
     }
-    batch = PairBatch(**moved, network_fixed=moved["fixed_ct"], network_moving=moved["moving_mr"])
-    return batch._replace(network_fixed=batch.seen_fixed, network_moving=batch.seen_moving)
+    return PairBatch(
+        **moved,
+        network_fixed=items["network_fixed"].to(device, non_blocking=True),
+        network_moving=items["network_moving"].to(device, non_blocking=True),
+    )
