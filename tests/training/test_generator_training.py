@@ -4,6 +4,7 @@ resume, worker processes, the command line and the bundled configurations."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -235,3 +236,18 @@ def test_threads_follow_the_setting_and_are_restored(generated_config):
     machine = load_model(weights)[1]["training"]["machine"]
     assert machine["torch_threads"] == max(1, (os.cpu_count() or 1) - 0)
     assert torch.get_num_threads() == before
+
+
+def test_bfloat16_autocast_path_trains(generated_config, monkeypatch):
+    """The mixed-precision path (CUDA only in use), run under CPU autocast."""
+    from intermodal.training import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "_use_amp", lambda config, device: True)
+    config = generated_config("train.steps=2", "train.validate_every=2")
+    reports: list[dict] = []
+    weights = train(config, progress=reports.append)
+    assert all(math.isfinite(r["loss"]) for r in reports)
+    training = load_model(weights)[1]["training"]
+    assert training["amp"] == "bfloat16"
+    assert 0 <= training["validation_dice"]["mean"] <= 1
+    assert all(p.dtype == torch.float32 for p in load_model(weights)[0].parameters())
