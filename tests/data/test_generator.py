@@ -237,6 +237,12 @@ def test_couch_and_crops_reach_the_network_not_the_loss(in_loss):
         assert torch.equal(pair.acquired[name], getattr(pair, name))
 
 
+def test_validation_sources_are_taken_in_turn():
+    config = GeneratorConfig(**SMALL_2D, pelvis_weight=0.0)
+    dataset = GeneratedPairs(config, seed=1, length=4, sources=["shapes", "pelvis"])
+    assert [dataset[k]["source"] for k in range(4)] == ["shapes", "pelvis", "shapes", "pelvis"]
+
+
 def test_items_do_not_depend_on_the_worker_processes():
     dataset = GeneratedPairs(GeneratorConfig(**SMALL_2D), seed=4, length=4)
     loader = torch.utils.data.DataLoader(
@@ -311,6 +317,8 @@ def test_ct_source_gives_the_tissue_classes_of_the_given_ct(tmp_path):
         (["generator.large_spacing_mm=0"], "generator.large_spacing_mm"),
         (["generator.shape_feature_mm=[30, 10]"], "generator.shape_feature_mm"),
         (["generator.mr_contrast='t1'"], "generator.mr_contrast"),
+        (['generator.validation_sources=["liver"]'], "generator.validation_sources"),
+        (['generator.validation_sources=["ct"]'], "generator.ct_files"),
         (["generator.crop_probability=2"], "generator.crop_probability"),
         (["augment.probability=0.5"], "augment.probability"),
         (["data.source=disk"], "data.source"),

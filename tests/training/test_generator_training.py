@@ -251,3 +251,17 @@ def test_bfloat16_autocast_path_trains(generated_config, monkeypatch):
     assert training["amp"] == "bfloat16"
     assert 0 <= training["validation_dice"]["mean"] <= 1
     assert all(p.dtype == torch.float32 for p in load_model(weights)[0].parameters())
+
+
+def test_held_out_source_is_scored_apart_and_never_picks_the_best(generated_config):
+    config = generated_config(
+        "train.steps=2", "train.validate_every=2", "generator.pelvis_weight=0",
+        "generator.validation_pairs=4", 'generator.validation_sources=["shapes", "pelvis"]',
+    )  # fmt: skip
+    weights = train(config)
+    validation = load_model(weights)[1]["training"]["validation_dice"]
+    assert set(validation["per_source"]) == {"shapes", "pelvis"}
+    assert validation["mean"] == validation["per_source"]["shapes"]["mean"]
+    assert validation["held_out_dice"] == validation["per_source"]["pelvis"]["mean"]
+    history = json.loads((weights.parent / "history.json").read_text(encoding="utf-8"))
+    assert any("validation/held_out_dice" in e for e in history)

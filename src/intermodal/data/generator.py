@@ -100,6 +100,9 @@ class GeneratorConfig:
         seed: the training stream: sample ``k`` is drawn from ``(seed, k)``.
         validation_seed: the held-out validation stream; must differ from ``seed``.
         validation_pairs: pairs in the fixed validation set (0: no validation).
+        validation_sources: label sources of the validation pairs, taken in turn; empty: drawn
+            with the training weights. A source that training does not use (weight 0) is a
+            held-out anatomy: scored apart, never used to pick the best checkpoint.
         workers: generator processes feeding training (0: generate in the training process).
         shapes_weight, pelvis_weight, ct_weight: how often each label-map source is picked
             (relative; at least one positive).
@@ -127,6 +130,7 @@ class GeneratorConfig:
     seed: int = 0
     validation_seed: int = 1
     validation_pairs: int = 16
+    validation_sources: list[str] = field(default_factory=list)
     workers: int = 1
     shapes_weight: float = 1.0
     pelvis_weight: float = 1.0
@@ -196,6 +200,12 @@ class GeneratorConfig:
             self.validation_seed,
         )
         check(self.validation_pairs >= 0, "validation_pairs", "an int >= 0", self.validation_pairs)
+        check(
+            all(name in SOURCES for name in self.validation_sources),
+            "validation_sources",
+            f"a list of {SOURCES}",
+            self.validation_sources,
+        )
         check(self.workers >= 0, "workers", "an int >= 0", self.workers)
         for name in SOURCES:
             value = getattr(self, f"{name}_weight")
@@ -207,9 +217,9 @@ class GeneratorConfig:
             self.shapes_weight,
         )
         check(
-            self.ct_weight == 0 or len(self.ct_files) > 0,
+            (self.ct_weight == 0 and "ct" not in self.validation_sources) or len(self.ct_files) > 0,
             "ct_files",
-            "a non-empty list of CT images when ct_weight > 0",
+            "a non-empty list of CT images when ct_weight > 0 or validation uses the ct source",
             self.ct_files,
         )
         missing = [p for p in self.ct_files if not Path(p).exists()]
@@ -631,13 +641,17 @@ class PairGenerator:
             acquired += [_ct_unit(ct_part), _mr_unit(mr_part)]
         return anatomy, acquired
 
-    def pair(self, index: int, seed: int) -> GeneratedPair:
-        """Sample ``index`` of the stream ``seed``; the same arguments give the same pair."""
+    def pair(self, index: int, seed: int, source: str | None = None) -> GeneratedPair:
+        """Sample ``index`` of the stream ``seed``; the same arguments give the same pair.
+
+        ``source`` forces the label source; by default it is drawn with the weights.
+        """
         started = time.perf_counter()
         config = self.config
         rng = _rng(seed, index)
         weights = np.asarray(config.weights, float)
-        source = SOURCES[int(rng.choice(len(SOURCES), p=weights / weights.sum()))]
+        drawn = SOURCES[int(rng.choice(len(SOURCES), p=weights / weights.sum()))]
+        source = source or drawn
         moving_labels, tissue_of_label = self.labels(rng, source)
         displacement = pair_displacement(rng, config.shape, config.spacing, config)
         moving = torch.from_numpy(moving_labels.astype(np.int64))
@@ -671,6 +685,8 @@ class GeneratedPairs(torch.utils.data.Dataset):
         length: the number of items (any index is valid; this is only ``len()``).
         direction: ``mr_to_ct`` (the network sees ``(CT_j, MR_i)``), ``ct_to_mr``
             (``(MR_j, CT_i)``) or ``both``: even items MR to CT, odd items CT to MR.
+        sources: if given, item ``k`` takes its label map from ``sources[k % len(sources)]``
+            instead of a weighted draw.
 
     Items are dicts of tensors: ``moving_ct``, ``moving_mr``, ``fixed_ct``, ``fixed_mr``
     (the loss's images) and ``network_fixed``, ``network_moving`` (the acquired images the
@@ -680,7 +696,13 @@ class GeneratedPairs(torch.utils.data.Dataset):
     """
 
     def __init__(
-        self, config: GeneratorConfig, *, seed: int, length: int, direction: str = "both"
+        self,
+        config: GeneratorConfig,
+        *,
+        seed: int,
+        length: int,
+        direction: str = "both",
+        sources: Sequence[str] | None = None,
     ) -> None:
         if direction not in ("mr_to_ct", "ct_to_mr", "both"):
             raise IntermodalError(
@@ -690,6 +712,7 @@ class GeneratedPairs(torch.utils.data.Dataset):
         self.seed = seed
         self.length = length
         self.direction = direction
+        self.sources = list(sources or ())
 
     def __len__(self) -> int:
         return self.length
@@ -699,7 +722,8 @@ class GeneratedPairs(torch.utils.data.Dataset):
         return self.direction == "ct_to_mr" or (self.direction == "both" and index % 2 == 1)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        pair = self.generator.pair(index, self.seed)
+        source = self.sources[index % len(self.sources)] if self.sources else None
+        pair = self.generator.pair(index, self.seed, source)
         item: dict[str, Any] = {
             name: getattr(pair, name)[None]
             for name in (

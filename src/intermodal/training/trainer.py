@@ -345,7 +345,11 @@ class _GeneratedData:
         self.validation: dict[str, list[PairBatch]] = {}
         if distributed.is_main and g.validation_pairs:
             pairs = GeneratedPairs(
-                g, seed=g.validation_seed, length=g.validation_pairs, direction="both"
+                g,
+                seed=g.validation_seed,
+                length=g.validation_pairs,
+                direction="both",
+                sources=g.validation_sources,
             )
             by_source: dict[str, list[dict[str, Any]]] = {}
             for k in range(len(pairs)):
@@ -401,6 +405,8 @@ class _GeneratedData:
 
         result: dict[str, Any] = {"per_source": {}}
         totals: dict[str, list[float]] = {"mean": [], "similarity": []}
+        held_out: list[float] = []
+        g = config.generator
         for source, batches in self.validation.items():
             score = score_batches(model, batches, None, similarity, amp=amp)
             if score is None:
@@ -408,12 +414,18 @@ class _GeneratedData:
             pairs = sum(batch.fixed_ct.shape[0] for batch in batches)
             score.pop("per_label", None)
             result["per_source"][source] = {**score, "pairs": pairs}
+            if not getattr(g, f"{source}_weight"):
+                # an anatomy training never sees: reported, never used to pick the best
+                held_out += [score["mean"]] * pairs if "mean" in score else []
+                continue
             for key, values in totals.items():
                 if key in score:
                     values += [score[key]] * pairs
         for key, values in totals.items():
             if values:
                 result[key] = sum(values) / len(values)
+        if held_out:
+            result["held_out_dice"] = sum(held_out) / len(held_out)
         return result
 
     def close(self) -> None:
@@ -775,6 +787,8 @@ def _train(
                     if "similarity" in validation:
                         report["validation_similarity"] = validation["similarity"]
                         values["validation/similarity"] = validation["similarity"]
+                    if "held_out_dice" in validation:
+                        values["validation/held_out_dice"] = validation["held_out_dice"]
                     log.log(done, values)
                     if _better(config.train.best_metric, validation, best):
                         best = {
