@@ -232,3 +232,49 @@ def test_fine_field_is_subsampled_on_a_stated_grid(case, monkeypatch) -> None:
     for point in [(0.0, 0.0, 0.0), (4.0, -6.0, 2.0)]:
         gap = np.subtract(transform.TransformPoint(point), case.transform.TransformPoint(point))
         assert np.linalg.norm(gap) < 0.5
+
+
+def test_ct_warped_onto_the_mr_is_a_ct_series(case, tmp_path: Path) -> None:
+    """The other roles: a CT on an MR's grid keeps HU as stored integers, CT Image IOD."""
+    from intermodal.dicom import read_series_info
+    from intermodal.dicom.series import CT_IMAGE_STORAGE, write_image_series
+
+    ct_info, mr_info = read_series_info(case.ct_dir), read_series_info(case.mr_dir)
+    warped = sitk.Resample(case.fixed, case.moving, sitk.Transform(), sitk.sitkNearestNeighbor,
+                           -1000.0)  # fmt: skip
+    out = tmp_path / "ct_on_mr"
+    out.mkdir()
+    written = write_image_series(warped, out, source=ct_info, frame=mr_info, description="test")
+    assert (written.slope, written.intercept) == (1.0, 0.0)
+    first = pydicom.dcmread(written.files[0])
+    assert first.SOPClassUID == CT_IMAGE_STORAGE and first.Modality == "CT"
+    assert list(first.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"]
+    assert first.FrameOfReferenceUID == case.mr["frame_uid"]
+    assert dciodvfy_errors(written.files[0]) == []
+    back = sitk.GetArrayFromImage(read_image(out))
+    assert np.array_equal(back, sitk.GetArrayFromImage(warped))
+
+
+def test_bad_modality_without_an_image_iod(case, tmp_path: Path) -> None:
+    from intermodal.dicom import read_series_info
+    from intermodal.dicom.series import write_image_series
+
+    info = read_series_info(case.mr_dir)
+    info.modality = "PT"
+    out = tmp_path / "pt"
+    out.mkdir()
+    with pytest.raises(DicomError, match="Modality 'PT'; a warped series can be written for MR"):
+        write_image_series(case.fixed, out, source=info, frame=info, description="x")
+    assert not list(out.iterdir())
+
+
+def test_bad_moving_modality_refused_before_writing(case, tmp_path: Path) -> None:
+    other = tmp_path / "pt"
+    write_series(case.moving, other, modality="MR")
+    for path in other.glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.Modality = "PT"
+        ds.save_as(path)
+    with pytest.raises(DicomError, match="Modality 'PT'; a warped series can be written"):
+        export_dicom(case.result, moving=other)
+    assert not (case.result / "dicom").exists()

@@ -97,13 +97,19 @@ def check_dicom_inputs(
         The two series' headers and the structure sets read.
 
     Raises:
-        DicomError: an input is not a DICOM series or lacks a tag the output needs; the two
-            series are of different patients (unless ``allow_different_patients``); a
-            structure set references neither series or is of another patient.
+        DicomError: an input is not a DICOM series or lacks a tag the output needs; the
+            moving series is neither MR nor CT; the two series are of different patients
+            (unless ``allow_different_patients``); a structure set references neither series
+            or is of another patient; with ``images``, a contour lies outside its image.
     """
     fixed_info = read_series_info(fixed, fixed_series)
     moving_info = read_series_info(moving, moving_series)
     check_same_patient(fixed_info, moving_info, allow=allow_different_patients)
+    if moving_info.modality not in ("MR", "CT"):
+        raise DicomError(
+            f"{moving_info.directory}: Modality {moving_info.modality!r}; a warped series can be "
+            f"written for MR or CT only"
+        )
     sets = []
     for path in structures:
         structure_set = read_structure_set(path)
