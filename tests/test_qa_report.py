@@ -137,6 +137,13 @@ def test_bad_no_jacobian_and_no_earlier_report(tmp_path: Path) -> None:
     assert not (tmp_path / "report.html").exists()
 
 
+def test_bad_damaged_earlier_numbers(tmp_path: Path) -> None:
+    (tmp_path / "qa.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(IntermodalError, match=r"qa.json: not readable JSON"):
+        write_qa_report(tmp_path, jacobian=_jacobian([1.0]))
+    assert not (tmp_path / "report.html").exists()
+
+
 def test_page_renders_in_headless_chromium(tmp_path: Path) -> None:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:

@@ -286,14 +286,18 @@ def write_qa_report(
         The path of ``report.html``.
 
     Raises:
-        IntermodalError: no Jacobian given and no earlier ``qa.json`` to take it from.
+        IntermodalError: no Jacobian given and no earlier ``qa.json`` to take it from, or an
+            earlier ``qa.json`` that is not JSON.
     """
     from intermodal.io._atomic import write_text_atomic
 
     folder = Path(folder)
     previous: dict[str, Any] = {}
     if (folder / "qa.json").is_file():
-        previous = json.loads((folder / "qa.json").read_text(encoding="utf-8"))
+        try:
+            previous = json.loads((folder / "qa.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise IntermodalError(f"{folder / 'qa.json'}: not readable JSON ({err})") from err
     measures = dict(previous)
     if jacobian is not None:
         measures["jacobian"] = jacobian_measures(jacobian)
