@@ -65,10 +65,14 @@ def _mattes_method(
 def downsample(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     """Average ``image`` over whole blocks of voxels so that its spacing nears ``spacing_mm``.
 
-    Axes already at that spacing or coarser are left alone. Block averaging keeps the physical
-    extent and anti-aliases, which is what a global MI alignment needs from its input.
+    Axes already at that spacing or coarser are left alone, and every axis keeps at least two
+    voxels (a small image is not shrunk to nothing). Block averaging keeps the physical extent
+    and anti-aliases, which is what a global MI alignment needs from its input.
     """
-    factors = [max(1, int(spacing_mm / s + 1e-6)) for s in image.GetSpacing()]
+    factors = [
+        max(1, min(int(spacing_mm / s + 1e-6), n // 2))
+        for s, n in zip(image.GetSpacing(), image.GetSize(), strict=True)
+    ]
     if all(f == 1 for f in factors):
         return image
     return sitk.BinShrink(image, factors)

@@ -328,6 +328,19 @@ def test_parzen_mutual_information_hand_worked():
     torch.testing.assert_close(independent, torch.zeros(1), atol=1e-6, rtol=0)
 
 
+def test_ngf_weights_select_voxels():
+    """A weight map that selects one half scores that half alone; all ones is the plain mean."""
+    fixed = torch.rand(1, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+    warped = fixed.clone()
+    warped[..., 6:] = torch.rand(1, 1, 12, 6, generator=torch.Generator().manual_seed(2))
+    left = torch.zeros(1, 1, 12, 12)
+    left[..., :5] = 1.0  # interior columns 1..4, untouched by the noise and its gradient
+    torch.testing.assert_close(ngf(fixed, warped, weights=left), ngf(fixed, fixed, weights=left))
+    assert float(ngf(fixed, warped)) > float(ngf(fixed, fixed)) + 0.1
+    torch.testing.assert_close(ngf(fixed, warped, weights=torch.ones(1, 1, 12, 12)),
+                               ngf(fixed, warped))  # fmt: skip
+
+
 def test_parzen_mutual_information_weights_leave_out_pairs():
     """Weight 0 removes a pair: the crossed pairs added at weight 0 change nothing, and
     whole weights count a pair that many times."""

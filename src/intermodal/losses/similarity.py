@@ -272,7 +272,7 @@ def _central_gradient(image: Tensor) -> list[Tensor]:
     return gradient
 
 
-def ngf(fixed: Tensor, warped: Tensor, eps: float = 0.01) -> Tensor:
+def ngf(fixed: Tensor, warped: Tensor, eps: float = 0.01, weights: Tensor | None = None) -> Tensor:
     """Normalised gradient fields loss (Haber and Modersitzki, 2006).
 
     ``1 - mean(<g_f, g_m>^2 / (|g_f|_e^2 |g_m|_e^2))`` with ``|g|_e^2 = |g|^2 + eps^2``,
@@ -285,6 +285,8 @@ def ngf(fixed: Tensor, warped: Tensor, eps: float = 0.01) -> Tensor:
         warped: Same shape as ``fixed``, same scaling.
         eps: Edge threshold in intensity per voxel for images in ``[0, 1]``;
             gradients much smaller than ``eps`` are treated as noise.
+        weights: ``(B, 1, *spatial)`` non-negative weight of each voxel (e.g. a mask of the
+            voxels that count); the mean becomes a weighted mean. ``None``: all equal.
 
     Returns:
         Scalar tensor in ``[0, 1]``; near 0 when the edges line up everywhere.
@@ -303,7 +305,11 @@ def ngf(fixed: Tensor, warped: Tensor, eps: float = 0.01) -> Tensor:
     dot = sum(a * b for a, b in zip(grad_f, grad_m, strict=True))
     norm_f = sum(a * a for a in grad_f) + eps * eps
     norm_m = sum(b * b for b in grad_m) + eps * eps
-    return 1 - (dot * dot / (norm_f * norm_m)).mean()
+    alignment = dot * dot / (norm_f * norm_m)
+    if weights is None:
+        return 1 - alignment.mean()
+    inner = weights[(..., *[slice(1, -1)] * (fixed.ndim - 2))]
+    return 1 - (alignment * inner).sum() / inner.sum().clamp_min(1e-8) / fixed.shape[1]
 
 
 def _unit_range(image: Tensor) -> Tensor:
