@@ -13,7 +13,7 @@ from intermodal.cli import main
 from intermodal.data.phantom import LABELS, ORGANS
 from intermodal.errors import IntermodalError
 from intermodal.metrics import dice_per_label
-from intermodal.registration import PRESETS, Settings, preset_settings, register
+from intermodal.registration import PRESETS, Settings, preset_settings
 
 ORGAN_LABELS = {name: LABELS[name] for name in ORGANS}
 
@@ -28,76 +28,24 @@ def test_the_default_preset_is_the_default_settings():
     assert preset_settings() == Settings()
 
 
-def test_presets_set_their_values_per_dimension():
-    assert (
-        preset_settings("smooth", 2).volume_penalty,
-        preset_settings("smooth", 2).smoothness,
-    ) == (
-        0.6,
-        0.5,
-    )
-    assert (
-        preset_settings("smooth", 3).volume_penalty,
-        preset_settings("smooth", 3).smoothness,
-    ) == (
-        0.4,
-        0.5,
-    )
-    fast3 = preset_settings("fast", 3)
-    assert (fast3.model, fast3.init, fast3.spacing, fast3.sampling) == (None, "moments", 4.0, 0.1)
-    assert (fast3.refine, fast3.learning_rate, fast3.integration_steps) == (18, 0.45, 3)
-    fast2 = preset_settings("fast", 2)
-    assert (fast2.model, fast2.init, fast2.spacing, fast2.sampling) == (
-        "auto",
-        "moments",
-        None,
-        1.0,
-    )
-    assert (fast2.refine, fast2.learning_rate, fast2.integration_steps) == (6, 0.3, 3)
-    for name in PRESETS:
-        for ndim in (2, 3):
-            preset_settings(name, ndim).validate()
-
-
-def test_overrides_win_over_the_preset_and_keep_the_rest():
-    settings = preset_settings("fast", 3, init="affine", device="cpu")
-    assert (settings.init, settings.device) == ("affine", "cpu")
-    assert (settings.spacing, settings.refine, settings.model) == (4.0, 18, None)
-    # an override equal to the built-in default still beats the preset's value
-    assert preset_settings("fast", 3, model="auto").model == "auto"
-    assert preset_settings("fast", 3, spacing=None).spacing is None
+def test_there_is_one_preset_and_its_overrides_win():
+    assert PRESETS == {"default": {2: {}, 3: {}}}
+    settings = preset_settings("default", 3, init="affine", device="cpu", spacing=4.0)
+    assert (settings.init, settings.device, settings.spacing) == ("affine", "cpu", 4.0)
+    assert settings.refine == Settings().refine
 
 
 @pytest.mark.parametrize(
     ("call", "message"),
     [
         (lambda: preset_settings("quick", 3), "unknown preset 'quick'; presets are default"),
-        (lambda: preset_settings("fast", 4), "presets are for 2D or 3D images, not 4D"),
-        (lambda: preset_settings("fast", 3, steps=5), r"unknown setting\(s\) \['steps'\]"),
+        (lambda: preset_settings("default", 4), "presets are for 2D or 3D images, not 4D"),
+        (lambda: preset_settings("default", 3, steps=5), r"unknown setting\(s\) \['steps'\]"),
     ],
 )
 def test_bad_preset_requests(call, message):
     with pytest.raises(IntermodalError, match=message):
         call()
-
-
-def test_the_3d_fast_preset_registers_the_phantom_on_its_4mm_grid(small_pair):
-    result = register(small_pair.ct, small_pair.mr, preset_settings("fast", 3, device="cpu"))
-    assert result.report["model_path"] is None
-    assert result.field.GetSpacing() == pytest.approx((4.0, 4.0, 4.0))
-    nearest = sitk.sitkNearestNeighbor
-    initial = sitk.Resample(small_pair.mr_labels, small_pair.ct, result.affine, nearest)
-    after = result.warp_image(small_pair.mr_labels, labels=True)
-    # the margin over the initial alignment that the other phantom tests ask (0.775 -> 0.820)
-    gain = _mean_dice(small_pair.ct_labels, after) - _mean_dice(small_pair.ct_labels, initial)
-    assert gain > 0.03
-    assert result.report["jacobian"]["nonpositive_fraction"] == 0.0
-
-
-def test_the_2d_fast_preset_registers_the_phantom(small_pair_2d):
-    result = register(small_pair_2d.ct, small_pair_2d.mr, preset_settings("fast", 2, device="cpu"))
-    assert result.report["settings"]["refine"] == 6
-    assert result.report["nmi"]["after"] > result.report["nmi"]["after_initial"]
 
 
 def _register(capsys, pair, out, *options):
@@ -110,19 +58,14 @@ def _register(capsys, pair, out, *options):
 
 
 def test_cli_preset_then_options(capsys, small_pair_files, tmp_path):
-    code, _ = _register(capsys, small_pair_files, tmp_path / "fast", "--preset", "fast")
-    assert code == 0
-    settings = json.loads((tmp_path / "fast" / "report.json").read_text())["settings"]
-    assert (settings["model"], settings["init"], settings["spacing"]) == (None, "moments", 4.0)
-    assert (settings["refine"], settings["sampling"]) == (18, 0.1)
     code, _ = _register(
-        capsys, small_pair_files, tmp_path / "mixed", "--preset", "fast", "--init", "affine",
+        capsys, small_pair_files, tmp_path / "mixed", "--preset", "default", "--init", "affine",
         "--refine", "10", "--spacing", "5",
     )  # fmt: skip
     assert code == 0
     settings = json.loads((tmp_path / "mixed" / "report.json").read_text())["settings"]
     assert (settings["init"], settings["refine"], settings["spacing"]) == ("affine", 10, 5.0)
-    assert (settings["model"], settings["sampling"]) == (None, 0.1)  # the rest is the preset's
+    assert settings["sampling"] == Settings().sampling  # the rest is the preset's
 
 
 def test_cli_bad_preset_is_a_usage_error(capsys, small_pair_files, tmp_path):
@@ -134,7 +77,11 @@ def test_cli_bad_preset_is_a_usage_error(capsys, small_pair_files, tmp_path):
 
 
 def test_batch_method_takes_settings_per_dimension_and_records_both(small_pair_2d, tmp_path):
-    per_dimension = {ndim: preset_settings("fast", ndim, device="cpu") for ndim in (2, 3)}
+    per_dimension = {
+        ndim: preset_settings("default", ndim, device="cpu", refine={2: 6, 3: 18}[ndim],
+                              spacing={2: None, 3: 4.0}[ndim])
+        for ndim in (2, 3)
+    }  # fmt: skip
     method = IntermodalMethod(per_dimension)
     recorded = method.settings()
     assert recorded["2d"]["refine"] == 6 and recorded["3d"]["refine"] == 18
@@ -162,7 +109,11 @@ def test_batch_method_registers_each_pair_with_its_dimension_s_settings(
         raise RuntimeError("stop after choosing the settings")
 
     monkeypatch.setattr(registration, "register", spy)
-    per_dimension = {ndim: preset_settings("fast", ndim, device="cpu") for ndim in (2, 3)}
+    per_dimension = {
+        ndim: preset_settings("default", ndim, device="cpu", refine={2: 6, 3: 18}[ndim],
+                              spacing={2: None, 3: 4.0}[ndim])
+        for ndim in (2, 3)
+    }  # fmt: skip
     method = IntermodalMethod(per_dimension)
     pairs = [
         Pair("a", "b", tmp_path / "ct2.nii.gz", tmp_path / "mr2.nii.gz"),

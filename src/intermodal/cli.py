@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from intermodal import __version__
-from intermodal.presets import PRESET_NAMES
+from intermodal.presets import INIT_CHOICES, PRESET_NAMES
 
 EXIT_USER_ERROR = 2
 EXIT_INTERNAL_ERROR = 1
@@ -57,21 +57,19 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 def _add_registration_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preset", default="default", choices=PRESET_NAMES,
-        help="named settings that the options below override: 'default' (the most accurate), "
-        "'smooth' (smoother fields, SDlogJ under 0.1, a little less accurate), 'fast' "
-        "(in 3D about a tenth of ANTs SyNRA's time on the benchmark's synthetic pelvis, "
-        "rougher and less accurate than the default); see the README",
+        help="named settings that the options below override (one: 'default')",
     )  # fmt: skip
     parser.add_argument(
         "--model",
         default=None,
-        help="'auto' (the bundled model for the images' dimension; the default unless the "
-        "preset says otherwise), a bundled model (pelvis3d, pelvis2d), a .safetensors model "
-        "path, or 'none' (refinement alone)",
+        help="'none' (refinement alone, the default), 'auto' (the bundled model for the "
+        "images' dimension), a bundled model's name, or a .safetensors model path; a model's "
+        "field is kept only if it improves the similarity",
     )
     parser.add_argument(
-        "--refine", type=int, default=None, metavar="N", help="test-time optimisation steps"
-    )
+        "--refine", type=int, default=None, metavar="N",
+        help="test-time optimisation steps (0 with --model none: the initial alignment alone)",
+    )  # fmt: skip
     parser.add_argument(
         "--level-steps", type=_level_steps, default=None, metavar="N,N,N",
         help="steps at each refinement level, coarse to fine (levels 4, 2, 1: 'x4, x2, "
@@ -80,11 +78,11 @@ def _add_registration_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--integration-steps", type=int, default=None, metavar="N",
         help="scaling-and-squaring steps that turn the velocity into the deformation "
-        "(default 5; the fast preset 3)",
+        "(default: a model card's, else 5)",
     )  # fmt: skip
     parser.add_argument(
-        "--init", default=None, choices=("none", "moments", "rigid", "affine"),
-        help="initial alignment (default: affine)",
+        "--init", default=None, choices=INIT_CHOICES,
+        help="initial alignment (default: rigid, with a multi-start over rotations)",
     )  # fmt: skip
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--spacing", type=float, default=None, help="working spacing in mm")
@@ -119,8 +117,9 @@ def _add_registration_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fixed-modality", default="auto", choices=("ct", "mr", "auto"))
     parser.add_argument("--moving-modality", default="auto", choices=("ct", "mr", "auto"))
     parser.add_argument(
-        "--hu-window", type=float, nargs=2, default=(-1000.0, 1000.0), metavar=("LOW", "HIGH")
-    )
+        "--hu-window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+        help="CT intensity window in HU (default: a model card's, else -1000 1000)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -159,7 +158,7 @@ def _settings(args: argparse.Namespace, ndim: int = 3):
         device=args.device,
         fixed_modality=args.fixed_modality,
         moving_modality=args.moving_modality,
-        hu_window=tuple(args.hu_window),
+        hu_window=None if args.hu_window is None else tuple(args.hu_window),
         seed=args.seed,
         **overrides,
     )
@@ -203,9 +202,17 @@ def cmd_register(args: argparse.Namespace) -> int:
     moving = read_image(args.moving, series=args.moving_series)
     labels = read_image(args.labels) if args.labels else None
     points = read_points(args.points) if args.points else None
+    masks = {
+        f"{name}_mask": _read_mask(path, image)
+        for name, path, image in (
+            ("fixed", args.fixed_mask, fixed),
+            ("moving", args.moving_mask, moving),
+        )
+        if path
+    }
     _check_dicom_request(args, fixed, moving)
     reporter = _Reporter(args.quiet)
-    result = register(fixed, moving, settings[fixed.GetDimension()], progress=reporter)
+    result = register(fixed, moving, settings[fixed.GetDimension()], progress=reporter, **masks)
     reporter.close()
     extra = {
         "inputs_paths": {
@@ -213,6 +220,8 @@ def cmd_register(args: argparse.Namespace) -> int:
             "moving": str(args.moving),
             "labels": args.labels,
             "points": args.points,
+            "fixed_mask": args.fixed_mask,
+            "moving_mask": args.moving_mask,
         }
     }
     save_result(
@@ -222,6 +231,28 @@ def cmd_register(args: argparse.Namespace) -> int:
     if args.dicom:
         _export_dicom(args, out, overwrite=False)
     return 0
+
+
+def _read_mask(path: str, image):
+    """A user's mask, checked to lie on ``image``'s grid and to hold a foreground voxel."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from intermodal.errors import IntermodalError
+    from intermodal.grids import same_grid
+    from intermodal.io import read_image
+
+    mask = read_image(path)
+    if not same_grid(mask, image, tolerance=1e-3):
+        size = "x".join(str(n) for n in mask.GetSize())
+        wanted = "x".join(str(n) for n in image.GetSize())
+        raise IntermodalError(
+            f"{path}: the mask is not on its image's grid ({size} voxels against {wanted}, or "
+            "another spacing, origin or direction); resample it onto the image first"
+        )
+    if not np.any(sitk.GetArrayViewFromImage(mask)):
+        raise IntermodalError(f"{path}: the mask has no foreground voxel (all zero)")
+    return mask
 
 
 def _add_dicom_options(parser: argparse.ArgumentParser, *, export: bool = False) -> None:
@@ -583,6 +614,12 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--out", required=True, help="output directory")
     register.add_argument("--labels", help="label map in the moving image's space")
     register.add_argument("--points", help="CSV of fixed-space points (x,y[,z] in mm)")
+    register.add_argument(
+        "--fixed-mask", help="mask on the fixed image's grid: only its voxels (non-zero) count"
+    )
+    register.add_argument(
+        "--moving-mask", help="mask on the moving image's grid: only its voxels (non-zero) count"
+    )
     register.add_argument("--fixed-series", help="DICOM SeriesInstanceUID for --fixed")
     register.add_argument("--moving-series", help="DICOM SeriesInstanceUID for --moving")
     register.add_argument("--overwrite", action="store_true", help="replace an existing --out")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -31,21 +32,79 @@ DEFAULT_SPACING_3D = 2.0
 CT_PADDING_HU = -1500.0
 
 # CT air sits near -1000 HU; MR magnitudes are non-negative. A first percentile this low only
-# happens on CT, so it separates the two when no DICOM Modality tag is available.
+# happens on CT, so it separates the two when no metadata says which.
 _CT_LOW_PERCENTILE_HU = -500.0
+CT_STORED_OFFSET = 1024.0
+"""The offset of a CT stored without its rescale (values HU + 1024, the usual DICOM
+RescaleIntercept of -1024), which :func:`decide_modality` recognises from the intensities."""
+# Soft tissue and fat lie within 150 HU of water: in a CT stored with the offset, that band
+# holds most of the voxels above -500 HU (83 % on the real pork CT); in an MR the same band of
+# scanner units is arbitrary (at most 16 % on the real T2 MR at any scaling tried).
+_WATER_BAND_HU = 150.0
+_WATER_BAND_SHARE = 0.5
+# metadata keys that name the modality: ours (from a DICOM series), MetaImage's Modality and
+# NRRD/NIfTI free-text fields, matched case-insensitively
+_MODALITY_KEYS = ("intermodal:modality", "Modality", "modality", "descrip")
 
 
-def detect_modality(image: sitk.Image, requested: str = "auto") -> Modality:
-    """Decide whether ``image`` is a CT or an MR.
+@dataclass(frozen=True)
+class ModalityDecision:
+    """What an image is and how that was decided.
+
+    Attributes:
+        modality: ``"ct"`` or ``"mr"``.
+        decided_by: ``"user"`` (asked for), ``"metadata"`` (a DICOM Modality or a header
+            field) or ``"intensities"`` (the fallback).
+        hu_offset: what the stored CT values add to HU (0, or :data:`CT_STORED_OFFSET` for a
+            CT stored with an offset and no rescale); 0 for an MR.
+    """
+
+    modality: Modality
+    decided_by: str
+    hu_offset: float = 0.0
+
+
+def _modality_from_metadata(image: sitk.Image) -> Modality | None:
+    for key in _MODALITY_KEYS:
+        if not image.HasMetaDataKey(key):
+            continue
+        # "CT", MetaImage's "MET_MOD_CT", a description such as "CT pelvis" or "T2 MR"
+        words = set(image.GetMetaData(key).upper().replace("_", " ").replace(":", " ").split())
+        if "CT" in words:
+            return "ct"
+        if words & {"MR", "MRI"}:
+            return "mr"
+    return None
+
+
+def _stored_with_offset(values: np.ndarray) -> bool:
+    """Whether non-negative values look like a CT stored as HU + 1024 (see the constants)."""
+    if values.size == 0 or float(values.min()) < -100 or float(values.max()) < CT_STORED_OFFSET:
+        return False
+    if not np.all(np.equal(np.mod(values, 1), 0)):
+        return False
+    body = values[values > CT_STORED_OFFSET + _CT_LOW_PERCENTILE_HU]
+    if body.size == 0:
+        return False
+    band = np.abs(body - CT_STORED_OFFSET) < _WATER_BAND_HU
+    return float(band.mean()) >= _WATER_BAND_SHARE
+
+
+def decide_modality(image: sitk.Image, requested: str = "auto") -> ModalityDecision:
+    """Decide whether ``image`` is a CT or an MR, and whether a CT carries an offset.
+
+    The metadata decides first: the DICOM Modality that :func:`intermodal.io.read_image`
+    stores, or a header field (MetaImage's ``Modality``, a NIfTI ``descrip`` or NRRD field
+    naming CT or MR). Only without it do the intensities decide: a first percentile below
+    -500 is a CT in HU; non-negative whole numbers whose voxels above 524 mostly lie within
+    150 of 1024 are a CT stored as HU + 1024 without its rescale; anything else is an MR.
 
     Args:
         image: the image as read by :func:`intermodal.io.read_image`.
-        requested: ``"ct"``, ``"mr"`` or ``"auto"``. ``"auto"`` uses the DICOM Modality tag when
-            the reader stored one, and otherwise the intensity distribution (CT holds air near
-            -1000 HU, MR is non-negative).
+        requested: ``"ct"``, ``"mr"`` or ``"auto"``.
 
     Returns:
-        ``"ct"`` or ``"mr"``.
+        A :class:`ModalityDecision`; a CT's offset is looked for even when the user named it.
 
     Raises:
         IntermodalError: if ``requested`` is not one of the choices.
@@ -53,17 +112,27 @@ def detect_modality(image: sitk.Image, requested: str = "auto") -> Modality:
     requested = requested.lower()
     if requested not in MODALITY_CHOICES:
         raise IntermodalError(f"modality must be one of {MODALITY_CHOICES}, not {requested!r}")
-    if requested != "auto":
-        return requested  # type: ignore[return-value]
-    if image.HasMetaDataKey("intermodal:modality"):
-        tag = image.GetMetaData("intermodal:modality").strip().upper()
-        if tag == "CT":
-            return "ct"
-        if tag in ("MR", "MRI"):
-            return "mr"
     values = sitk.GetArrayViewFromImage(image)
-    low = float(np.percentile(values[:: max(1, values.size // 1_000_000 + 1)], 1.0))
-    return "ct" if low < _CT_LOW_PERCENTILE_HU else "mr"
+    sample = np.asarray(values).ravel()[:: max(1, values.size // 1_000_000 + 1)]
+    low = float(np.percentile(sample, 1.0))
+
+    def ct(decided_by: str) -> ModalityDecision:
+        offset = CT_STORED_OFFSET if low >= -100 and _stored_with_offset(sample) else 0.0
+        return ModalityDecision("ct", decided_by, offset)
+
+    if requested != "auto":
+        return ct("user") if requested == "ct" else ModalityDecision("mr", "user")
+    found = _modality_from_metadata(image)
+    if found is not None:
+        return ct("metadata") if found == "ct" else ModalityDecision("mr", "metadata")
+    if low < _CT_LOW_PERCENTILE_HU or _stored_with_offset(sample):
+        return ct("intensities")
+    return ModalityDecision("mr", "intensities")
+
+
+def detect_modality(image: sitk.Image, requested: str = "auto") -> Modality:
+    """``"ct"`` or ``"mr"``: the modality of :func:`decide_modality`."""
+    return decide_modality(image, requested).modality
 
 
 def normalize_intensity(
@@ -72,6 +141,7 @@ def normalize_intensity(
     *,
     hu_window: Sequence[float] = DEFAULT_HU_WINDOW,
     percentiles: Sequence[float] = DEFAULT_MR_PERCENTILES,
+    hu_offset: float = 0.0,
 ) -> sitk.Image:
     """Map intensities to ``[0, 1]``: a HU window for CT, robust percentiles for MR.
 
@@ -80,6 +150,7 @@ def normalize_intensity(
         modality: ``"ct"`` or ``"mr"``.
         hu_window: ``(low, high)`` in HU; values outside are clipped.
         percentiles: ``(low, high)`` percentiles of the MR intensities mapped to 0 and 1.
+        hu_offset: what a CT's stored values add to HU (see :class:`ModalityDecision`).
 
     Returns:
         A float32 image on the same grid with values in ``[0, 1]``.
@@ -91,6 +162,7 @@ def normalize_intensity(
         low, high = (float(v) for v in hu_window)
         if not high > low:
             raise IntermodalError(f"HU window must be increasing, not {tuple(hu_window)}")
+        low, high = low + hu_offset, high + hu_offset
     elif modality == "mr":
         p_low, p_high = (float(v) for v in percentiles)
         if not 0.0 <= p_low < p_high <= 100.0:
@@ -183,19 +255,32 @@ def resample(
     )
 
 
-def data_mask(image: sitk.Image, modality: Modality) -> sitk.Image:
+def data_mask(image: sitk.Image, modality: Modality, hu_offset: float = 0.0) -> sitk.Image:
     """A uint8 mask on ``image``'s grid: 1 where it holds scanned data.
 
     For a CT, the voxels above :data:`CT_PADDING_HU` (the scanner's padding outside its
-    circular field of view is left out); for an MR, every voxel. This is the mask of every NMI
-    intermodal reports (``register``'s report, ``intermodal evaluate``, the benchmarks), so that
-    padding, which both images show as 0 after scaling, does not count as agreement.
+    circular field of view is left out). For an MR, the box spanned by its non-zero voxels:
+    slices or rows that are exactly 0 throughout lie outside the acquired field of view (an MR
+    padded onto a larger grid, or a slab acquisition), and carry no information; the zero
+    background *inside* the box (air around the body) is kept, since it shows the outline.
+    This is the mask of the similarity and of every NMI intermodal reports, so that padding,
+    which both images show as 0 after scaling, does not count as agreement.
     """
     if modality == "ct":
-        return sitk.Cast(sitk.Cast(image, sitk.sitkFloat32) > CT_PADDING_HU, sitk.sitkUInt8)
-    ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
-    ones.CopyInformation(image)
-    return ones
+        floor = CT_PADDING_HU + hu_offset
+        return sitk.Cast(sitk.Cast(image, sitk.sitkFloat32) > floor, sitk.sitkUInt8)
+    values = sitk.GetArrayViewFromImage(image)
+    box = np.zeros(values.shape, dtype=np.uint8)
+    nonzero = values != 0
+    spans = []
+    for axis in range(values.ndim):
+        others = tuple(a for a in range(values.ndim) if a != axis)
+        used = np.flatnonzero(nonzero.any(axis=others))
+        spans.append(slice(used[0], used[-1] + 1) if used.size else slice(0, 0))
+    box[tuple(spans)] = 1
+    mask = sitk.GetImageFromArray(box)
+    mask.CopyInformation(image)
+    return mask
 
 
 def field_of_view_mask(

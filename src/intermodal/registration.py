@@ -4,10 +4,19 @@ The contract: for every fixed physical point ``p`` (mm), ``T(p) = A(p + d(p))`` 
 point of the moving image, where ``A`` is the initial affine and ``d`` the deformable
 displacement field on the fixed grid. ``warped = moving ∘ T`` sampled on the fixed grid.
 
-Stages: intensity scaling per modality; global alignment by Mattes MI; resampling onto a working
-grid (the fixed extent at the working spacing); a stationary velocity field from the network
-(or zero) refined by test-time Adam on a modality-independent similarity; integration by
-scaling and squaring; conversion of the voxel displacement to millimetres on the fixed grid.
+:func:`register` reads top to bottom as its stages, each a function of its own:
+
+1. ``_prepare``: modalities (metadata first), intensity scaling, masks, the model and its card;
+2. ``_align``: the initial rigid (or affine) alignment (:mod:`intermodal.alignment`);
+3. ``_resample``: the working grid and the images and masks on it;
+4. ``_predict``: the network's velocity, kept only if it improves the similarity;
+5. ``_refine``: instance optimisation on the pyramid (:mod:`intermodal.refinement`), kept
+   only if it improves the similarity;
+6. ``_outputs``: the fields, the transform, the warped image and the Jacobian;
+7. ``_report``: what was done and how well, for ``report.json``.
+
+The guard of stages 4 and 5: ``register`` never returns a result worse, by its own similarity
+on the masked overlap, than its initial alignment alone.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from dataclasses import field as dataclass_field
 from pathlib import Path
@@ -25,40 +34,27 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from intermodal import __version__, classical, preprocess
+from intermodal import __version__, alignment, preprocess, refinement
 from intermodal.errors import IntermodalError
+from intermodal.grids import same_grid
 from intermodal.io import displacement_to_image, geometry, image_to_tensor
-from intermodal.losses import (
-    diffusion,
-    log_jacobian_penalty,
-    mind_ssc,
-    ngf,
-    nmi,
-    parzen_mutual_information,
-)
+from intermodal.losses import nmi
 from intermodal.metrics import LOG_JACOBIAN_CLIP, jacobian_determinant
 from intermodal.models import resolve_model
-from intermodal.optim import Adam
 from intermodal.presets import PRESETS
+from intermodal.refinement import SIMILARITY_CHOICES, Progress
 from intermodal.spatial import (
-    gaussian_smooth,
     integrate_velocity,
     physical_to_voxel,
     resize_displacement,
-    sample_points,
     voxel_to_physical,
     warp,
 )
 
 logger = logging.getLogger(__name__)
 
-SIMILARITY_CHOICES = ("mind", "ngf", "mi")
-# bins per image of the refinement's mutual-information term, as in the NMI it is scored by
-MI_BINS = 32
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-
-# Progress callback: (stage, step, total). total is 0 for a stage without steps.
-Progress = Callable[[str, int, int], None]
+DEFAULT_INTEGRATION_STEPS = 5
 
 
 @dataclass
@@ -66,25 +62,30 @@ class Settings:
     """Everything that decides a registration; recorded in ``report.json``.
 
     Attributes:
-        model: ``"auto"`` (the bundled model for the inputs' dimension, the default), a
-            bundled model's name, the path of a ``.safetensors`` model, or ``None`` (or
-            ``"none"``) for refinement alone; see :mod:`intermodal.models`.
-        refine: test-time optimisation steps on the velocity field (0 disables it).
-        init: initial alignment, one of :data:`intermodal.classical.INIT_CHOICES`.
+        model: ``None`` (or ``"none"``: refinement alone, the default), ``"auto"`` (the
+            bundled model for the inputs' dimension), a bundled model's name or the path of
+            a ``.safetensors`` model; see :mod:`intermodal.models`. A model's field is kept
+            only if it improves the similarity over the initial alignment alone.
+        refine: test-time optimisation steps on the velocity field (0: none; with no model
+            the result is the initial alignment alone).
+        init: initial alignment, one of :data:`intermodal.alignment.INIT_CHOICES`.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         spacing: working spacing in mm for the refinement and the outputs (``None``: 2 mm in
             3D, native in 2D); a model's network always runs at its own trained spacing.
         fixed_modality: ``"ct"``, ``"mr"`` or ``"auto"``.
         moving_modality: ``"ct"``, ``"mr"`` or ``"auto"``.
-        hu_window: CT clipping window in HU.
-        mr_percentiles: MR percentiles mapped to 0 and 1.
+        hu_window: CT clipping window in HU; ``None``: the model card's, else
+            :data:`intermodal.preprocess.DEFAULT_HU_WINDOW`. A window that contradicts the
+            card of the model in use is refused.
+        mr_percentiles: MR percentiles mapped to 0 and 1; ``None`` and a card as above.
         similarity: refinement similarity, ``"mind"`` (MIND-SSC), ``"ngf"`` or ``"mi"``
             (minus the mutual information alone, the Parzen term of ``mi_weight`` at weight 1).
         smoothness: weight of the diffusion regulariser on the displacement (voxels^2).
         learning_rate: Adam step on the velocity, in coarse-grid voxels.
         velocity_stride: the velocity lives on the working grid subsampled by this factor.
         velocity_smoothing: the refined velocity is a Gaussian-smoothed field, sigma in
-            velocity-grid voxels (0: no smoothing); see :func:`refine_velocity`.
+            velocity-grid voxels (0: no smoothing); see
+            :func:`intermodal.refinement.refine_velocity`.
         volume_penalty: weight of the mean squared log Jacobian determinant (local volume
             change), the quantity whose spread SDlogJ measures.
         sampling: fraction of the working grid's voxels, drawn afresh at every step, at which
@@ -94,43 +95,47 @@ class Settings:
             intensities, nats) subtracted from the ``"mind"`` or ``"ngf"`` similarity at the
             same voxels; 0 leaves it out. Not used with ``"mi"``, which is that term alone.
         pyramid: refinement levels, as factors by which the working grid is subsampled, coarse
-            to fine; the ``refine`` steps are shared equally between them.
+            to fine; the ``refine`` steps are shared equally between them. The default
+            ``(4, 2)`` optimises on 8 and 4 mm grids (3D) of MIND descriptors taken at the
+            working spacing and block-averaged, as ConvexAdam does; the field is still
+            output on the working grid. Add 1 to optimise at the working spacing itself.
         level_steps: steps at each level of ``pyramid``, coarse to fine, instead of ``refine``
             shared equally (as ANTs' ``--convergence [40x20x0]`` gives its iterations per
             level); ``None`` shares ``refine``. When given, its sum is the refinement's step
             count and ``refine`` is not used. A level skipped for a small image (see
-            :func:`level_schedule`) passes its steps to the next level kept.
+            :func:`intermodal.refinement.level_schedule`) passes its steps to the next
+            level kept.
         coarse_level_velocity: at a pyramid level whose factor exceeds ``velocity_stride``
             the velocity is refined on that level's grid instead (learning rate and
             ``velocity_smoothing`` scaled so that they keep their size in millimetres), and
-            resampled onto the finer grid for the next level; fewer unknowns, same field. On
-            the tuning pairs: the same Dice, 0.9x the time (RESULTS.md, tuning_*_levels).
-        integration_steps: scaling-and-squaring steps (5: on the tuning pairs 7 gave the same
-            Dice in 2D and 3D, more slowly; benchmarks/RESULTS.md, tuning_3d_levels).
+            resampled onto the finer grid for the next level; fewer unknowns, same field.
+        integration_steps: scaling-and-squaring steps; ``None``: the model card's (the
+            network was trained to be integrated so), else :data:`DEFAULT_INTEGRATION_STEPS`.
+            A number that contradicts the card of the model in use is refused.
         seed: seed for every random choice (metric sampling, torch).
     """
 
-    model: str | None = "auto"
-    refine: int = 90
-    init: str = "affine"
+    model: str | None = None
+    refine: int = 80
+    init: str = "rigid"
     device: str = "auto"
     spacing: float | None = None
     fixed_modality: str = "auto"
     moving_modality: str = "auto"
-    hu_window: tuple[float, float] = preprocess.DEFAULT_HU_WINDOW
-    mr_percentiles: tuple[float, float] = preprocess.DEFAULT_MR_PERCENTILES
+    hu_window: tuple[float, float] | None = None
+    mr_percentiles: tuple[float, float] | None = None
     similarity: str = "mind"
-    smoothness: float = 1.0
+    smoothness: float = 0.5
     learning_rate: float = 0.1
     velocity_stride: int = 2
     velocity_smoothing: float = 2.0
-    volume_penalty: float = 0.0
-    sampling: float = 1.0
+    volume_penalty: float = 0.4
+    sampling: float = 0.25
     mi_weight: float = 0.0
-    pyramid: tuple[int, ...] = (4, 2, 1)
+    pyramid: tuple[int, ...] = (4, 2)
     level_steps: tuple[int, ...] | None = None
     coarse_level_velocity: bool = True
-    integration_steps: int = 5
+    integration_steps: int | None = None
     seed: int = 0
 
     @property
@@ -142,9 +147,9 @@ class Settings:
         """Raise :class:`IntermodalError` for any setting out of range."""
         if self.refine < 0:
             raise IntermodalError(f"--refine must be 0 or more steps, not {self.refine}")
-        if self.init not in classical.INIT_CHOICES:
+        if self.init not in alignment.INIT_CHOICES:
             raise IntermodalError(
-                f"--init must be one of {classical.INIT_CHOICES}, not {self.init!r}"
+                f"--init must be one of {alignment.INIT_CHOICES}, not {self.init!r}"
             )
         if self.device not in DEVICE_CHOICES:
             raise IntermodalError(f"--device must be one of {DEVICE_CHOICES}, not {self.device!r}")
@@ -172,7 +177,7 @@ class Settings:
             raise IntermodalError(
                 f"pyramid levels must be factors among 1, 2, 4, 8, not {self.pyramid}"
             )
-        if (
+        if self.integration_steps is not None and (
             isinstance(self.integration_steps, bool)
             or not isinstance(self.integration_steps, int)
             or not 0 <= self.integration_steps <= 10
@@ -189,14 +194,12 @@ class Settings:
                 f"level steps must be one whole number of 0 or more per pyramid level "
                 f"{tuple(self.pyramid)}, not {self.level_steps}"
             )
-        if (self.model is None or self.model.lower() == "none") and self.refine_steps == 0:
-            raise IntermodalError("--model none with --refine 0 would do no deformable step")
 
 
 def preset_settings(name: str = "default", ndim: int = 3, **overrides: Any) -> Settings:
     """The :class:`Settings` of the preset ``name`` for ``ndim``-D images, then ``overrides``.
 
-    Example: ``preset_settings("fast", 3, device="cpu")``. Overrides win over the preset.
+    Example: ``preset_settings("default", 3, device="cpu")``. Overrides win over the preset.
 
     Raises:
         IntermodalError: an unknown preset, a dimension other than 2 or 3, or an unknown
@@ -341,191 +344,6 @@ def jacobian_statistics(jacobian: sitk.Image, mask: sitk.Image | None = None) ->
 
 
 _STAT_CHUNK = 1 << 22
-
-
-def _unravel(index: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Flat (C-order) indices -> ``(len(shape), N)`` voxel indices.
-
-    ``torch.unravel_index`` does the same, but its first call imports sympy (0.66 s).
-    """
-    coordinates = []
-    for size in reversed(shape):
-        coordinates.append(index % size)
-        index = index.div(size, rounding_mode="floor")
-    return torch.stack(coordinates[::-1])
-
-
-def _similarity_loss(
-    similarity: str,
-    fixed: torch.Tensor,
-    moving: torch.Tensor,
-    sampling: float = 1.0,
-    generator: torch.Generator | None = None,
-    mi_weight: float = 0.0,
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A function of the coarse displacement that scores ``moving`` warped against ``fixed``.
-
-    MIND descriptors are computed once and the moving *descriptor* is warped, which gives the
-    same optimum as re-describing the warped image at a fraction of the cost. With
-    ``sampling`` < 1 (MIND or MI, not NGF) each call compares the descriptors at a fresh random
-    ``sampling`` fraction of the voxels instead of all of them, as ANTs and elastix sample
-    their metrics: the warp, the costliest step, shrinks in proportion. ``"mi"`` scores minus
-    the mutual information alone; with ``"mind"`` or ``"ngf"``, ``mi_weight`` > 0
-    subtracts that multiple of the images' mutual information (:data:`MI_BINS`-bin Parzen
-    histogram, nats) at the same voxels: the moving image is warped as one more channel of
-    its descriptor, so the term costs little.
-    """
-    shape = tuple(fixed.shape[2:])
-    if similarity == "ngf":
-
-        def ngf_score(coarse: torch.Tensor) -> torch.Tensor:
-            warped = warp(moving, resize_displacement(coarse, shape))
-            loss = ngf(fixed, warped)
-            if mi_weight > 0:
-                mi = parzen_mutual_information(fixed.flatten(1), warped.flatten(1), MI_BINS)
-                loss = loss - mi_weight * mi.mean()
-            return loss
-
-        return ngf_score
-    if similarity == "mi":
-        fixed_desc, moving_desc, channels, mi_weight = fixed, moving, 0, 1.0
-    else:
-        fixed_desc = mind_ssc(fixed)
-        moving_desc = mind_ssc(moving)
-        channels = fixed_desc.shape[1]
-        if mi_weight > 0:
-            fixed_desc = torch.cat([fixed_desc, fixed], 1)
-            moving_desc = torch.cat([moving_desc, moving], 1)
-
-    def score(fixed_values: torch.Tensor, warped_values: torch.Tensor) -> torch.Tensor:
-        """``(C, N)`` descriptor (and intensity) samples -> the loss."""
-        loss = fixed_values.new_zeros(())
-        if channels:
-            loss = (fixed_values[:channels] - warped_values[:channels]).pow(2).mean()
-        if mi_weight > 0:
-            mi = parzen_mutual_information(
-                fixed_values[channels:], warped_values[channels:], MI_BINS
-            )
-            loss = loss - mi_weight * mi[0]
-        return loss
-
-    if sampling >= 1:
-        fixed_all = fixed_desc.flatten(2)[0]
-        return lambda coarse: score(
-            fixed_all, warp(moving_desc, resize_displacement(coarse, shape)).flatten(2)[0]
-        )
-    voxels = math.prod(shape)
-    count = max(1, round(sampling * voxels))
-    fixed_rows = fixed_desc.flatten(2)[0].t().contiguous()  # (voxels, K): one row a voxel
-
-    def sampled(coarse: torch.Tensor) -> torch.Tensor:
-        index = torch.randint(voxels, (count,), generator=generator, device=fixed.device)
-        points = _unravel(index, shape).to(coarse.dtype)
-        # the coarse field at those points, in coarse voxels, then in working-grid voxels
-        ratio = [(c - 1) / (n - 1) for c, n in zip(coarse.shape[2:], shape, strict=True)]
-        ratio = torch.tensor(ratio, device=coarse.device, dtype=coarse.dtype).view(-1, 1)
-        displacement = sample_points(coarse, points * ratio)[0] / ratio
-        warped = sample_points(moving_desc, points + displacement)
-        return score(fixed_rows.index_select(0, index).t(), warped[0])
-
-    return sampled
-
-
-def level_schedule(settings: Settings, working_shape: Sequence[int]) -> list[tuple[int, int]]:
-    """The refinement's ``(factor, steps)`` per pyramid level, coarse to fine.
-
-    A level whose grid would be under 8 voxels along an axis is skipped. Without
-    ``settings.level_steps`` the ``refine`` steps are shared equally between the levels kept
-    (the finest takes the remainder); with it each level keeps its own count, and a skipped
-    level's steps go to the next level kept (to the last one kept, after it). If no level is
-    kept, the working grid itself takes every step.
-    """
-    kept = [f for f in settings.pyramid if min(working_shape) // f >= 8]
-    if settings.level_steps is None:
-        levels = kept or [1]
-        share, extra = divmod(settings.refine, len(levels))
-        return list(zip(levels, [share] * (len(levels) - 1) + [share + extra]))
-    if not kept:
-        return [(1, sum(settings.level_steps))]
-    schedule: list[tuple[int, int]] = []
-    carried = 0
-    for factor, steps in zip(settings.pyramid, settings.level_steps, strict=True):
-        if factor in kept:
-            schedule.append((factor, steps + carried))
-            carried = 0
-        else:
-            carried += steps
-    factor, steps = schedule[-1]
-    schedule[-1] = (factor, steps + carried)
-    return schedule
-
-
-def refine_velocity(
-    fixed: torch.Tensor,
-    moving: torch.Tensor,
-    velocity: torch.Tensor,
-    *,
-    steps: int,
-    similarity: str = "mind",
-    smoothness: float = 1.0,
-    learning_rate: float = 0.1,
-    integration_steps: int = 5,
-    velocity_smoothing: float = 0.0,
-    volume_penalty: float = 0.0,
-    sampling: float = 1.0,
-    mi_weight: float = 0.0,
-    seed: int = 0,
-    progress: Progress | None = None,
-) -> torch.Tensor:
-    """Instance optimisation: Adam on a stationary velocity field.
-
-    Minimises ``similarity(fixed, moving ∘ (id + exp(v))) + smoothness * diffusion(exp(v))``.
-    The velocity and its integration live on a coarse grid (fewer unknowns, smoother fields);
-    the displacement is upsampled to the working grid, where the similarity is evaluated.
-    With ``velocity_smoothing`` > 0 the velocity is ``v = G * w`` for a Gaussian ``G`` and
-    Adam moves ``w`` (started at the given velocity): the update is smoothed the way ANTs
-    SyN and the demons smooth theirs, which keeps large deformations but not the voxel-scale
-    roughness that a stronger diffusion weight would remove only by shrinking everything.
-
-    Args:
-        fixed: ``(1, 1, *spatial)`` fixed image in ``[0, 1]`` on the working grid.
-        moving: ``(1, 1, *spatial)`` moving image in ``[0, 1]`` on the same grid.
-        velocity: ``(1, ndim, *coarse)`` starting velocity in coarse-grid voxels.
-        steps: Adam iterations.
-        similarity: ``"mind"``, ``"ngf"`` or ``"mi"``.
-        smoothness: diffusion regulariser weight.
-        learning_rate: Adam learning rate (coarse voxels per step, roughly).
-        integration_steps: scaling-and-squaring steps.
-        velocity_smoothing: sigma of ``G`` in velocity-grid voxels (0: ``v = w``).
-        volume_penalty: weight of ``mean(log(det J)^2)`` of the coarse displacement, which
-            costs local volume change but not rotation or shear, unlike the diffusion term.
-        sampling: fraction of the voxels (drawn afresh each step) at which the MIND or MI
-            similarity is evaluated; 1 evaluates it everywhere.
-        mi_weight: weight of the mutual information of the images (nats), subtracted from
-            the similarity at the same voxels (0: none).
-        seed: seed of those draws.
-        progress: callback ``("refine", step, steps)``.
-
-    Returns:
-        The refined velocity ``G * w``, same shape as ``velocity``, detached.
-    """
-    generator = torch.Generator(device=fixed.device).manual_seed(seed)
-    score = _similarity_loss(similarity, fixed, moving, sampling, generator, mi_weight)
-    weights = velocity.detach().clone().requires_grad_(True)
-    optimizer = Adam(weights, lr=learning_rate)
-    for step in range(steps):
-        optimizer.zero_grad()
-        velocity = gaussian_smooth(weights, velocity_smoothing)
-        coarse = integrate_velocity(velocity, integration_steps)
-        loss = score(coarse) + smoothness * diffusion(coarse)
-        if volume_penalty > 0:
-            loss = loss + volume_penalty * log_jacobian_penalty(coarse)
-        loss.backward()
-        optimizer.step()
-        if progress:
-            progress("refine", step + 1, steps)
-    with torch.no_grad():
-        return gaussian_smooth(weights, velocity_smoothing).detach()
 
 
 def _physical_field(displacement: torch.Tensor, grid: sitk.Image) -> sitk.Image:
@@ -728,11 +546,64 @@ def _grid_in_memory(
     )
 
 
+@dataclass
+class _Inputs:
+    """Stage 1's result: the images scaled to ``[0, 1]``, their masks and the model."""
+
+    fixed: sitk.Image
+    moving: sitk.Image
+    fixed_modality: preprocess.ModalityDecision
+    moving_modality: preprocess.ModalityDecision
+    fixed_n: sitk.Image
+    moving_n: sitk.Image
+    fixed_mask: sitk.Image  # uint8 on the fixed grid: scanned data and the user's mask
+    moving_mask: sitk.Image  # uint8 on the moving grid: its data box and the user's mask
+    model: torch.nn.Module | None
+    card: dict[str, Any] | None
+    model_path: str | None
+    integration_steps: int
+    multiple: int  # every working-grid axis is a multiple of this
+
+
+@dataclass
+class _Working:
+    """Stage 3's result: the working grid and everything the later stages see on it."""
+
+    grid: sitk.Image
+    network_grid: sitk.Image | None
+    images: refinement.Images
+    moving_unaligned: torch.Tensor  # the moving image without the affine, for the report
+    memory: dict[str, Any]
+    overlap: float
+
+
+class _StageClock:
+    """Times each stage and tells the progress callback when one starts."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+
+    def __call__(self, name: str, shown: str | None = None) -> _StageClock:
+        self._name, self._start = name, time.perf_counter()
+        if self.progress and shown:
+            self.progress(shown, 0, 0)
+        return self
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self.timings[self._name] = time.perf_counter() - self._start
+
+
 def register(
     fixed: sitk.Image,
     moving: sitk.Image,
     settings: Settings | None = None,
     *,
+    fixed_mask: sitk.Image | None = None,
+    moving_mask: sitk.Image | None = None,
     progress: Progress | None = None,
 ) -> RegistrationResult:
     """Deformably register ``moving`` (e.g. an MR) onto ``fixed`` (e.g. a CT).
@@ -741,43 +612,121 @@ def register(
         fixed: the fixed image, as read by :func:`intermodal.io.read_image`.
         moving: the moving image, same dimension (2D or 3D).
         settings: a :class:`Settings`; defaults when ``None``.
+        fixed_mask: voxels of the fixed image that the similarity counts (non-zero), on the
+            fixed image's grid; ``None``: all that hold scanned data.
+        moving_mask: voxels of the moving image that count, on its grid; ``None``: all.
         progress: optional ``(stage, step, total)`` callback.
 
     Returns:
         A :class:`RegistrationResult` whose images lie on ``fixed``'s own grid.
 
     Raises:
-        IntermodalError: mismatched dimensions, bad settings, or a model that does not fit.
+        IntermodalError: mismatched dimensions, bad settings or masks, a model that does not
+            fit, or images that do not overlap after the initial alignment.
     """
     settings = settings or Settings()
     settings.validate()
+    _check_images(fixed, moving, fixed_mask, moving_mask)
+    device = choose_device(settings.device)
+    torch.manual_seed(settings.seed)
+    clock = _StageClock(progress)
+
+    with clock("preprocess", "preprocess"):
+        inputs = _prepare(fixed, moving, settings, fixed_mask, moving_mask, device)
+    with clock("initial_alignment", f"init:{settings.init}"):
+        affine = _align(inputs, settings)
+    options = _refinement_options(settings, inputs.integration_steps)
+    with clock("resample"):
+        working = _resample(inputs, affine, settings, device)
+        features = refinement.describe(working.images, options)
+    schedule = refinement.level_schedule(
+        settings.pyramid, settings.refine, settings.level_steps, list(working.grid.GetSize()[::-1])
+    )
+    # the guard scores each stage at the finest level that the refinement optimises
+    guard = features.level(min((f for f, n in schedule if n > 0), default=schedule[-1][0]))
+    with clock("network", "network" if inputs.model is not None else None):
+        start, network = _predict(inputs, working, guard, affine, options, settings.velocity_stride)
+    with clock("refine"):
+        velocity, refined = _refine(
+            features, guard, start, network, schedule, settings, options, progress
+        )
+    with clock("output", "output"):
+        outputs = _outputs(inputs, working, affine, velocity)
+    report = _report(inputs, working, settings, affine, network, refined, outputs, clock.timings)
+    return RegistrationResult(
+        fixed=fixed,
+        moving=moving,
+        affine=affine,
+        field=outputs["field"],
+        inverse_field=outputs["inverse_field"],
+        transform=outputs["transform"],
+        warped=outputs["warped"],
+        jacobian=outputs["jacobian"],
+        report=report,
+        fixed_normalized=inputs.fixed_n,
+        moving_normalized=inputs.moving_n,
+    )
+
+
+def _check_images(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    fixed_mask: sitk.Image | None,
+    moving_mask: sitk.Image | None,
+) -> None:
     if fixed.GetDimension() != moving.GetDimension():
         raise IntermodalError(
             f"fixed image is {fixed.GetDimension()}D but moving image is "
             f"{moving.GetDimension()}D; both must be 2D or both 3D"
         )
+    for name, mask, image in (("fixed", fixed_mask, fixed), ("moving", moving_mask, moving)):
+        if mask is None:
+            continue
+        if not same_grid(mask, image, tolerance=1e-3):
+            raise IntermodalError(
+                f"the {name} mask is not on the {name} image's grid (size, spacing, origin "
+                "and direction must match)"
+            )
+        if not np.any(sitk.GetArrayViewFromImage(mask)):
+            raise IntermodalError(f"the {name} mask has no foreground voxel")
+
+
+def _card_setting(name: str, given: Any, from_card: Any, default: Any, path: str | None) -> Any:
+    """A setting the model's card fixes: the card's value, or the user's if they agree."""
+    if from_card is None:
+        return default if given is None else given
+    agrees = given is None or np.allclose(np.asarray(given, float), np.asarray(from_card, float))
+    if not agrees:
+        raise IntermodalError(
+            f"{path}: the model was trained with {name} {from_card}, and {given} contradicts "
+            "its card; leave the setting out to use the card's"
+        )
+    return from_card
+
+
+def _card_normalisation(card: dict[str, Any], modality: str) -> tuple[float, float] | None:
+    """``(low, high)`` from a card's ``"HU window -1000..1000"`` / ``"percentiles 0.5..99.5"``."""
+    text = card.get("preprocessing", {}).get("normalisation", {}).get(modality)
+    if not isinstance(text, str) or ".." not in text:
+        return None
+    low, high = text.split()[-1].split("..")
+    return float(low), float(high)
+
+
+def _prepare(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    settings: Settings,
+    fixed_mask: sitk.Image | None,
+    moving_mask: sitk.Image | None,
+    device: torch.device,
+) -> _Inputs:
+    """Stage 1: modalities, the model and its card, intensity scaling and masks."""
     ndim = fixed.GetDimension()
-    device = choose_device(settings.device)
-    torch.manual_seed(settings.seed)
-    timings: dict[str, float] = {}
-
-    def stage(name: str) -> None:
-        if progress:
-            progress(name, 0, 0)
-
-    start = time.perf_counter()
-    stage("preprocess")
-    fixed_modality = preprocess.detect_modality(fixed, settings.fixed_modality)
-    moving_modality = preprocess.detect_modality(moving, settings.moving_modality)
-    scale = {"hu_window": settings.hu_window, "percentiles": settings.mr_percentiles}
-    fixed_n = preprocess.normalize_intensity(fixed, fixed_modality, **scale)
-    moving_n = preprocess.normalize_intensity(moving, moving_modality, **scale)
-
-    model, card = None, None
-    spacing = settings.spacing
-    # every pyramid level and the velocity grid divide the working grid exactly
+    fixed_modality = preprocess.decide_modality(fixed, settings.fixed_modality)
+    moving_modality = preprocess.decide_modality(moving, settings.moving_modality)
+    model, card, model_path = None, None, resolve_model(settings.model, ndim)
     multiple = math.lcm(settings.velocity_stride, *settings.pyramid)
-    model_path = resolve_model(settings.model, ndim)
     if model_path is not None:
         from intermodal.checkpoint import load_model
 
@@ -788,180 +737,315 @@ def register(
                 f"the inputs are {ndim}D"
             )
         direction = card.get("training", {}).get("direction")
-        order = f"{moving_modality}_to_{fixed_modality}"
+        order = f"{moving_modality.modality}_to_{fixed_modality.modality}"
         if direction in ("mr_to_ct", "ct_to_mr") and order != direction:
             logger.warning(
                 "%s was trained %s only; these inputs are %s, so expect a poorer prediction",
                 model_path, direction.replace("_to_", " -> "), order.replace("_to_", " -> "),
             )  # fmt: skip
-        trained_spacing = card.get("preprocessing", {}).get("spacing")
-        # The working (refinement and output) grid stays the default one, not the model's:
-        # the bundled 3D model is trained at 4 mm, and refining at 4 mm instead of 2 mm cost
-        # 0.054 mean organ Dice on held-out synthetic pairs (benchmarks/RESULTS.md). The
-        # network still runs at its trained spacing (see _predict_velocity).
         multiple = math.lcm(multiple, model.required_multiple)
-    timings["preprocess"] = time.perf_counter() - start
+    card = card or {}
+    steps = _card_setting(
+        "integration steps", settings.integration_steps,
+        card.get("network", {}).get("integration_steps"), DEFAULT_INTEGRATION_STEPS, model_path,
+    )  # fmt: skip
+    scale = {
+        "hu_window": _card_setting(
+            "HU window", settings.hu_window, _card_normalisation(card, "ct"),
+            preprocess.DEFAULT_HU_WINDOW, model_path,
+        ),
+        "percentiles": _card_setting(
+            "MR percentiles", settings.mr_percentiles, _card_normalisation(card, "mr"),
+            preprocess.DEFAULT_MR_PERCENTILES, model_path,
+        ),
+    }  # fmt: skip
+    fixed_n = preprocess.normalize_intensity(
+        fixed, fixed_modality.modality, hu_offset=fixed_modality.hu_offset, **scale
+    )
+    moving_n = preprocess.normalize_intensity(
+        moving, moving_modality.modality, hu_offset=moving_modality.hu_offset, **scale
+    )
+    data = preprocess.data_mask(fixed, fixed_modality.modality, fixed_modality.hu_offset)
+    if fixed_mask is not None:
+        data = sitk.And(data, _binary(fixed_mask, fixed))
+    moving_data = preprocess.data_mask(moving, moving_modality.modality, moving_modality.hu_offset)
+    if moving_mask is not None:
+        moving_data = sitk.And(moving_data, _binary(moving_mask, moving))
+    return _Inputs(
+        fixed=fixed,
+        moving=moving,
+        fixed_modality=fixed_modality,
+        moving_modality=moving_modality,
+        fixed_n=fixed_n,
+        moving_n=moving_n,
+        fixed_mask=data,
+        moving_mask=moving_data,
+        model=model,
+        card=card or None,
+        model_path=model_path,
+        integration_steps=int(steps),
+        multiple=multiple,
+    )
 
-    start = time.perf_counter()
-    stage(f"init:{settings.init}")
-    affine = classical.initial_alignment(fixed_n, moving_n, settings.init, seed=settings.seed)
-    timings["initial_alignment"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    grid = preprocess.working_grid(fixed, spacing, multiple)
-    network_grid = None  # the grid at the model's trained spacing, when it has one
-    if model is not None and trained_spacing is not None:
-        network_grid = preprocess.working_grid(fixed, trained_spacing, model.required_multiple)
+def _binary(mask: sitk.Image, image: sitk.Image) -> sitk.Image:
+    """A user's mask as uint8 0/1 on exactly ``image``'s grid (checked to agree to 1e-3)."""
+    binary = sitk.Cast(sitk.Cast(mask, sitk.sitkFloat32) > 0, sitk.sitkUInt8)
+    binary.CopyInformation(image)
+    return binary
+
+
+def _align(inputs: _Inputs, settings: Settings) -> sitk.AffineTransform:
+    """Stage 2: the initial rigid (by default) or affine alignment."""
+    affine = alignment.initial_alignment(
+        inputs.fixed_n, inputs.moving_n, settings.init,
+        fixed_mask=inputs.fixed_mask, moving_mask=inputs.moving_mask,
+    )  # fmt: skip
+    return affine
+
+
+def _resample(
+    inputs: _Inputs, affine: sitk.Transform, settings: Settings, device: torch.device
+) -> _Working:
+    """Stage 3: the working grid, and the images and masks on it (moving through ``affine``)."""
+    fixed = inputs.fixed
+    grid = preprocess.working_grid(fixed, settings.spacing, inputs.multiple)
+    network_grid = None  # the grid at the model's trained spacing, when its card names one
+    trained_spacing = (inputs.card or {}).get("preprocessing", {}).get("spacing")
+    if inputs.model is not None and trained_spacing is not None:
+        network_grid = preprocess.working_grid(
+            fixed, trained_spacing, inputs.model.required_multiple
+        )
     network_voxels = 0 if network_grid is None else math.prod(network_grid.GetSize())
-    grid, memory = _grid_in_memory(fixed, grid, multiple, device, network_voxels)
-    fixed_w = image_to_tensor(preprocess.resample(fixed_n, grid)).to(device)
-    moving_w = image_to_tensor(preprocess.resample(moving_n, grid, affine)).to(device)
-    moving_raw = image_to_tensor(preprocess.resample(moving_n, grid)).to(device)
-    # NMI's mask: the fixed image's scanned data on the working grid (0 beyond its extent)
-    data = preprocess.data_mask(fixed, fixed_modality)
-    mask = image_to_tensor(
-        preprocess.resample(data, grid, interpolator=sitk.sitkNearestNeighbor)
-    ).to(device)
-    timings["resample"] = time.perf_counter() - start
+    grid, memory = _grid_in_memory(fixed, grid, inputs.multiple, device, network_voxels)
 
-    start = time.perf_counter()
+    def on_grid(image: sitk.Image, transform: sitk.Transform | None = None) -> torch.Tensor:
+        return image_to_tensor(preprocess.resample(image, grid, transform)).to(device)
+
+    moving_field = sitk.Cast(inputs.moving_mask, sitk.sitkFloat32)
+    fixed_mask = sitk.Cast(inputs.fixed_mask, sitk.sitkFloat32)
+    images = refinement.Images(
+        fixed=on_grid(inputs.fixed_n),
+        moving=on_grid(inputs.moving_n, affine),
+        fixed_mask=on_grid(fixed_mask).round(),  # 0 on the padding beyond the fixed image
+        moving_mask=on_grid(moving_field, affine),  # 0 where the affine leaves the moving FOV
+    )
+    counted = float(images.fixed_mask.sum())
+    overlap = float((images.fixed_mask * images.moving_mask).sum()) / max(counted, 1.0)
+    if overlap == 0:
+        raise IntermodalError(
+            "the fixed and moving images do not overlap after the initial alignment "
+            f"({settings.init}): no voxel of the fixed image maps into the moving image; check "
+            "that both images show the same anatomy and that their headers' positions are right"
+        )
+    return _Working(
+        grid=grid,
+        network_grid=network_grid,
+        images=images,
+        moving_unaligned=on_grid(inputs.moving_n),
+        memory=memory,
+        overlap=overlap,
+    )
+
+
+def _refinement_options(settings: Settings, integration_steps: int) -> refinement.Options:
+    return refinement.Options(
+        similarity=settings.similarity,
+        smoothness=settings.smoothness,
+        learning_rate=settings.learning_rate,
+        integration_steps=integration_steps,
+        velocity_smoothing=settings.velocity_smoothing,
+        volume_penalty=settings.volume_penalty,
+        sampling=settings.sampling,
+        mi_weight=settings.mi_weight,
+        seed=settings.seed,
+    )
+
+
+def _warn(record: dict[str, Any], message: str) -> None:
+    logger.warning(message)
+    record["warning"] = message
+
+
+def _predict(
+    inputs: _Inputs,
+    working: _Working,
+    guard: refinement.Features,
+    affine: sitk.Transform,
+    options: refinement.Options,
+    velocity_stride: int,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Stage 4: the network's velocity on the velocity grid, if it improves the similarity.
+
+    Returns:
+        ``(velocity, record)``: the velocity the refinement starts from (zero without a
+        model, or when the network's field scores worse than none), and for the report the
+        similarity with and without it and whether it was kept.
+    """
+    images = working.images
+    working_shape = list(working.grid.GetSize()[::-1])
+    ndim = len(working_shape)
+    velocity_shape = [n // velocity_stride for n in working_shape]
+    zero = torch.zeros((1, ndim, *velocity_shape), device=images.fixed.device)
+    record: dict[str, Any] = {"similarity_initial": refinement.similarity_of(guard, zero, options)}
+    if inputs.model is None:
+        return zero, record
+    velocity = _predict_velocity(
+        inputs.model, working.network_grid, working.grid, inputs.fixed_n, inputs.moving_n,
+        affine, images.fixed, images.moving,
+    )  # fmt: skip
+    velocity = resize_displacement(velocity, velocity_shape)
+    record["similarity_network"] = refinement.similarity_of(guard, velocity, options)
+    record["kept"] = record["similarity_network"] < record["similarity_initial"]
+    if not record["kept"]:
+        _warn(record, (
+            f"the network's field ({inputs.model_path}) lowered the similarity from "
+            f"{record['similarity_initial']:.4f} to {record['similarity_network']:.4f} "
+            "(lower is better); it was dropped and the refinement starts from the initial "
+            "alignment"
+        ))  # fmt: skip
+        return zero, record
+    return velocity, record
+
+
+def _refine(
+    features: refinement.Features,
+    guard: refinement.Features,
+    start: torch.Tensor,
+    network: dict[str, Any],
+    schedule: Sequence[tuple[int, int]],
+    settings: Settings,
+    options: refinement.Options,
+    progress: Progress | None,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Stage 5: instance optimisation on the pyramid, kept only if it improves the similarity."""
+    record: dict[str, Any] = {"steps": sum(steps for _, steps in schedule)}
+    if record["steps"] == 0:
+        return start, record
+    velocity = refinement.refine_on_pyramid(
+        features, start, options, schedule,
+        velocity_stride=settings.velocity_stride,
+        coarse_level_velocity=settings.coarse_level_velocity,
+        progress=progress,
+    )  # fmt: skip
+    before = network.get("similarity_network", network["similarity_initial"])
+    if not network.get("kept", True):
+        before = network["similarity_initial"]
+    record["similarity_start"] = before
+    record["similarity_after"] = refinement.similarity_of(guard, velocity, options)
+    record["kept"] = record["similarity_after"] <= before
+    if not record["kept"]:
+        _warn(record, (
+            f"the refinement lowered the similarity from {before:.4f} to "
+            f"{record['similarity_after']:.4f} (lower is better); its result was dropped"
+        ))  # fmt: skip
+        return start, record
+    return velocity, record
+
+
+def _outputs(
+    inputs: _Inputs, working: _Working, affine: sitk.Transform, velocity: torch.Tensor
+) -> dict[str, Any]:
+    """Stage 6: the forward and inverse fields, the transform, the warped image, the Jacobian.
+
+    The velocity is integrated on its own grid and the displacement interpolated onto the
+    working grid: exactly the field that the refinement scored. The fields stay on the working
+    grid: the transform interpolates them linearly, which is what resampling them onto the
+    fixed grid first would do, without 24 bytes per fixed voxel for each (2.4 GiB each on a
+    512x512x400 CT).
+    """
+    grid, fixed = working.grid, inputs.fixed
     working_shape = list(grid.GetSize()[::-1])
-    coarse = [n // settings.velocity_stride for n in working_shape]
-    if model is not None:
-        stage("network")
-        velocity = _predict_velocity(
-            model, network_grid, grid, fixed_n, moving_n, affine, fixed_w, moving_w
-        )
-        velocity = resize_displacement(velocity, coarse)
-    else:
-        velocity = torch.zeros((1, ndim, *coarse), device=device)
-    timings["network"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    total_steps = settings.refine_steps
-    if total_steps > 0:
-        done = 0
-        for factor, steps in level_schedule(settings, working_shape):
-            if steps == 0:
-                continue
-            fixed_level, moving_level = fixed_w, moving_w
-            # a level coarser than the velocity grid refines a velocity on its own grid: the
-            # same field in fewer unknowns; step and smoothing keep their size in millimetres
-            stride = settings.velocity_stride
-            if settings.coarse_level_velocity:
-                stride = max(stride, factor)
-            level_grid = [n // stride for n in working_shape]
-            if list(velocity.shape[2:]) != level_grid:
-                velocity = resize_displacement(velocity, level_grid)
-            scale = settings.velocity_stride / stride
-            if factor > 1:
-                size = [n // factor for n in working_shape]
-                fixed_level = torch.nn.functional.interpolate(fixed_w, size=size, mode="area")
-                moving_level = torch.nn.functional.interpolate(moving_w, size=size, mode="area")
-
-            def level_progress(stage: str, step: int, total: int, offset: int = done) -> None:
-                if progress:
-                    progress(stage, offset + step, total_steps)
-
-            velocity = refine_velocity(
-                fixed_level,
-                moving_level,
-                velocity,
-                steps=steps,
-                similarity=settings.similarity,
-                smoothness=settings.smoothness,
-                learning_rate=settings.learning_rate * scale,
-                integration_steps=settings.integration_steps,
-                velocity_smoothing=settings.velocity_smoothing * scale,
-                volume_penalty=settings.volume_penalty,
-                sampling=settings.sampling,
-                mi_weight=settings.mi_weight,
-                seed=settings.seed + factor,
-                progress=level_progress,
-            )
-            done += steps
-    timings["refine"] = time.perf_counter() - start
-
-    start = time.perf_counter()
-    stage("output")
+    steps = inputs.integration_steps
     with torch.no_grad():
-        # The velocity is integrated on its own grid and the displacement interpolated onto
-        # the working grid: exactly the field that the refinement scored. Integrating the
-        # interpolated velocity on the working grid instead cost 8x the voxels (0.55 s of a 3 s
-        # registration on the real pair at 2 mm) for forward and inverse fields that agree
-        # scarcely better (round trip inverse(forward(p)) - p, mean: 0.21 against 0.22 mm on
-        # the real pair; 0.037 against 0.049 mm, worst 0.14 against 0.23 mm, on the 5 mm test
-        # phantom of test_registration).
-        forward = resize_displacement(
-            integrate_velocity(velocity, settings.integration_steps), working_shape
-        )
-        backward = resize_displacement(
-            integrate_velocity(-velocity, settings.integration_steps), working_shape
-        )
-        warped_w = warp(moving_w, forward)
-    # The fields stay on the working grid: the transform interpolates them linearly, which is
-    # what resampling them onto the fixed grid first would do, without 24 bytes per fixed
-    # voxel for each (2.4 GiB each on a 512x512x400 CT).
-    displacement_w = _physical_field(forward, grid)
-    inverse_w = _physical_field(backward, grid)
+        forward = resize_displacement(integrate_velocity(velocity, steps), working_shape)
+        backward = resize_displacement(integrate_velocity(-velocity, steps), working_shape)
+        warped_w = warp(working.images.moving, forward)
+    field = _physical_field(forward, grid)
+    inverse_field = _physical_field(backward, grid)
     del forward, backward
-    transform = sitk.CompositeTransform(ndim)
+    transform = sitk.CompositeTransform(fixed.GetDimension())
     transform.AddTransform(affine)
-    transform.AddTransform(sitk.DisplacementFieldTransform(sitk.Image(displacement_w)))
-    warped = apply_transform(transform, fixed, moving)
+    transform.AddTransform(sitk.DisplacementFieldTransform(sitk.Image(field)))
+    warped = apply_transform(transform, fixed, inputs.moving)
     # metrics.jacobian_determinant, not ITK's DisplacementFieldJacobianDeterminant: the latter
-    # ignores the image direction, so it was wrong for every non-identity direction. It is
-    # taken on the fixed grid, slab by slab, of the field interpolated there.
+    # ignores the image direction. It is taken on the fixed grid, slab by slab.
     jacobian = sitk.GetImageFromArray(
-        jacobian_determinant(displacement_w, reference=fixed, dtype=np.float32)
+        jacobian_determinant(field, reference=fixed, dtype=np.float32)
     )
     jacobian.CopyInformation(fixed)
-    timings["output"] = time.perf_counter() - start
+    return {
+        "field": field,
+        "inverse_field": inverse_field,
+        "transform": transform,
+        "warped": warped,
+        "warped_working": warped_w,
+        "jacobian": jacobian,
+    }
+
+
+def _report(
+    inputs: _Inputs,
+    working: _Working,
+    settings: Settings,
+    affine: sitk.Transform,
+    network: dict[str, Any],
+    refined: dict[str, Any],
+    outputs: dict[str, Any],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """Stage 7: inputs, settings, each stage's similarity and decision, quality and timings."""
+    ndim = inputs.fixed.GetDimension()
+    images = working.images
+    mask = images.fixed_mask
+    trained_spacing = (inputs.card or {}).get("preprocessing", {}).get("spacing")
+    warnings = [w for w in (working.memory["warning"], network.get("warning"),
+                            refined.get("warning")) if w]  # fmt: skip
+
+    def modality(decision: preprocess.ModalityDecision) -> dict[str, Any]:
+        return {
+            "modality": decision.modality,
+            "modality_decided_by": decision.decided_by,
+            "hu_offset": decision.hu_offset,
+        }
 
     report = {
         "intermodal_version": __version__,
         "inputs": {
-            "fixed": {"modality": fixed_modality, **geometry(fixed)},
-            "moving": {"modality": moving_modality, **geometry(moving)},
+            "fixed": {**modality(inputs.fixed_modality), **geometry(inputs.fixed)},
+            "moving": {**modality(inputs.moving_modality), **geometry(inputs.moving)},
         },
-        "settings": asdict(settings),
-        "model_path": model_path,
-        "model_card": card,
-        "device": str(device),
-        "working_grid": geometry(grid),
+        "settings": {**asdict(settings), "integration_steps": inputs.integration_steps},
+        "model_path": inputs.model_path,
+        "model_card": inputs.card,
+        "device": str(images.fixed.device),
+        "working_grid": geometry(working.grid),
         # spacing (mm, x y z) the network ran at: its trained one, whatever the working grid
         "network_spacing": None
-        if model is None
-        else [float(v) for v in np.broadcast_to(trained_spacing or grid.GetSpacing(), (ndim,))],
+        if inputs.model is None
+        else [
+            float(v) for v in np.broadcast_to(trained_spacing or working.grid.GetSpacing(), (ndim,))
+        ],  # fmt: skip
         "initial_transform": {
             "type": affine.GetName(),
+            "method": settings.init,
             "parameters": list(affine.GetParameters()),
             "fixed_parameters": list(affine.GetFixedParameters()),
+            "overlap": working.overlap,
         },
+        "stages": {"network": network, "refine": refined},
         "nmi": {
-            "before": _nmi_on(fixed_w, moving_raw, mask),
-            "after_initial": _nmi_on(fixed_w, moving_w, mask),
-            "after": _nmi_on(fixed_w, warped_w, mask),
+            "before": _nmi_on(images.fixed, working.moving_unaligned, mask),
+            "after_initial": _nmi_on(images.fixed, images.moving, mask),
+            "after": _nmi_on(images.fixed, outputs["warped_working"], mask),
         },
-        "jacobian": jacobian_statistics(jacobian),
+        "jacobian": jacobian_statistics(outputs["jacobian"]),
         "timings_s": {name: round(value, 4) for name, value in timings.items()},
-        "memory": {k: v for k, v in memory.items() if k != "warning"},
-        "warnings": [memory["warning"]] if memory["warning"] else [],
+        "memory": {k: v for k, v in working.memory.items() if k != "warning"},
+        "warnings": warnings,
     }
     report["timings_s"]["total"] = round(sum(timings.values()), 4)
-    return RegistrationResult(
-        fixed=fixed,
-        moving=moving,
-        affine=affine,
-        field=displacement_w,
-        inverse_field=inverse_w,
-        transform=transform,
-        warped=warped,
-        jacobian=jacobian,
-        report=report,
-        fixed_normalized=fixed_n,
-        moving_normalized=moving_n,
-    )
+    return report
 
 
 def settings_from_mapping(values: dict[str, Any]) -> Settings:
@@ -976,11 +1060,9 @@ def settings_from_mapping(values: dict[str, Any]) -> Settings:
 __all__: Sequence[str] = [
     "Settings",
     "PRESETS",
-    "level_schedule",
     "preset_settings",
     "RegistrationResult",
     "register",
-    "refine_velocity",
     "apply_transform",
     "map_points",
     "jacobian_statistics",

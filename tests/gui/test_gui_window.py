@@ -554,21 +554,21 @@ def test_open_from_dialogs_and_a_dicom_folder(window, tmp_path, small_pair_files
 def test_a_preset_fills_the_panel_for_the_fixed_image_and_options_override_it(
     qtbot, window, pair_2d_files, dialogs
 ):
-    window.set_registration_options({"preset": "fast"})  # no image yet: the 3D values
+    window.set_registration_options({"preset": "default"})  # no image yet: the 3D values
     options = window.registration_options()
-    assert (options["preset"], options["model"], options["refine"]) == ("fast", None, 18)
-    assert options["init"] == "moments"
+    assert (options["preset"], options["model"], options["refine"]) == ("default", None, 80)
+    assert options["init"] == "rigid"
     _open_pair(window, pair_2d_files)  # a 2D fixed image: the panel takes the 2D values
     options = window.registration_options()
-    assert (options["model"], options["refine"], options["init"]) == ("auto", 6, "moments")
+    assert (options["model"], options["refine"], options["init"]) == (None, 80, "rigid")
     window.set_registration_options({"refine": 4})  # an edit beats the preset
     with qtbot.waitSignal(window.registration_finished, timeout=120_000) as finished:
         assert window.start_registration()
     assert finished.args == ["succeeded"] and dialogs == []
     settings = window.scene.result.report["settings"]
-    assert (settings["refine"], settings["init"]) == (4, "moments")
-    assert (settings["learning_rate"], settings["integration_steps"]) == (0.3, 3)  # the preset's
+    assert (settings["refine"], settings["init"]) == (4, "rigid")
+    assert settings["sampling"] == 0.25  # the preset's
     window.set_registration_options({"preset": "default"})
-    assert window.registration_options()["refine"] == 90
+    assert window.registration_options()["refine"] == 80
     with pytest.raises(IntermodalError, match="unknown preset 'quick'"):
         window.set_registration_options({"preset": "quick"})

@@ -68,9 +68,9 @@ logger = logging.getLogger(__name__)
 
 ROLES = ("fixed", "moving")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-DEFAULT_REFINE = 90
+DEFAULT_REFINE = 80
 """The default of :attr:`intermodal.registration.Settings.refine` (a test keeps them equal)."""
-DEFAULT_INIT = "affine"
+DEFAULT_INIT = "rigid"
 MAX_RECENT = 10
 WINDOW_CHOICES = ("auto", "soft tissue", "bone", "lung", "full range", "custom")
 MOVING_STATE_TITLES = {
@@ -85,12 +85,12 @@ IMAGE_FILTER = (
 
 
 def model_choices() -> tuple[list[str], str]:
-    """The model choices offered, and the default (the library's ``auto`` where it has one)."""
+    """The model choices offered, and the default (the library's: none)."""
     try:
         from intermodal.models import BUNDLED
     except ImportError:
         return ["none"], "none"
-    return ["auto", "none", *BUNDLED], "auto"
+    return ["none", "auto", *BUNDLED], "none"
 
 
 def _has_report(path: Path) -> bool:
@@ -205,9 +205,8 @@ class MainWindow(QMainWindow):
         self.preset_box = QComboBox()
         self.preset_box.addItems(list(PRESET_NAMES))
         self.preset_box.setToolTip(
-            "default: the most accurate; smooth: smoother fields (SDlogJ under 0.1); fast: "
-            "in 3D about a tenth of ANTs SyNRA's time, less accurate. Choosing one fills the "
-            "model, steps and alignment below, which then override it"
+            "default: the one preset, accurate and fast. Choosing it fills the model, steps "
+            "and alignment below, which then override it"
         )
         self._preset_ndim = 3  # the dimension whose preset values fill the panel
         self.preset_box.currentTextChanged.connect(lambda _name: self._fill_from_preset())
@@ -219,8 +218,8 @@ class MainWindow(QMainWindow):
         self.model_edit.addItems(choices)
         self.model_edit.setCurrentText(default)
         self.model_edit.setToolTip(
-            "auto: the bundled model for the images' dimension; none: refinement alone; "
-            "or the path of a .safetensors model with its card"
+            "none: refinement alone (the default); auto: the bundled model for the images' "
+            "dimension, kept only if it improves the similarity; or a .safetensors model path"
         )
         self.model_edit.setMinimumContentsLength(8)
         self.model_edit.setSizeAdjustPolicy(
@@ -948,7 +947,7 @@ class MainWindow(QMainWindow):
         ndim = 3 if fixed is None else fixed.image.GetDimension()
         self._preset_ndim = ndim
         values = PRESETS[self.preset_box.currentText()][ndim]
-        self.model_edit.setCurrentText(values.get("model", "auto") or "none")
+        self.model_edit.setCurrentText(values.get("model") or "none")
         self.refine_spin.setValue(int(values.get("refine", DEFAULT_REFINE)))
         self.init_box.setCurrentText(values.get("init", DEFAULT_INIT))
 

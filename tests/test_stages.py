@@ -1,0 +1,161 @@
+"""register's stages: the guard, the initial alignment alone, masks, the model card, faults."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from intermodal.checkpoint import save_model
+from intermodal.cli import main
+from intermodal.errors import IntermodalError
+from intermodal.networks import RegistrationModel
+from intermodal.registration import Settings, register
+
+FAST = dict(spacing=5.0, device="cpu", refine=12)
+
+
+def _shifting_model(tmp_path, ndim: int = 3, value: float = 3.0, card: dict | None = None):
+    """A model that predicts one large constant velocity whatever it sees: harmful."""
+    model = RegistrationModel(ndim=ndim)
+    with torch.no_grad():
+        model.unet.head.weight.zero_()
+        model.unet.head.bias.copy_(torch.tensor([value] + [0.0] * (ndim - 1)))
+    return save_model(model, tmp_path / "harmful.safetensors", card or {})
+
+
+def test_the_guard_drops_a_harmful_model(tmp_path, small_pair, caplog):
+    """The network's field lowers the similarity: it is dropped with a warning, and the result
+    is that of no model (to rounding: the model's size constraint pads the working grid)."""
+    path = _shifting_model(tmp_path)
+    with caplog.at_level("WARNING"):
+        guarded = register(small_pair.ct, small_pair.mr, Settings(model=str(path), **FAST))
+    plain = register(small_pair.ct, small_pair.mr, Settings(model=None, **FAST))
+    network = guarded.report["stages"]["network"]
+    assert network["kept"] is False
+    assert network["similarity_network"] > network["similarity_initial"]
+    assert any("network's field" in w for w in guarded.report["warnings"])
+    assert "network's field" in caplog.text
+    np.testing.assert_allclose(
+        sitk.GetArrayFromImage(guarded.displacement),
+        sitk.GetArrayFromImage(plain.displacement),
+        atol=0.05,
+    )
+
+
+def test_the_guard_drops_a_refinement_that_lowers_the_similarity(small_pair, monkeypatch):
+    import intermodal.refinement as refinement
+
+    def harmful(features, velocity, *args, **kwargs):
+        return velocity + 4.0
+
+    monkeypatch.setattr(refinement, "refine_on_pyramid", harmful)
+    result = register(small_pair.ct, small_pair.mr, Settings(**FAST))
+    refined = result.report["stages"]["refine"]
+    assert refined["kept"] is False
+    assert refined["similarity_after"] > refined["similarity_start"]
+    assert any("refinement lowered" in w for w in result.report["warnings"])
+    assert np.abs(sitk.GetArrayFromImage(result.displacement)).max() == 0.0
+
+
+def test_a_kept_refinement_improves_the_similarity(small_pair):
+    result = register(small_pair.ct, small_pair.mr, Settings(**FAST))
+    refined = result.report["stages"]["refine"]
+    assert refined["kept"] is True
+    assert refined["similarity_after"] < refined["similarity_start"]
+    assert result.report["warnings"] == []
+
+
+def test_no_model_and_no_refinement_is_the_initial_alignment_alone(small_pair, tmp_path):
+    from intermodal.report import save_result
+
+    result = register(small_pair.ct, small_pair.mr, Settings(refine=0, spacing=5.0))
+    assert np.abs(sitk.GetArrayFromImage(result.displacement)).max() == 0.0
+    assert result.report["stages"]["refine"]["steps"] == 0
+    affine_only = sitk.Resample(small_pair.mr, small_pair.ct, result.affine, sitk.sitkLinear)
+    np.testing.assert_allclose(
+        sitk.GetArrayFromImage(result.warped), sitk.GetArrayFromImage(affine_only), atol=1e-3
+    )
+    save_result(result, tmp_path / "out")
+    assert (tmp_path / "out" / "transform.h5").exists()
+    assert (tmp_path / "out" / "report.json").exists()
+
+
+def test_images_that_do_not_overlap_are_refused(small_pair):
+    far = sitk.Image(small_pair.mr)
+    far.SetOrigin((5000.0, 0.0, 0.0))
+    with pytest.raises(IntermodalError, match="do not overlap after the initial alignment"):
+        register(small_pair.ct, far, Settings(init="none", **FAST))
+
+
+def test_bad_masks_are_refused(small_pair):
+    other_grid = sitk.Image([n // 2 for n in small_pair.ct.GetSize()], sitk.sitkUInt8) + 1
+    with pytest.raises(IntermodalError, match="fixed mask is not on the fixed image's grid"):
+        register(small_pair.ct, small_pair.mr, Settings(**FAST), fixed_mask=other_grid)
+    empty = sitk.Image(small_pair.mr.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(small_pair.mr)
+    with pytest.raises(IntermodalError, match="moving mask has no foreground"):
+        register(small_pair.ct, small_pair.mr, Settings(**FAST), moving_mask=empty)
+
+
+def test_a_mask_limits_what_the_similarity_counts(small_pair):
+    """A fixed mask of half the image gives another result than none, and is recorded."""
+    array = np.zeros(sitk.GetArrayViewFromImage(small_pair.ct).shape, np.uint8)
+    array[:, :, : array.shape[2] // 2] = 1
+    mask = sitk.GetImageFromArray(array)
+    mask.CopyInformation(small_pair.ct)
+    masked = register(small_pair.ct, small_pair.mr, Settings(**FAST), fixed_mask=mask)
+    plain = register(small_pair.ct, small_pair.mr, Settings(**FAST))
+    assert masked.report["stages"]["network"]["similarity_initial"] != pytest.approx(
+        plain.report["stages"]["network"]["similarity_initial"]
+    )
+
+
+def test_the_cli_refuses_a_bad_mask_naming_the_file(capsys, tmp_path, small_pair_files):
+    small = sitk.Image(8, 8, 8, sitk.sitkUInt8) + 1
+    path = tmp_path / "mask.nii.gz"
+    sitk.WriteImage(small, str(path))
+    argv = ["register", "--fixed", small_pair_files["ct"], "--moving", small_pair_files["mr"],
+            "--out", tmp_path / "out", "--fixed-mask", path, "--quiet"]  # fmt: skip
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert str(path) in err and "not on its image's grid" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_model_card_sets_the_integration_steps_and_refuses_a_contradiction(
+    tmp_path, small_pair, monkeypatch
+):
+    card = {"preprocessing": {"normalisation": {"ct": "HU window -1000..1000",
+                                                "mr": "percentiles 0.5..99.5"}}}  # fmt: skip
+    path = _shifting_model(tmp_path, value=0.0, card=card)
+    steps = json.loads(path.with_suffix(".json").read_text())["network"]["integration_steps"]
+    result = register(small_pair.ct, small_pair.mr, Settings(model=str(path), **FAST))
+    assert result.report["settings"]["integration_steps"] == steps
+    other = 3 if steps != 3 else 4
+    with pytest.raises(IntermodalError, match="integration steps"):
+        register(small_pair.ct, small_pair.mr,
+                 Settings(model=str(path), integration_steps=other, **FAST))  # fmt: skip
+    with pytest.raises(IntermodalError, match="HU window"):
+        register(small_pair.ct, small_pair.mr,
+                 Settings(model=str(path), hu_window=(-500.0, 500.0), **FAST))  # fmt: skip
+    without = register(small_pair.ct, small_pair.mr, Settings(model=None, **FAST))
+    assert without.report["settings"]["integration_steps"] == 5
+
+
+def test_report_says_how_each_modality_was_decided(small_pair):
+    offset = sitk.Cast(sitk.Clamp(small_pair.ct + 1024.0, lowerBound=0.0), sitk.sitkInt16)
+    result = register(offset, small_pair.mr, Settings(refine=0, spacing=5.0))
+    fixed = result.report["inputs"]["fixed"]
+    assert (fixed["modality"], fixed["modality_decided_by"], fixed["hu_offset"]) == (
+        "ct", "intensities", 1024.0,
+    )  # fmt: skip
+    tagged = sitk.Image(small_pair.mr)
+    tagged.SetMetaData("intermodal:modality", "MR")
+    result = register(small_pair.ct, tagged, Settings(refine=0, spacing=5.0))
+    assert result.report["inputs"]["moving"]["modality_decided_by"] == "metadata"
