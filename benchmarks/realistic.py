@@ -466,9 +466,18 @@ def _provenance() -> dict[str, Any]:
 
 
 def run(
-    set_name: str, split: str, cases: int, methods: Sequence[str], threads: int, first: int = 0
+    set_name: str,
+    split: str,
+    cases: int,
+    methods: Sequence[str],
+    threads: int,
+    first: int = 0,
+    tag: str | None = None,
 ) -> Path:
-    """Run ``methods`` on cases ``first..first+cases-1`` of a set's split; update its JSON."""
+    """Run ``methods`` on cases ``first..first+cases-1`` of a set's split; update its JSON.
+
+    ``tag``: recorded under ``<method>@<tag>`` (e.g. a commit), beside untagged rows.
+    """
     from intermodal.data import realistic
 
     MEASURED.mkdir(parents=True, exist_ok=True)
@@ -478,6 +487,7 @@ def run(
         "date": time.strftime("%Y-%m-%dT%H:%M%z"),
         "command": "benchmarks/realistic.py " + " ".join(sys.argv[1:]),
         "threads": threads,
+        "tag": tag,
         "cpus": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
         "versions": _versions(),
@@ -495,6 +505,7 @@ def run(
                 reference = None
                 if case.reference_key is not None:
                     key = (method, case.reference_key)
+                    label = method if tag is None else f"{method}@{tag}"
                     if key not in references:
                         pair = realistic.reference_pair(case.reference_key)
                         name = "reference_" + case.reference_key.replace("/", "_")
@@ -507,7 +518,7 @@ def run(
                             if "error" in outcome
                             else sitk.ReadImage(out, sitk.sitkVectorFloat64)
                         )
-                        record.setdefault("references", {})[f"{method}/{case.reference_key}"] = (
+                        record.setdefault("references", {})[f"{label}/{case.reference_key}"] = (
                             outcome
                         )
                     reference = references[key]
@@ -521,8 +532,9 @@ def run(
                     else:
                         recovered = sitk.Cast(sitk.ReadImage(out), sitk.sitkVectorFloat64)
                         row["scores"] = score_case(case, recovered, reference)
-                record["results"].setdefault(method, {})[case.name] = row
-                _log(method, case.name, row)
+                label = method if tag is None else f"{method}@{tag}"
+                record["results"].setdefault(label, {})[case.name] = row
+                _log(label, case.name, row)
                 path.write_text(json.dumps(record, indent=1, default=_json_default) + "\n")
     return path
 
@@ -622,6 +634,7 @@ def _parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=f"comma-separated, from {','.join(METHODS)}",
     )  # fmt: skip
     parser.add_argument("--threads", type=int, default=1, help="threads for every method")
+    parser.add_argument("--tag", help="record the methods as <method>@<tag> (e.g. a commit)")
     parser.add_argument("--table", action="store_true", help="print the tables from the JSON")
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m]
@@ -646,7 +659,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from intermodal.data.realistic import RealPairMissing
 
     try:
-        path = run(args.set_name, args.split, args.cases, args.methods, args.threads, args.first)
+        path = run(
+            args.set_name,
+            args.split,
+            args.cases,
+            args.methods,
+            args.threads,
+            args.first,
+            args.tag,
+        )
     except RealPairMissing as err:
         print(f"skipped: {err}", file=sys.stderr)
         return 2
