@@ -105,9 +105,9 @@ def test_render_mr_bias_field_is_multiplicative_and_smooth():
     ratio_fat = log_ratio[labels[body] == 1]
     ratio_soft = log_ratio[labels[body] == 2]
     assert abs(ratio_fat.mean() - ratio_soft.mean()) < 2 * log_ratio.std()
-    # Smooth: neighbouring voxels differ by a small fraction of the field's spread.
+    # Smooth: neighbouring voxels (2 mm apart) differ by under half the field's spread.
     step = np.abs(np.diff(full, axis=2))[body[:, :, 1:] & body[:, :, :-1]]
-    assert step.max() < 0.1 * log_ratio.std() * 5
+    assert step.max() < 0.5 * log_ratio.std()
 
 
 def test_render_mr_field_of_view_zeroes_outside_the_centred_slab():

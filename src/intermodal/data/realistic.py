@@ -554,6 +554,7 @@ def _slice_pair(
 
 
 def _slices_2d(rng: np.random.Generator, data_dir: str | Path | None, kind: str) -> dict[str, Any]:
+    """A 2D case: the unmoved pair of ``kind`` with its MR moved by a known 2D motion."""
     fixed, moving, info = _slice_pair(kind, data_dir)
     ct, mr = load_real_pair(data_dir)
     mm_per_unit = 1.0
