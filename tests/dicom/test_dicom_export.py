@@ -10,9 +10,9 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from dicom_cases import make_result
 from dicom_helpers import dciodvfy_errors, write_series
 
-from conftest import make_result
 from intermodal.dicom import DicomError, export_dicom, read_registration
 from intermodal.dicom.series import quantise
 from intermodal.dicom.spatial_registration import (

@@ -209,7 +209,7 @@ def test_bad_not_a_structure_set(case) -> None:
 
 
 def test_contours_on_a_slice_the_ct_lacks_reference_no_image(tmp_path: Path) -> None:
-    from conftest import make_result
+    from dicom_cases import make_result
 
     case = make_result(tmp_path, ct_missing_slice=True)
     path = _structure_set(case, case.moving, case.mr, "mr_rois.dcm")
