@@ -444,6 +444,7 @@ def test_coarse_levels_refine_a_coarser_velocity_and_still_register(small_pair, 
         refine=30,
         spacing=5.0,
         pyramid=(4, 2, 1),
+        velocity_stride=2,
         coarse_level_velocity=False,
         device="cpu",
     )

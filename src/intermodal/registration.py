@@ -127,7 +127,7 @@ class Settings:
     similarity: str = "mind"
     smoothness: float = 0.5
     learning_rate: float = 0.1
-    velocity_stride: int = 2
+    velocity_stride: int = 4
     velocity_smoothing: float = 2.0
     volume_penalty: float = 0.4
     sampling: float = 0.25
