@@ -59,8 +59,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402
 import real_pair  # noqa: E402
 
-from intermodal.registration import PRESETS  # noqa: E402
-
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "out" / "compare"  # transforms, logs and the QC figure (ignored)
 # each part's measured rows (JSON, committed), so that --render-only rebuilds RESULTS.md
@@ -142,7 +140,7 @@ INTERMODAL_SETTINGS = {
         "integration_steps": 2,
     },
 }
-SMOOTH_SETTINGS = PRESETS["smooth"]
+SMOOTH_SETTINGS = peers.FORMER_PRESETS["smooth"]
 
 
 def uses_bundled(method: str, dim: int) -> bool:

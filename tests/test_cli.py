@@ -287,13 +287,15 @@ def test_demo_prints_dice_gain(capsys, tmp_path):
         for line in stdout.splitlines()
         if line.startswith("Dice")
     }
-    # the bundled 3D model then refinement, against the affine alone (measured with the
-    # default 90 steps: 0.592 -> 0.833; 40 steps here to keep the test short)
-    assert set(means) == {"before", "affine", "model", "model+refine"}
-    assert means["model+refine"] > means["affine"] + 0.1
+    # the subject's MR moved and deformed onto its own CT: each stage improves on the last
+    # (measured with the default 80 steps: 0.455 -> 0.791 -> 0.905; 40 steps here)
+    assert set(means) == {"before", "alignment", "refinement"}
+    assert means["alignment"] > means["before"] + 0.1
+    assert means["refinement"] > means["alignment"] + 0.03
+    assert "dropped by the guard" not in stdout
     assert (tmp_path / "demo" / "warped_labels.nii.gz").is_file()
     report = json.loads((tmp_path / "demo" / "report.json").read_text(encoding="utf-8"))
-    assert report["model_path"].endswith("pelvis3d.safetensors")
+    assert report["model_path"] is None
 
 
 def test_synth_writes_a_manifest(capsys, tmp_path):
@@ -338,16 +340,16 @@ def test_level_and_integration_steps_options_reach_the_settings(capsys, small_pa
     out = tmp_path / "levels"
     code, _, _ = _run(
         capsys, "register", "--fixed", small_pair_files["ct"], "--moving",
-        small_pair_files["mr"], "--out", out, "--level-steps", "4,4,8", "--integration-steps",
+        small_pair_files["mr"], "--out", out, "--level-steps", "4,8", "--integration-steps",
         "2", *fast,
     )  # fmt: skip
     assert code == 0
     settings = json.loads((out / "report.json").read_text(encoding="utf-8"))["settings"]
-    assert (settings["level_steps"], settings["integration_steps"]) == ([4, 4, 8], 2)
+    assert (settings["level_steps"], settings["integration_steps"]) == ([4, 8], 2)
     for options, message in (
-        (("--level-steps", "4,8"), "level steps"),
+        (("--level-steps", "4,4,8"), "level steps"),
         (("--integration-steps", "-1"), "integration steps"),
-        (("--level-steps", "4,4,8", "--refine", "30"), "not both"),
+        (("--level-steps", "4,8", "--refine", "30"), "not both"),
     ):
         out = tmp_path / f"bad{len(options)}"
         code, _, stderr = _run(

@@ -109,5 +109,14 @@ def test_data_mask_leaves_out_ct_padding_only():
     expected = np.zeros((4, 6), np.uint8)
     expected[:, 2:] = 1  # air is scanned data; only the padding is left out
     np.testing.assert_array_equal(sitk.GetArrayFromImage(mask), expected)
-    mr = sitk.GetImageFromArray(np.zeros((4, 6), np.float32))  # an MR: every voxel counts
-    assert sitk.GetArrayFromImage(preprocess.data_mask(mr, "mr")).min() == 1
+    # an MR: the box of its non-zero voxels; zero rows and columns outside it are no data, the
+    # zeros inside it (air around the body) count
+    values = np.zeros((5, 6), np.float32)
+    values[1:4, 2:5] = 7.0
+    values[2, 3] = 0.0
+    mr = sitk.GetImageFromArray(values)
+    expected = np.zeros((5, 6), np.uint8)
+    expected[1:4, 2:5] = 1
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(preprocess.data_mask(mr, "mr")), expected)
+    empty = sitk.GetImageFromArray(np.zeros((4, 6), np.float32))
+    assert sitk.GetArrayFromImage(preprocess.data_mask(empty, "mr")).max() == 0

@@ -78,10 +78,11 @@ def test_screenshot_after_registering_a_2d_pair(tmp_path, pair_2d_files):
     assert "propagateSizeHints" not in done.stderr
     picture = _picture(shot)
     assert picture.shape == (900, 1400, 3)
-    # the view on the right holds the coloured Jacobian map, not an empty or gray view
+    # the view on the right holds the coloured Jacobian map, not an empty or gray view (a gray
+    # pixel has red = blue; the default field is smooth, det near 1, so the tint is light)
     view = picture[100:800, 500:1300].astype(int)
-    colourful = np.abs(view[..., 0] - view[..., 2]) > 30
-    assert colourful.mean() > 0.01
+    colourful = np.abs(view[..., 0] - view[..., 2]) > 10
+    assert colourful.mean() > 0.05
     assert not (tmp_path / "config").exists() or not any((tmp_path / "config").rglob("*.conf"))
 
 

@@ -26,7 +26,9 @@ REGISTER_OUTPUTS = {
     "displacement.nii.gz",
     "inverse_displacement.nii.gz",
     "jacobian.nii.gz",
+    "qa.json",
     "qc.png",
+    "report.html",
     "report.json",
     "transform.h5",
     "warped.nii.gz",
@@ -233,7 +235,6 @@ def test_cancel_a_running_registration(qtbot, window, pair_2d_files, dialogs):
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"refine": 0, "model": None}, "--model none with --refine 0"),
         ({"refine": 10, "model": "/nonexistent/model.safetensors"}, "model weights file not found"),
     ],
 )
@@ -426,7 +427,7 @@ def test_export_writes_what_register_writes_and_open_result_reads_it(
     assert fresh.registration_options() == {
         **FAST,
         "preset": "default",
-        "init": "affine",
+        "init": "rigid",
         "device": "auto",
     }
     np.testing.assert_allclose(

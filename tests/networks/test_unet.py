@@ -172,8 +172,8 @@ def test_bad_integration_steps(steps):
 @pytest.mark.parametrize("output_stride", [1, 2, 4])
 def test_constant_velocity_gives_the_matching_translation(ndim, output_stride):
     # Head weights 0 and bias c: the velocity is the constant c voxels of the coarse
-    # grid, exp(c) is the translation c, and on the input grid (corners aligned) it
-    # is c * (n - 1) / (n / stride - 1) voxels along each axis.
+    # grid, exp(c) is the translation c, and on the input grid (cell-centred, like the
+    # pyramid) it is c * stride voxels along each axis.
     model = RegistrationModel(ndim, output_stride=output_stride)
     shift = torch.tensor([0.5, -1.0, 0.25][:ndim])
     with torch.no_grad():
@@ -182,6 +182,6 @@ def test_constant_velocity_gives_the_matching_translation(ndim, output_stride):
     fixed, moving = pair(ndim)
     out = model(fixed, moving)
     for axis, size in enumerate(SPATIAL[ndim]):
-        expected = shift[axis] * (size - 1) / (size // output_stride - 1)
+        expected = shift[axis] * size / (size // output_stride)
         assert torch.allclose(out.velocity[:, axis], shift[axis])
         assert torch.allclose(out.displacement[:, axis], expected.expand(1, *SPATIAL[ndim]))
