@@ -10,6 +10,12 @@ Written down before they ran (issue 23: no sweeps; a handful of candidates with 
   preset, which scored +0.03 Dice over the default on unseen data in the issue's review);
 - C3: C2 with the velocity on an 8 mm grid instead of 4 mm (fewer unknowns, smoother).
 
+Added after C3 was chosen and the real pair's NMI fell short of ANTs' (a second, separate
+decision by the same rule against C3, declared before it ran):
+
+- C4: C3 with a mutual-information term (weight 1 nat) beside MIND: MI is what aligns the
+  intensities of the real MR to the real CT globally, where MIND sees only local structure.
+
 Rule: the highest mean Dice on the rendered tuning cases among the candidates whose mean
 known-motion error (real_motion tuning cases) is within 0.5 mm of the best; nearer than 0.005
 Dice, the faster. Nothing here ever reads the held-out split.
@@ -42,6 +48,8 @@ CANDIDATES = {
                          volume_penalty=0.4, smoothness=0.5),
     "C3_C2_vel8mm": dict(pyramid=(4, 2), refine=80, sampling=0.25, velocity_stride=4,
                          volume_penalty=0.4, smoothness=0.5),
+    "C4_C3_mi": dict(pyramid=(4, 2), refine=80, sampling=0.25, velocity_stride=4,
+                     volume_penalty=0.4, smoothness=0.5, mi_weight=1.0),
 }  # fmt: skip
 OUT = Path(__file__).resolve().parent / "measured" / "default_candidates.json"
 
