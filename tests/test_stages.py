@@ -160,3 +160,43 @@ def test_report_says_how_each_modality_was_decided(small_pair):
     tagged.SetMetaData("intermodal:modality", "MR")
     result = register(small_pair.ct, tagged, Settings(refine=0, spacing=5.0))
     assert result.report["inputs"]["moving"]["modality_decided_by"] == "metadata"
+
+
+def test_register_puts_label_agreement_and_tre_into_the_qa_report(capsys, tmp_path,
+                                                                   small_pair_files):  # fmt: skip
+    fixed_points = tmp_path / "fixed.csv"
+    moving_points = tmp_path / "moving.csv"
+    fixed_points.write_text("x,y,z\n0,0,0\n10,-5,8\n")
+    moving_points.write_text("x,y,z\n1,0,0\n10,-4,9\n")
+    out = tmp_path / "out"
+    argv = ["register", "--fixed", small_pair_files["ct"], "--moving", small_pair_files["mr"],
+            "--out", out, "--labels", small_pair_files["mr_labels"],
+            "--fixed-labels", small_pair_files["ct_labels"],
+            "--landmarks", fixed_points, moving_points,
+            "--spacing", "5", "--refine", "8", "--quiet"]  # fmt: skip
+    assert main([str(a) for a in argv]) == 0
+    qa = json.loads((out / "qa.json").read_text())
+    assert qa["rois"] and all(0 < row["dice"] <= 1 for row in qa["rois"])
+    assert {"mean_distance_mm", "hd95_mm", "dice_passed"} <= set(qa["rois"][0])
+    assert qa["landmarks"]["count"] == 2 and qa["landmarks"]["mean_mm"] > 0
+    page = (out / "report.html").read_text()
+    assert "label 1 (on fixed)" in page and "Target registration error" in page
+
+
+def test_register_refuses_bad_qa_inputs_before_writing(capsys, tmp_path, small_pair_files):
+    one = tmp_path / "one.csv"
+    two = tmp_path / "two.csv"
+    one.write_text("x,y,z\n0,0,0\n")
+    two.write_text("x,y,z\n0,0,0\n1,1,1\n")
+    base = ["register", "--fixed", small_pair_files["ct"], "--moving", small_pair_files["mr"],
+            "--quiet"]  # fmt: skip
+    cases = [
+        (["--landmarks", one, two], "must list the same landmarks"),
+        (["--fixed-labels", small_pair_files["ct_labels"]], "needs --labels"),
+    ]
+    for extra, message in cases:
+        out = tmp_path / f"out{len(extra)}"
+        code = main([str(a) for a in [*base, "--out", out, *extra]])
+        err = capsys.readouterr().err
+        assert code != 0 and message in err and len(err.strip().splitlines()) == 1
+        assert not out.exists()

@@ -202,6 +202,8 @@ def cmd_register(args: argparse.Namespace) -> int:
     moving = read_image(args.moving, series=args.moving_series)
     labels = read_image(args.labels) if args.labels else None
     points = read_points(args.points) if args.points else None
+    fixed_labels = _read_fixed_labels(args.fixed_labels, labels, fixed)
+    landmarks = _read_landmarks(args.landmarks)
     masks = {
         f"{name}_mask": _read_mask(path, image)
         for name, path, image in (
@@ -227,10 +229,71 @@ def cmd_register(args: argparse.Namespace) -> int:
     save_result(
         result, out, overwrite=args.overwrite, labels=labels, points=points, extra_report=extra
     )
+    if fixed_labels is not None or landmarks is not None:
+        _add_qa_measures(out, result, labels, fixed_labels, landmarks)
     print(_summary(result.report, out))
     if args.dicom:
         _export_dicom(args, out, overwrite=False)
     return 0
+
+
+def _read_fixed_labels(path: str | None, labels, fixed):
+    """``--fixed-labels``, checked before registering: on the fixed grid, with ``--labels``."""
+    if path is None:
+        return None
+    from intermodal.errors import IntermodalError
+    from intermodal.grids import same_grid
+    from intermodal.io import read_image
+
+    if labels is None:
+        raise IntermodalError(f"{path}: --fixed-labels needs --labels (the moving image's labels)")
+    image = read_image(path)
+    if not same_grid(image, fixed, tolerance=1e-3):
+        raise IntermodalError(f"{path}: the fixed labels are not on the fixed image's grid")
+    return image
+
+
+def _read_landmarks(paths):
+    """``--landmarks FIXED MOVING``: two point lists of one length, checked before registering."""
+    if not paths:
+        return None
+    from intermodal.errors import IntermodalError
+    from intermodal.io import read_points
+
+    fixed_points, moving_points = (read_points(path) for path in paths)
+    if fixed_points.shape != moving_points.shape:
+        raise IntermodalError(
+            f"{paths[1]}: {len(moving_points)} landmarks against {len(fixed_points)} in "
+            f"{paths[0]}; the two files must list the same landmarks in the same order"
+        )
+    return fixed_points, moving_points
+
+
+def _add_qa_measures(out: Path, result, labels, fixed_labels, landmarks) -> None:
+    """Label agreement and TRE into the QA report (qa.json, report.html) of ``out``."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from intermodal.dicom.export import roi_agreement
+    from intermodal.qa_report import landmark_measures, largest_voxel, write_qa_report
+
+    agreement = None
+    if fixed_labels is not None:
+        warped = sitk.GetArrayFromImage(result.warp_image(labels, labels=True))
+        target = sitk.GetArrayFromImage(fixed_labels)
+        values = sorted((set(np.unique(target)) & set(np.unique(warped))) - {0})
+        names = {f"label {int(v)}": v for v in values}
+        agreement = roi_agreement(
+            {"fixed": {name: warped == v for name, v in names.items()}, "moving": {}},
+            {"fixed": {name: target == v for name, v in names.items()}, "moving": {}},
+            result.fixed, result.moving,
+        )  # fmt: skip
+    measured = None
+    if landmarks is not None:
+        measured = landmark_measures(
+            result.transform, *landmarks, largest_voxel(result.fixed, result.moving)
+        )
+    write_qa_report(out, agreement=agreement, landmarks=measured)
 
 
 def _read_mask(path: str, image):
@@ -646,6 +709,16 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--out", required=True, help="output directory")
     register.add_argument("--labels", help="label map in the moving image's space")
     register.add_argument("--points", help="CSV of fixed-space points (x,y[,z] in mm)")
+    register.add_argument(
+        "--fixed-labels",
+        help="label map on the fixed image's grid, the same labels as --labels: the QA report "
+        "(report.html) gives Dice, mean distance to agreement and HD95 per label",
+    )
+    register.add_argument(
+        "--landmarks", nargs=2, metavar=("FIXED_CSV", "MOVING_CSV"),
+        help="paired landmarks (x,y[,z] mm, one per row in the same order) for the QA report's "
+        "target registration error",
+    )  # fmt: skip
     register.add_argument(
         "--fixed-mask", help="mask on the fixed image's grid: only its voxels (non-zero) count"
     )
