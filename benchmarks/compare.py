@@ -1358,7 +1358,7 @@ def write_sections() -> None:
     if seed_runs:
         sections.append(ants_seeds.render(seed_runs))
     sections.append(render_targets())
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmarks\n"
+    text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmarks\n"
     for section in sections:
         begin = section.splitlines()[0]
         end = begin.replace(":begin", ":end")
@@ -1367,7 +1367,7 @@ def write_sections() -> None:
             text = head + section + rest.split(end, 1)[1]
         else:
             text = text.rstrip("\n") + "\n\n" + section + "\n"
-    RESULTS.write_text(text)
+    RESULTS.write_text(text, encoding="utf-8")
     print("\n\n".join(sections))
 
 

@@ -133,18 +133,18 @@ def test_results_md_is_what_the_stored_measurements_render(compare, tmp_path, mo
     parts = sorted(path.stem for path in compare.MEASURED.glob("*.json"))
     assert parts == ["heldout2d", "heldout3d", "memory", "real", "scaling"]
     copy = tmp_path / "RESULTS.md"
-    committed = compare.RESULTS.read_text()
-    copy.write_text(committed)
+    committed = compare.RESULTS.read_text(encoding="utf-8")
+    copy.write_text(committed, encoding="utf-8")
     monkeypatch.setattr(compare, "RESULTS", copy)
     compare.write_sections()
-    assert copy.read_text() == committed
+    assert copy.read_text(encoding="utf-8") == committed
     # and a figure changed in a part shows in the render
     part = compare.load_part("heldout3d")
     for entry in part["rows"]["ants"]:
         entry["seconds"] *= 10.0
     monkeypatch.setattr(compare, "load_part", lambda name: part if name == "heldout3d" else None)
     compare.write_sections()
-    assert copy.read_text() != committed
+    assert copy.read_text(encoding="utf-8") != committed
 
 
 def test_stored_sweeps_render_their_results_md_sections(compare):
@@ -153,7 +153,7 @@ def test_stored_sweeps_render_their_results_md_sections(compare):
 
     runs = sorted(regularisation.OUT.glob("*.json"))
     assert {path.stem for path in runs} >= {"tuning_3d_mi", "tuning_3d_mi_nmi", "heldout3d_fast20"}
-    committed = compare.RESULTS.read_text()
+    committed = compare.RESULTS.read_text(encoding="utf-8")
     for path in runs:
         payload = json.loads(path.read_text(encoding="utf-8"))
         assert payload["section"] == path.stem
