@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
@@ -849,17 +849,10 @@ def _resample(
 
 
 def _refinement_options(settings: Settings, integration_steps: int) -> refinement.Options:
-    return refinement.Options(
-        similarity=settings.similarity,
-        smoothness=settings.smoothness,
-        learning_rate=settings.learning_rate,
-        integration_steps=integration_steps,
-        velocity_smoothing=settings.velocity_smoothing,
-        volume_penalty=settings.volume_penalty,
-        sampling=settings.sampling,
-        mi_weight=settings.mi_weight,
-        seed=settings.seed,
-    )
+    """The refinement's share of the settings, with the integration steps the card fixed."""
+    names = {f.name for f in fields(refinement.Options)} - {"integration_steps"}
+    values = {name: getattr(settings, name) for name in names}
+    return refinement.Options(**values, integration_steps=integration_steps)
 
 
 def _warn(record: dict[str, Any], message: str) -> None:
