@@ -93,12 +93,13 @@ def test_gradient_of_the_mi_loss_reaches_the_field():
     assert field.grad is not None and field.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("similarity", ["mind", "mi", "ngf"])
-@pytest.mark.parametrize("sampling", [1.0, 0.5])
+# NGF is always evaluated on every voxel, so it has no sampled case
+@pytest.mark.parametrize(
+    ("similarity", "sampling"),
+    [("mind", 1.0), ("mind", 0.5), ("mi", 1.0), ("mi", 0.5), ("ngf", 1.0)],
+)
 def test_voxels_outside_the_fixed_mask_do_not_count(similarity, sampling):
     """Two moving images that differ only where the fixed mask is 0 score the same."""
-    if similarity == "ngf" and sampling < 1:
-        pytest.skip("NGF is always evaluated on every voxel")
     fixed, moving = _pair()
     mask = torch.zeros_like(fixed)
     mask[..., :6] = 1.0
