@@ -100,10 +100,3 @@ def test_bad_alignment_requests(rotated_pair):
     flat = sitk.Image(8, 8, sitk.sitkFloat32)
     with pytest.raises(IntermodalError, match="3D but moving image is 2D"):
         alignment.initial_alignment(fixed, flat, "rigid")
-
-
-def test_overlap_fraction(rotated_pair):
-    fixed, moving = _scaled(rotated_pair)
-    assert alignment.overlap_fraction(fixed, moving, sitk.AffineTransform(3)) == 1.0
-    far = sitk.TranslationTransform(3, (1000.0, 0.0, 0.0))
-    assert alignment.overlap_fraction(fixed, moving, far) == 0.0

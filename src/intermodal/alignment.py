@@ -40,6 +40,7 @@ from intermodal.classical import downsample
 from intermodal.errors import IntermodalError
 from intermodal.losses import parzen_mutual_information
 from intermodal.optim import Adam
+from intermodal.preprocess import nonzero_box
 from intermodal.presets import INIT_CHOICES
 
 PYRAMID_MM = (8.0, 4.0)
@@ -225,12 +226,8 @@ def _data_extent(image: sitk.Image, mask: sitk.Image | None) -> np.ndarray:
     if mask is None:
         counts = np.asarray(image.GetSize(), dtype=float)
     else:
-        inside = sitk.GetArrayViewFromImage(mask) > 0
-        counts = np.array([
-            np.ptp(np.flatnonzero(inside.any(axis=tuple(a for a in range(ndim) if a != axis))))
-            + 1 if inside.any() else 0
-            for axis in range(ndim)
-        ], dtype=float)[::-1]  # fmt: skip
+        box = nonzero_box(sitk.GetArrayViewFromImage(mask))
+        counts = np.array([span.stop - span.start for span in box], dtype=float)[::-1]
     direction = np.abs(np.asarray(image.GetDirection()).reshape(ndim, ndim))
     return direction @ (counts * np.asarray(image.GetSpacing()))
 
@@ -373,31 +370,4 @@ def initial_alignment(
     return params.transform(best)
 
 
-def overlap_fraction(
-    fixed: sitk.Image,
-    moving: sitk.Image,
-    transform: sitk.Transform,
-    fixed_mask: sitk.Image | None = None,
-) -> float:
-    """The share of the fixed image's (masked) voxels that ``transform`` maps inside ``moving``.
-
-    Counted on a 4 mm version of the fixed grid, enough to tell no overlap from some.
-    """
-    small = downsample(sitk.Cast(fixed, sitk.sitkFloat32), PYRAMID_MM[-1])
-    ones = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
-    ones.CopyInformation(moving)
-    inside = sitk.GetArrayFromImage(
-        sitk.Resample(ones, small, transform, sitk.sitkNearestNeighbor, 0)
-    )
-    if fixed_mask is None:
-        wanted = np.ones(inside.shape, dtype=bool)
-    else:
-        wanted = sitk.GetArrayFromImage(
-            sitk.Resample(sitk.Cast(fixed_mask, sitk.sitkFloat32), small, sitk.Transform(),
-                          sitk.sitkLinear, 0.0)
-        ) > 0.5  # fmt: skip
-    count = int(wanted.sum())
-    return 0.0 if count == 0 else float((inside[wanted] > 0).sum()) / count
-
-
-__all__ = ["INIT_CHOICES", "initial_alignment", "overlap_fraction"]
+__all__ = ["INIT_CHOICES", "initial_alignment"]

@@ -117,7 +117,8 @@ def decide_modality(image: sitk.Image, requested: str = "auto") -> ModalityDecis
     low = float(np.percentile(sample, 1.0))
 
     def ct(decided_by: str) -> ModalityDecision:
-        offset = CT_STORED_OFFSET if low >= -100 and _stored_with_offset(sample) else 0.0
+        # _stored_with_offset holds only where the first percentile is at -100 or above
+        offset = CT_STORED_OFFSET if _stored_with_offset(sample) else 0.0
         return ModalityDecision("ct", decided_by, offset)
 
     if requested != "auto":
@@ -125,8 +126,10 @@ def decide_modality(image: sitk.Image, requested: str = "auto") -> ModalityDecis
     found = _modality_from_metadata(image)
     if found is not None:
         return ct("metadata") if found == "ct" else ModalityDecision("mr", "metadata")
-    if low < _CT_LOW_PERCENTILE_HU or _stored_with_offset(sample):
-        return ct("intensities")
+    if low < _CT_LOW_PERCENTILE_HU:
+        return ModalityDecision("ct", "intensities")
+    if _stored_with_offset(sample):
+        return ModalityDecision("ct", "intensities", CT_STORED_OFFSET)
     return ModalityDecision("mr", "intensities")
 
 
@@ -271,16 +274,24 @@ def data_mask(image: sitk.Image, modality: Modality, hu_offset: float = 0.0) -> 
         return sitk.Cast(sitk.Cast(image, sitk.sitkFloat32) > floor, sitk.sitkUInt8)
     values = sitk.GetArrayViewFromImage(image)
     box = np.zeros(values.shape, dtype=np.uint8)
+    box[nonzero_box(values)] = 1
+    mask = sitk.GetImageFromArray(box)
+    mask.CopyInformation(image)
+    return mask
+
+
+def nonzero_box(values: np.ndarray) -> tuple[slice, ...]:
+    """The smallest box (one slice per array axis) that holds every non-zero value.
+
+    Empty slices (``slice(0, 0)``) when there is none.
+    """
     nonzero = values != 0
     spans = []
     for axis in range(values.ndim):
         others = tuple(a for a in range(values.ndim) if a != axis)
         used = np.flatnonzero(nonzero.any(axis=others))
-        spans.append(slice(used[0], used[-1] + 1) if used.size else slice(0, 0))
-    box[tuple(spans)] = 1
-    mask = sitk.GetImageFromArray(box)
-    mask.CopyInformation(image)
-    return mask
+        spans.append(slice(int(used[0]), int(used[-1]) + 1) if used.size else slice(0, 0))
+    return tuple(spans)
 
 
 def field_of_view_mask(

@@ -175,11 +175,14 @@ def similarity_loss(
     sampling = options.sampling if sampling is None else sampling
     fixed = features.fixed
     shape = tuple(fixed.shape[2:])
-    grid = identity_grid(shape, device=fixed.device, dtype=fixed.dtype)
     channels = features.channels
     mi_weight = 1.0 if options.similarity == "mi" else options.mi_weight
     # the moving mask travels as one more channel of the moving features
     stacked = torch.cat([features.moving, features.moving_mask], 1)
+
+    # voxel positions, for the weights of a whole-grid warp (the sampled path has its points)
+    whole_grid = options.similarity == "ngf" or sampling >= 1
+    grid = identity_grid(shape, device=fixed.device, dtype=fixed.dtype) if whole_grid else None
 
     def overlap(displacement: torch.Tensor, warped_mask: torch.Tensor) -> torch.Tensor:
         inside = _inside(grid + displacement[0], shape)

@@ -921,9 +921,8 @@ def _refine(
         coarse_level_velocity=settings.coarse_level_velocity,
         progress=progress,
     )  # fmt: skip
-    before = network.get("similarity_network", network["similarity_initial"])
-    if not network.get("kept", True):
-        before = network["similarity_initial"]
+    # the similarity of the start: the network's field if the guard kept it, else none
+    before = network["similarity_network"] if network.get("kept") else network["similarity_initial"]
     record["similarity_start"] = before
     record["similarity_after"] = refinement.similarity_of(guard, velocity, options)
     record["kept"] = record["similarity_after"] <= before
