@@ -13,17 +13,20 @@ from intermodal import grids
 from intermodal.errors import IntermodalError
 from intermodal.metrics import (
     LOG_JACOBIAN_CLIP,
+    NMIScorer,
     dice,
     dice_per_label,
     directed_surface_distances,
     hausdorff_distance,
     hd95,
     hd95_per_label,
-    jacobian_determinant,
+    image_jacobian_det,
+    jacobian_statistics,
     nonpositive_fraction,
     sdlogj,
     surface,
     target_registration_error,
+    warped_nmi,
     worst_cases_mean,
 )
 
@@ -292,7 +295,7 @@ def test_jacobian_of_a_linear_field(matrix, spacing, direction):
     ndim = len(spacing)
     size = (9, 7, 6)[:ndim]
     field = linear_field(matrix, size, spacing, direction, origin=(3.0, -4.0, 1.0)[:ndim])
-    det = jacobian_determinant(field)
+    det = image_jacobian_det(field)
     assert det.shape == size[::-1]
     assert det == pytest.approx(np.full(size[::-1], np.linalg.det(np.eye(ndim) + matrix)))
 
@@ -303,9 +306,9 @@ def test_jacobian_in_slabs_equals_the_whole_grid(monkeypatch):
     field = ndimage.gaussian_filter(rng.normal(size=(11, 9, 8, 3)), (2, 2, 2, 0)) * 4
     image = sitk.GetImageFromArray(field, isVector=True)
     image.SetSpacing((1.0, 2.0, 3.0))
-    whole = jacobian_determinant(image)
+    whole = image_jacobian_det(image)
     monkeypatch.setattr(grids, "SLAB_VOXELS", 2 * 9 * 8)  # slabs of 2 slices
-    assert jacobian_determinant(image) == pytest.approx(whole, abs=1e-12)
+    assert image_jacobian_det(image) == pytest.approx(whole, abs=1e-12)
     assert whole.min() < 0.9 < 1.1 < whole.max()  # a field that does vary
 
 
@@ -323,7 +326,7 @@ def test_folding_and_sdlogj_of_hand_values():
 
 def test_sdlogj_of_a_linear_field_is_zero():
     field = linear_field(np.diag([0.3, -0.2]), (8, 8), (1.0, 1.0))
-    det = jacobian_determinant(field)
+    det = image_jacobian_det(field)
     assert nonpositive_fraction(det) == 0.0
     assert sdlogj(det) == pytest.approx(0.0, abs=1e-12)
 
@@ -337,12 +340,92 @@ def test_sdlogj_of_a_linear_field_is_zero():
 )
 def test_bad_displacement(image, message):
     with pytest.raises(IntermodalError, match=message):
-        jacobian_determinant(image)
+        image_jacobian_det(image)
 
 
 def test_bad_jacobian_mask():
     with pytest.raises(IntermodalError, match="selects no voxel"):
         sdlogj(np.ones(4), mask=np.zeros(4, bool))
+    with pytest.raises(IntermodalError, match=r"mask shape \(3,\) differs"):
+        jacobian_statistics(np.ones(4), mask=np.ones(3, bool))
+
+
+def test_jacobian_statistics_hand_worked():
+    values = np.array([[[1.0, 1.0, -0.5, 2.0]]], dtype=np.float32)
+    stats = jacobian_statistics(sitk.GetImageFromArray(values))
+    assert stats["nonpositive_fraction"] == 0.25
+    log_det = np.log([1.0, 1.0, 1e-9, 2.0])
+    assert stats["sdlogj"] == pytest.approx(np.std(log_det))
+    assert (stats["min"], stats["max"], stats["mean"]) == (-0.5, 2.0, pytest.approx(0.875))
+    # an image mask and an array mask select the same voxels
+    keep = np.array([[[1, 1, 0, 1]]], dtype=np.uint8)
+    masked = jacobian_statistics(sitk.GetImageFromArray(values), sitk.GetImageFromArray(keep))
+    assert masked == jacobian_statistics(values, keep > 0)
+    assert masked["nonpositive_fraction"] == 0.0
+    assert masked["sdlogj"] == pytest.approx(np.std(np.log([1.0, 1.0, 2.0])))
+
+
+def test_jacobian_statistics_in_chunks_equal_the_whole(monkeypatch):
+    from intermodal import metrics
+
+    rng = np.random.default_rng(3)
+    values = np.exp(rng.normal(0.3, 0.2, size=(7, 9, 11))).astype(np.float32)
+    values[0, 0, :3] = [-1.0, 0.0, 1e-12]  # clipped before the logarithm
+    whole = jacobian_statistics(sitk.GetImageFromArray(values))
+    monkeypatch.setattr(metrics, "_STAT_CHUNK", 50)  # 14 chunks, the last one short
+    chunked = jacobian_statistics(sitk.GetImageFromArray(values))
+    log_det = np.log(np.clip(values.astype(np.float64), 1e-9, None))
+    for stats in (whole, chunked):
+        assert stats["sdlogj"] == pytest.approx(np.std(log_det), rel=1e-12)
+        assert stats["nonpositive_fraction"] == 2 / values.size
+        assert stats["mean"] == pytest.approx(values.astype(np.float64).mean(), rel=1e-12)
+        assert (stats["min"], stats["max"]) == (-1.0, float(values.max()))
+    assert sdlogj(values) == pytest.approx(whole["sdlogj"], rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# NMI
+
+
+def test_warped_nmi_counts_only_the_mask():
+    rng = np.random.default_rng(5)
+    fixed = rng.random((6, 8))
+    warped = fixed.copy()
+    warped[:, 4:] = rng.random((6, 4))  # the right half unrelated to the fixed image
+    left = np.zeros((6, 8), bool)
+    left[:, :4] = True
+    assert warped_nmi(fixed, warped, left) == pytest.approx(2.0)
+    assert warped_nmi(fixed, warped, np.ones((6, 8))) < 1.9
+    # a 0/1 mask of any dtype and a tensor give the same figure
+    import torch
+
+    as_tensors = warped_nmi(torch.from_numpy(fixed), torch.from_numpy(warped), torch.ones(6, 8))
+    assert as_tensors == warped_nmi(fixed, warped, np.ones((6, 8), np.uint8))
+
+
+def test_bad_warped_nmi():
+    with pytest.raises(IntermodalError, match="selects no voxel"):
+        warped_nmi(np.ones((3, 3)), np.ones((3, 3)), np.zeros((3, 3)))
+    with pytest.raises(IntermodalError, match="same shape"):
+        warped_nmi(np.ones((3, 3)), np.ones((3, 4)), np.ones((3, 3)))
+
+
+def test_nmi_scorer_leaves_out_ct_padding_and_finds_a_known_shift():
+    """A CT and a 'MR' made from it, shifted 3 mm: NMI is highest through the true shift, and
+    the CT's padding (< -1500 HU) is not counted."""
+    yy, xx = np.mgrid[:40, :48]
+    array = np.where((yy - 20) ** 2 + (xx - 24) ** 2 < 150, 300.0, -200.0)
+    array[:, :6] = -2048.0  # padding outside the scanned field of view
+    ct = sitk.GetImageFromArray(array)
+    yy, xx = np.mgrid[:40, :54]  # wider, so that the shifted CT grid stays inside
+    mr_array = np.where((yy - 20) ** 2 + (xx - 27) ** 2 < 150, 10.0, 80.0)  # inverted contrast
+    mr = sitk.GetImageFromArray(mr_array)
+    score = NMIScorer(ct, mr, "ct", "mr")
+    assert score.mask[:, :6].sum() == 0 and score.mask[:, 6:].all()
+    shift = sitk.TranslationTransform(2, (3.0, 0.0))  # fixed -> moving: x + 3 mm
+    assert score(shift) == pytest.approx(2.0)
+    assert score(None) < score(shift)
+    assert score(None) == warped_nmi(score.fixed_array, score.warp(None), score.mask)
     with pytest.raises(IntermodalError, match="mask shape"):
         nonpositive_fraction(np.ones(4), mask=np.zeros(3, bool))
 
@@ -387,8 +470,8 @@ def test_jacobian_on_a_reference_grid_equals_the_resampled_field(monkeypatch):
     reference.SetDirection(rotation)
     identity = sitk.Transform(3, sitk.sitkIdentity)
     full = sitk.Resample(field, reference, identity, sitk.sitkLinear, 0.0, sitk.sitkVectorFloat64)
-    expected = metrics.jacobian_determinant(full)
-    got = metrics.jacobian_determinant(field, reference=reference, dtype=np.float32)
+    expected = metrics.image_jacobian_det(full)
+    got = metrics.image_jacobian_det(field, reference=reference, dtype=np.float32)
     assert got.dtype == np.float32 and got.shape == (17, 21, 25)
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
     assert np.std(expected) > 0.1  # a field that is far from the identity
@@ -421,18 +504,18 @@ def test_jacobian_on_the_fields_own_grid_skips_the_resampling(monkeypatch):
     field.SetDirection(sitk.VersorTransform((0.1, 0.7, 0.2), 0.4).GetMatrix())
     same = sitk.Image(8, 7, 6, sitk.sitkUInt8)
     same.CopyInformation(field)
-    expected = metrics.jacobian_determinant(field)
+    expected = metrics.image_jacobian_det(field)
     sampled = []
     real_sampled_rows = metrics._sampled_rows
     monkeypatch.setattr(
         metrics, "_sampled_rows", lambda *a: sampled.append(a) or real_sampled_rows(*a)
     )
-    np.testing.assert_array_equal(metrics.jacobian_determinant(field, reference=same), expected)
+    np.testing.assert_array_equal(metrics.image_jacobian_det(field, reference=same), expected)
     assert sampled == []
     # a grid shifted by half a voxel is another grid: sampled, and different
     shifted = sitk.Image(same)
     shifted.SetOrigin((5.0, -2.0, 1.0))
-    moved = metrics.jacobian_determinant(field, reference=shifted)
+    moved = metrics.image_jacobian_det(field, reference=shifted)
     assert sampled and not np.allclose(moved, expected)
 
 
@@ -441,8 +524,8 @@ def test_jacobian_asked_for_in_float32_is_computed_in_it_within_rounding():
     field = sitk.GetImageFromArray(rng.normal(size=(9, 10, 11, 3)) * 0.6, isVector=True)
     field.SetSpacing((1.5, 2.0, 0.8))
     field.SetDirection(sitk.VersorTransform((0.4, 0.1, 0.3), 1.1).GetMatrix())
-    expected = jacobian_determinant(field)
-    single = jacobian_determinant(field, dtype=np.float32)
+    expected = image_jacobian_det(field)
+    single = image_jacobian_det(field, dtype=np.float32)
     assert expected.dtype == np.float64 and single.dtype == np.float32
     np.testing.assert_allclose(single, expected, rtol=2e-6, atol=2e-6)
     assert not np.array_equal(single, expected.astype(np.float32))  # not float64, cast

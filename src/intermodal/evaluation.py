@@ -174,26 +174,11 @@ def _jacobian(folder: Path, fixed: sitk.Image) -> tuple[float, float]:
             f"{fixed.GetSize()}"
         )
     try:
-        det = metrics.jacobian_determinant(displacement)
+        det = metrics.image_jacobian_det(displacement)
     except IntermodalError as err:
         raise IntermodalError(f"{path}: {err}") from None
-    return metrics.nonpositive_fraction(det), metrics.sdlogj(det)
-
-
-def _nmi(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform) -> tuple[float, float]:
-    from intermodal import preprocess
-    from intermodal.losses import nmi
-
-    fixed_modality = preprocess.detect_modality(fixed)
-    fixed_n = sitk.GetArrayFromImage(preprocess.normalize_intensity(fixed, fixed_modality))
-    moving_n = preprocess.normalize_intensity(moving, preprocess.detect_modality(moving))
-    mask = sitk.GetArrayFromImage(preprocess.data_mask(fixed, fixed_modality)) > 0
-    identity = sitk.Transform(fixed.GetDimension(), sitk.sitkIdentity)
-    values = []
-    for t in (identity, transform):
-        resampled = sitk.Resample(moving_n, fixed, t, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        values.append(float(nmi(fixed_n, sitk.GetArrayFromImage(resampled), mask=mask)))
-    return values[0], values[1]
+    statistics = metrics.jacobian_statistics(det)
+    return statistics["nonpositive_fraction"], statistics["sdlogj"]
 
 
 def _tre(pair: Pair, transform: sitk.Transform) -> tuple[int, float, float]:
@@ -262,7 +247,8 @@ def evaluate_pair(
         )
     landmarks, tre_before, tre_after = _tre(pair, transform)
     folding, sdlogj = _jacobian(folder, fixed)
-    nmi_before, nmi_after = _nmi(fixed, moving, transform)
+    score = metrics.NMIScorer(fixed, moving)
+    nmi_before, nmi_after = score(None), score(transform)
     shared = {
         "pair": pair.name,
         "fixed": pair.fixed_id,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
@@ -28,8 +29,14 @@ import SimpleITK as sitk
 from intermodal.errors import IntermodalError
 from intermodal.grids import same_grid, sample_rows, slab_rows
 
+if TYPE_CHECKING:
+    import torch
+
 LOG_JACOBIAN_CLIP = 1e-9
 """Determinants are clipped to this before the logarithm of SDlogJ, as Learn2Reg does."""
+
+NMI_BINS = 32
+"""Bins per image of the NMI that intermodal reports (register, evaluate, prepare)."""
 
 WORST_FRACTION = 0.3
 """Share of cases in the "worst cases" statistic (Learn2Reg's 30 % lowest Dice)."""
@@ -241,7 +248,7 @@ def target_registration_error(
     return np.linalg.norm(mapped - moving_points, axis=1)
 
 
-def jacobian_determinant(
+def image_jacobian_det(
     displacement: sitk.Image, reference: sitk.Image | None = None, *, dtype: type = np.float64
 ) -> np.ndarray:
     """Determinant of the Jacobian of ``p -> p + d(p)`` at every voxel, in array order.
@@ -385,10 +392,152 @@ def nonpositive_fraction(jacobian_det: np.ndarray, mask: np.ndarray | None = Non
 def sdlogj(jacobian_det: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Standard deviation of ``log(max(det, 1e-9))`` (Learn2Reg's SDlogJ), over ``mask``.
 
-    The standard deviation is the population one (divided by N), as NumPy's ``std``.
+    The standard deviation is the population one (divided by N), as NumPy's ``std``; it is
+    :func:`jacobian_statistics`' ``sdlogj``.
     """
-    values = _masked(jacobian_det, mask)
-    return float(np.std(np.log(np.clip(values, LOG_JACOBIAN_CLIP, None))))
+    return jacobian_statistics(jacobian_det, mask)["sdlogj"]
+
+
+_STAT_CHUNK = 1 << 22
+"""Determinants per chunk of :func:`jacobian_statistics` (32 MiB of float64)."""
+
+
+def jacobian_statistics(
+    jacobian_det: np.ndarray | sitk.Image, mask: np.ndarray | sitk.Image | None = None
+) -> dict[str, float]:
+    """Folding and smoothness of Jacobian determinants.
+
+    Args:
+        jacobian_det: determinants, an array of any shape or a scalar image.
+        mask: optional, of the same shape (array) or size (image); only voxels where it is
+            nonzero count.
+
+    Returns:
+        ``nonpositive_fraction`` (share of voxels with det <= 0), ``sdlogj`` (population
+        standard deviation of log det, determinants clipped at 1e-9 as Learn2Reg does), and
+        ``min``, ``max``, ``mean`` of the determinants.
+
+    Raises:
+        IntermodalError: the mask's shape differs from the determinants', or it selects no
+            voxel.
+    """
+
+    def view(value: np.ndarray | sitk.Image) -> np.ndarray:
+        if isinstance(value, sitk.Image):
+            return sitk.GetArrayViewFromImage(value)
+        return np.asarray(value)
+
+    values = view(jacobian_det)
+    if mask is not None:
+        keep = view(mask)
+        if keep.shape != values.shape:
+            raise IntermodalError(
+                f"mask shape {keep.shape} differs from the Jacobian's {values.shape}"
+            )
+        values = values[keep != 0]
+    values = values.ravel()
+    if values.size == 0:
+        raise IntermodalError("the Jacobian mask selects no voxel")
+    # Chunk by chunk in float64, so that a 512^3 grid never needs whole float64 copies of the
+    # determinant and of its logarithm; each chunk's logarithm is taken once, and the chunks'
+    # means and sums of squared deviations are merged exactly (Chan, Golub and LeVeque's
+    # pairwise update), which is as stable as two passes over the whole.
+    count, log_mean, log_m2 = 0, 0.0, 0.0
+    nonpositive, total = 0, 0.0
+    low, high = math.inf, -math.inf
+    for start in range(0, values.size, _STAT_CHUNK):
+        chunk = values[start : start + _STAT_CHUNK]
+        logs = np.log(np.clip(chunk.astype(np.float64), LOG_JACOBIAN_CLIP, None))
+        n, mean = logs.size, float(logs.mean())
+        m2 = float(np.square(logs - mean).sum())
+        delta = mean - log_mean
+        log_m2 += m2 + delta * delta * count * n / (count + n)
+        log_mean += delta * n / (count + n)
+        count += n
+        nonpositive += int(np.count_nonzero(chunk <= 0))
+        total += float(chunk.sum(dtype=np.float64))
+        low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
+    return {
+        "nonpositive_fraction": nonpositive / values.size,
+        "sdlogj": math.sqrt(log_m2 / values.size),
+        "min": low,
+        "max": high,
+        "mean": total / values.size,
+    }
+
+
+def warped_nmi(
+    fixed: np.ndarray | torch.Tensor,
+    warped: np.ndarray | torch.Tensor,
+    mask: np.ndarray | torch.Tensor,
+) -> float:
+    """NMI of a fixed image and a moving image on its grid, inside ``mask``: the one definition
+    behind every NMI intermodal reports.
+
+    :func:`intermodal.losses.nmi` with :data:`NMI_BINS` bins per image, over the voxels where
+    ``mask`` is nonzero. Scale the intensities first as ``register`` does (CT by its HU window,
+    MR by its percentiles; :class:`NMIScorer` does it for images).
+
+    Args:
+        fixed: the fixed image, any shape (array or tensor, any device).
+        warped: the moving image on the fixed grid, same shape.
+        mask: same shape; the voxels counted (usually the fixed image's scanned data).
+
+    Returns:
+        NMI in ``[1, 2]``.
+
+    Raises:
+        IntermodalError: the shapes differ or the mask selects no voxel.
+    """
+    from intermodal.losses import nmi
+
+    return float(nmi(fixed, warped, bins=NMI_BINS, mask=mask != 0))
+
+
+class NMIScorer:
+    """:func:`warped_nmi` of a moving image resampled onto a fixed image's grid.
+
+    Both images are scaled once, as ``register`` scales them (each by its modality, detected
+    unless given), and the mask is the fixed image's scanned data
+    (:func:`intermodal.preprocess.data_mask`: a CT's padding is left out). Calling the scorer
+    with a transform (fixed -> moving mm, as every transform of intermodal) resamples the
+    moving image linearly through it, zero outside, and scores it; ``None`` is the identity.
+
+    Example:
+        >>> score = NMIScorer(ct, mr)
+        >>> before, after = score(None), score(result.transform)
+    """
+
+    def __init__(
+        self,
+        fixed: sitk.Image,
+        moving: sitk.Image,
+        fixed_modality: str | None = None,
+        moving_modality: str | None = None,
+    ) -> None:
+        from intermodal import preprocess
+
+        fixed = sitk.Cast(fixed, sitk.sitkFloat32)
+        moving = sitk.Cast(moving, sitk.sitkFloat32)
+        fixed_modality = fixed_modality or preprocess.detect_modality(fixed)
+        moving_modality = moving_modality or preprocess.detect_modality(moving)
+        self.fixed = preprocess.normalize_intensity(fixed, fixed_modality)
+        self.moving = preprocess.normalize_intensity(moving, moving_modality)
+        self.fixed_array = sitk.GetArrayFromImage(self.fixed)
+        self.mask = sitk.GetArrayFromImage(preprocess.data_mask(fixed, fixed_modality)) > 0
+
+    def warp(self, transform: sitk.Transform | None = None) -> np.ndarray:
+        """The scaled moving image on the fixed grid through ``transform``, in array order."""
+        if transform is None:
+            transform = sitk.Transform(self.fixed.GetDimension(), sitk.sitkIdentity)
+        warped = sitk.Resample(
+            self.moving, self.fixed, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32
+        )
+        return sitk.GetArrayFromImage(warped)
+
+    def __call__(self, transform: sitk.Transform | None = None) -> float:
+        """NMI of the fixed image and the moving one through ``transform`` (None: identity)."""
+        return warped_nmi(self.fixed_array, self.warp(transform), self.mask)
 
 
 def worst_cases_mean(

@@ -38,8 +38,7 @@ from intermodal import __version__, alignment, preprocess, refinement
 from intermodal.errors import IntermodalError
 from intermodal.grids import same_grid
 from intermodal.io import displacement_to_image, geometry, image_to_tensor
-from intermodal.losses import nmi
-from intermodal.metrics import LOG_JACOBIAN_CLIP, jacobian_determinant
+from intermodal.metrics import image_jacobian_det, jacobian_statistics, warped_nmi
 from intermodal.models import resolve_model
 from intermodal.presets import PRESETS
 from intermodal.refinement import SIMILARITY_CHOICES, Progress
@@ -303,49 +302,6 @@ def choose_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def jacobian_statistics(jacobian: sitk.Image, mask: sitk.Image | None = None) -> dict[str, float]:
-    """Folding and smoothness of a Jacobian determinant image.
-
-    Returns:
-        ``nonpositive_fraction`` (share of voxels with det <= 0), ``sdlogj`` (standard deviation
-        of log det, determinants clipped at 1e-9 as Learn2Reg does), and min/max/mean.
-    """
-    values = sitk.GetArrayViewFromImage(jacobian).ravel()
-    if mask is not None:
-        values = values[sitk.GetArrayViewFromImage(mask).ravel() > 0]
-    if values.size == 0:
-        raise IntermodalError("the Jacobian mask selects no voxel")
-    # Chunk by chunk in float64, so that a 512^3 grid never needs whole float64 copies of the
-    # determinant and of its logarithm; each chunk's logarithm is taken once, and the chunks'
-    # means and sums of squared deviations are merged exactly (Chan, Golub and LeVeque's
-    # pairwise update), which is as stable as two passes over the whole.
-    count, log_mean, log_m2 = 0, 0.0, 0.0
-    nonpositive, total = 0, 0.0
-    low, high = math.inf, -math.inf
-    for start in range(0, values.size, _STAT_CHUNK):
-        chunk = values[start : start + _STAT_CHUNK]
-        logs = np.log(np.clip(chunk.astype(np.float64), LOG_JACOBIAN_CLIP, None))
-        n, mean = logs.size, float(logs.mean())
-        m2 = float(np.square(logs - mean).sum())
-        delta = mean - log_mean
-        log_m2 += m2 + delta * delta * count * n / (count + n)
-        log_mean += delta * n / (count + n)
-        count += n
-        nonpositive += int(np.count_nonzero(chunk <= 0))
-        total += float(chunk.sum(dtype=np.float64))
-        low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
-    return {
-        "nonpositive_fraction": nonpositive / values.size,
-        "sdlogj": math.sqrt(log_m2 / values.size),
-        "min": low,
-        "max": high,
-        "mean": total / values.size,
-    }
-
-
-_STAT_CHUNK = 1 << 22
-
-
 def _physical_field(displacement: torch.Tensor, grid: sitk.Image) -> sitk.Image:
     """Voxel displacement on ``grid`` -> float64 LPS mm vector image on the same grid."""
     physical = voxel_to_physical(displacement, grid.GetSpacing(), grid.GetDirection())
@@ -399,10 +355,6 @@ def _predict_velocity(
     return physical_to_voxel(mm, grid.GetSpacing(), grid.GetDirection()).reshape(
         1, ndim, *grid.GetSize()[::-1]
     )
-
-
-def _nmi_on(fixed: torch.Tensor, moving: torch.Tensor, mask: torch.Tensor) -> float:
-    return float(nmi(fixed.cpu().numpy(), moving.cpu().numpy(), mask=mask.cpu().numpy() > 0))
 
 
 # Peak memory of one registration and of writing its outputs (bytes) ~ per_working *
@@ -960,11 +912,9 @@ def _outputs(
     transform.AddTransform(affine)
     transform.AddTransform(sitk.DisplacementFieldTransform(sitk.Image(field)))
     warped = apply_transform(transform, fixed, inputs.moving)
-    # metrics.jacobian_determinant, not ITK's DisplacementFieldJacobianDeterminant: the latter
+    # metrics.image_jacobian_det, not ITK's DisplacementFieldJacobianDeterminant: the latter
     # ignores the image direction. It is taken on the fixed grid, slab by slab.
-    jacobian = sitk.GetImageFromArray(
-        jacobian_determinant(field, reference=fixed, dtype=np.float32)
-    )
+    jacobian = sitk.GetImageFromArray(image_jacobian_det(field, reference=fixed, dtype=np.float32))
     jacobian.CopyInformation(fixed)
     return {
         "field": field,
@@ -1027,9 +977,9 @@ def _report(
         },
         "stages": {"network": network, "refine": refined},
         "nmi": {
-            "before": _nmi_on(images.fixed, working.moving_unaligned, mask),
-            "after_initial": _nmi_on(images.fixed, images.moving, mask),
-            "after": _nmi_on(images.fixed, outputs["warped_working"], mask),
+            "before": warped_nmi(images.fixed, working.moving_unaligned, mask),
+            "after_initial": warped_nmi(images.fixed, images.moving, mask),
+            "after": warped_nmi(images.fixed, outputs["warped_working"], mask),
         },
         "jacobian": jacobian_statistics(outputs["jacobian"]),
         "timings_s": {name: round(value, 4) for name, value in timings.items()},

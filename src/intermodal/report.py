@@ -9,6 +9,7 @@ import re
 import shutil
 import socket
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,12 +60,49 @@ def _planes_through(
     return planes
 
 
-def checkerboard(a: np.ndarray, b: np.ndarray, tiles: int = 8) -> np.ndarray:
-    """Alternate square tiles of ``a`` and ``b`` (same 2D shape), ``tiles`` along the long side."""
-    size = max(1, max(a.shape) // tiles)
-    rows = (np.arange(a.shape[0]) // size)[:, None]
-    cols = (np.arange(a.shape[1]) // size)[None, :]
-    return np.where((rows + cols) % 2 == 0, a, b)
+def checkerboard(
+    a: np.ndarray,
+    b: np.ndarray,
+    tile: float | None = None,
+    spacing: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Square tiles alternating ``a`` (the tile at index 0) and ``b``, in any dimension.
+
+    The one checkerboard of the QC figures, ``prepare``'s QC images and the GUI.
+
+    Args:
+        a: image, array order (``(y, x)`` or ``(z, y, x)``).
+        b: image of the same shape.
+        tile: side of a tile: in mm when ``spacing`` is given, in voxels otherwise. None
+            (without ``spacing``): an eighth of the longest axis, at least one voxel.
+        spacing: voxel size per array axis in mm, so that tiles are square on screen whatever
+            the voxel size.
+
+    Returns:
+        An array of ``a``'s shape.
+
+    Raises:
+        ValueError: the shapes differ, ``tile`` is not positive, ``spacing`` does not give one
+            size per axis, or ``spacing`` is given without ``tile``.
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must have one shape, but a is {a.shape} and b is {b.shape}")
+    if tile is None:
+        if spacing is not None:
+            raise ValueError("a spacing needs a tile size in mm")
+        tile = max(1, max(a.shape) // 8)
+    if not tile > 0:
+        raise ValueError(f"tile size must be positive, not {tile}")
+    steps = [1.0] * a.ndim if spacing is None else [float(s) for s in spacing]
+    if len(steps) != a.ndim:
+        raise ValueError(f"spacing needs {a.ndim} sizes (one per axis), not {tuple(spacing)}")
+    parity = sum(
+        ((np.arange(n) * step // tile).astype(np.int64)).reshape(
+            [n if axis == k else 1 for k in range(a.ndim)]
+        )
+        for axis, (n, step) in enumerate(zip(a.shape, steps))
+    )
+    return np.where(parity % 2 == 0, a, b)
 
 
 def _edges(image: np.ndarray) -> np.ndarray:

@@ -94,16 +94,6 @@ def test_to_voxel_clamps_to_the_grid():
     assert GRID_3D.to_voxel("axial", 2, -3, 99) == (2, 0, 5)
 
 
-def test_checkerboard_tiles_are_measured_in_mm():
-    a, b = np.zeros((4, 8)), np.ones((4, 8))
-    board = display.checkerboard(a, b, tile_mm=4.0, spacing=(2.0, 1.0))
-    # rows of 2 mm: two rows per tile; columns of 1 mm: four columns per tile
-    np.testing.assert_array_equal(board[:, 0], [0, 0, 1, 1])
-    np.testing.assert_array_equal(board[0], [0, 0, 0, 0, 1, 1, 1, 1])
-    with pytest.raises(ValueError, match="tile size"):
-        display.checkerboard(a, b, tile_mm=0.0, spacing=(1.0, 1.0))
-
-
 def test_blend_and_difference():
     fixed, moving = np.full((2, 2), 0.2), np.full((2, 2), 0.8)
     np.testing.assert_allclose(display.blend(fixed, moving, 0.0), fixed)

@@ -427,13 +427,13 @@ def _array(image: sitk.Image) -> np.ndarray:
 
 
 def _nmi(ct: np.ndarray, mr: np.ndarray, mask: np.ndarray, id_: str, stage: str) -> float:
-    from intermodal.losses import nmi
+    from intermodal.metrics import warped_nmi
 
     if not mask.any():
         raise IntermodalError(
             f"subject {id_}: the MR ({stage}) does not overlap the CT on the common grid"
         )
-    return round(float(nmi(ct, mr, mask=mask)), 5)
+    return round(warped_nmi(ct, mr, mask), 5)
 
 
 def _resample_labels(

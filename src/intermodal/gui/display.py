@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from intermodal.report import checkerboard
+
 PLANES_3D = ("axial", "coronal", "sagittal")
 PLANE_2D = "slice"
 
@@ -229,20 +231,6 @@ def blend(fixed: np.ndarray, moving: np.ndarray, alpha: float) -> np.ndarray:
     """``(1 - alpha) * fixed + alpha * moving``: 0 shows the fixed image, 1 the moving one."""
     alpha = float(np.clip(alpha, 0.0, 1.0))
     return (1.0 - alpha) * fixed + alpha * moving
-
-
-def checkerboard(
-    a: np.ndarray, b: np.ndarray, tile_mm: float, spacing: Sequence[float]
-) -> np.ndarray:
-    """Square tiles of ``tile_mm`` millimetres, alternating ``a`` (top-left) and ``b``.
-
-    Tiles are measured in mm so that they are square on screen whatever the pixel size.
-    """
-    if not tile_mm > 0:
-        raise ValueError(f"tile size must be positive (mm), not {tile_mm}")
-    rows = (np.arange(a.shape[0]) * spacing[0] // tile_mm).astype(np.int64)[:, None]
-    cols = (np.arange(a.shape[1]) * spacing[1] // tile_mm).astype(np.int64)[None, :]
-    return np.where((rows + cols) % 2 == 0, a, b)
 
 
 def difference(fixed: np.ndarray, moving: np.ndarray) -> np.ndarray:
