@@ -78,9 +78,9 @@ def normalised(fixed_ct: sitk.Image, moving_mr: sitk.Image) -> tuple[sitk.Image,
 
 def field_jacobian(displacement: sitk.Image) -> np.ndarray:
     """Jacobian determinant of ``p -> p + d(p)`` for an LPS mm vector image (array order)."""
-    from intermodal.metrics import jacobian_determinant
+    from intermodal.metrics import image_jacobian_det
 
-    return np.asarray(jacobian_determinant(displacement), dtype=np.float32)
+    return np.asarray(image_jacobian_det(displacement), dtype=np.float32)
 
 
 def transform_jacobian(transform: sitk.Transform, reference: sitk.Image) -> np.ndarray:
