@@ -4,7 +4,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean model-3d model-2d bench-gpu
+.PHONY: setup demo test lint bench bench-quick clean model-3d model-2d bench-gpu
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,19 +29,26 @@ test: setup
 lint: setup
 	$(BIN)/ruff check src tests
 
+# The benchmark suite (benchmarks/suite.py): every dataset x every method, 3 timed runs each,
+# then RESULTS.md's tables and plots from the stored measurements (hours on two cores).
 bench: setup
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
-	$(BIN)/python benchmarks/real_pair.py
-	$(BIN)/python benchmarks/similarity_choice.py
-	$(BIN)/python -m pip install --quiet itk-elastix
-	OMP_NUM_THREADS=1 ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 nice -n 10 $(BIN)/python benchmarks/compare.py
-	nice -n 10 $(BIN)/python benchmarks/ants_seeds.py
+	nice -n 5 $(BIN)/python benchmarks/suite.py
+	$(BIN)/python benchmarks/tables.py
 
-# On a machine with a CUDA GPU (and a CUDA build of torch: TORCH_SPEC=...): section gpu_timings
+# A few cases per dataset, the default against the strongest peers (under 15 min on two cores)
+bench-quick: setup
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	nice -n 5 $(BIN)/python benchmarks/suite.py --quick
+	$(BIN)/python benchmarks/tables.py
+
+# On a machine with a CUDA GPU (and a CUDA build of torch: TORCH_SPEC=...): intermodal's rows
+# on the GPU, stored as intermodal@cuda beside the CPU rows
 bench-gpu: setup
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
-	$(BIN)/python benchmarks/gpu_timings.py --out benchmarks/measured/gpu_timings.json
-	$(BIN)/python benchmarks/gpu_timings.py --render benchmarks/measured/gpu_timings.json
+	$(BIN)/python benchmarks/suite.py --device cuda --methods intermodal,intermodal_model_none \
+		--datasets synthetic_3d,rendered,real_motion,real_pair
+	$(BIN)/python benchmarks/tables.py
 
 # Retrain a bundled model from nothing: train on generated pairs (configs/general3d.toml,
 # general2d.toml; a second call resumes), install the best checkpoint into the package.
