@@ -5,13 +5,12 @@ works on 2D ``(B, C, H, W)`` and 3D ``(B, C, D, H, W)`` tensors alike.
 """
 
 from intermodal.losses._checks import ShapeError
-from intermodal.losses.regularisers import bending_energy, diffusion, log_jacobian_penalty
+from intermodal.losses.regularisers import diffusion, log_jacobian_penalty
 from intermodal.losses.similarity import (
     lncc,
-    mind_descriptor_loss,
     mind_loss,
     mind_ssc,
-    mutual_information,
+    mutual_information_loss,
     ngf,
     nmi,
     parzen_mutual_information,
@@ -19,14 +18,12 @@ from intermodal.losses.similarity import (
 
 __all__ = [
     "ShapeError",
-    "bending_energy",
     "diffusion",
     "lncc",
     "log_jacobian_penalty",
-    "mind_descriptor_loss",
     "mind_loss",
     "mind_ssc",
-    "mutual_information",
+    "mutual_information_loss",
     "ngf",
     "nmi",
     "parzen_mutual_information",

@@ -7,15 +7,13 @@ voxels per voxel (unitless for a displacement in voxels).
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 from torch import Tensor
 
-from intermodal.losses._checks import ShapeError, check_displacement
+from intermodal.losses._checks import check_displacement
 from intermodal.spatial import jacobian_det
 
-__all__ = ["bending_energy", "diffusion", "log_jacobian_penalty"]
+__all__ = ["diffusion", "log_jacobian_penalty"]
 
 # determinants are clamped here before the log, so that a folded voxel costs log(1e-3)^2
 # (about 48) with a gradient that pushes it open, instead of a NaN
@@ -58,40 +56,6 @@ def diffusion(displacement: Tensor) -> Tensor:
     ndim = check_displacement("displacement", displacement)
     terms = [_forward_difference(displacement, axis).pow(2).mean() for axis in range(ndim)]
     return sum(terms) / ndim
-
-
-def bending_energy(displacement: Tensor) -> Tensor:
-    """Bending energy: mean squared second derivatives of the field.
-
-    ``mean_c [ sum_k mean(d_kk u_c)^2 + 2 sum_{k<l} mean(d_kl u_c)^2 ]`` with the
-    second differences ``d_kk u(x) = u(x + e_k) - 2 u(x) + u(x - e_k)`` and
-    ``d_kl u = forward difference along l of the forward difference along k``,
-    each averaged over the voxels where it is defined and over the batch.
-    Affine fields give 0; ``u_0 = a * x_0^2`` (other channels 0) gives
-    ``4 a^2 / ndim``.
-
-    Args:
-        displacement: ``(B, ndim, H, W)`` or ``(B, ndim, D, H, W)``, in voxels.
-
-    Returns:
-        Scalar tensor, ``>= 0``.
-
-    Raises:
-        ValueError: (an :class:`~intermodal.errors.IntermodalError`) if the field is
-            not 4D/5D, its channel count is not its spatial ndim, or a spatial size
-            is below 3.
-    """
-    ndim = check_displacement("displacement", displacement)
-    if min(displacement.shape[2:]) < 3:
-        raise ShapeError(
-            "bending_energy needs at least 3 voxels along every spatial axis, not "
-            f"{tuple(displacement.shape[2:])}"
-        )
-    first = [_forward_difference(displacement, axis) for axis in range(ndim)]
-    energy = sum(_forward_difference(first[k], k).pow(2).mean() for k in range(ndim))
-    for k, l in itertools.combinations(range(ndim), 2):
-        energy = energy + 2 * _forward_difference(first[k], l).pow(2).mean()
-    return energy
 
 
 def log_jacobian_penalty(displacement: Tensor) -> Tensor:

@@ -23,10 +23,9 @@ from intermodal.losses._checks import ShapeError, check_image, check_pair
 
 __all__ = [
     "lncc",
-    "mind_descriptor_loss",
     "mind_loss",
     "mind_ssc",
-    "mutual_information",
+    "mutual_information_loss",
     "ngf",
     "nmi",
 ]
@@ -211,27 +210,6 @@ def mind_ssc(image: Tensor, radius: int = 1, dilation: int = 2, eps: float = 1e-
     return torch.exp(-(distances - nearest) / variance)
 
 
-def mind_descriptor_loss(fixed_desc: Tensor, warped_desc: Tensor) -> Tensor:
-    """Mean squared difference of two precomputed descriptors (e.g. MIND-SSC).
-
-    Lets the moving descriptor be computed once and warped, instead of computing
-    the descriptor of every warped image: cheaper, a common refinement shortcut.
-
-    Args:
-        fixed_desc: ``(B, K, *spatial)`` descriptor of the fixed image.
-        warped_desc: ``(B, K, *spatial)`` warped descriptor of the moving image.
-
-    Returns:
-        Scalar tensor, ``>= 0``.
-
-    Raises:
-        ValueError: (an :class:`~intermodal.errors.IntermodalError`) if the shapes
-            differ or are not 4D/5D.
-    """
-    check_pair("fixed_desc", fixed_desc, "warped_desc", warped_desc)
-    return (fixed_desc - warped_desc).pow(2).mean()
-
-
 def mind_loss(fixed: Tensor, warped: Tensor, radius: int = 1, dilation: int = 2) -> Tensor:
     """Mean squared difference of the MIND-SSC descriptors of two images.
 
@@ -252,10 +230,9 @@ def mind_loss(fixed: Tensor, warped: Tensor, radius: int = 1, dilation: int = 2)
             differ or are not 4D/5D.
     """
     check_pair("fixed", fixed, "warped", warped)
-    return mind_descriptor_loss(
-        mind_ssc(fixed, radius=radius, dilation=dilation),
-        mind_ssc(warped, radius=radius, dilation=dilation),
-    )
+    fixed_desc = mind_ssc(fixed, radius=radius, dilation=dilation)
+    warped_desc = mind_ssc(warped, radius=radius, dilation=dilation)
+    return (fixed_desc - warped_desc).pow(2).mean()
 
 
 def _central_gradient(image: Tensor) -> list[Tensor]:
@@ -319,7 +296,7 @@ def _unit_range(image: Tensor) -> Tensor:
     return (image - low) / (high - low).clamp_min(1e-8)
 
 
-def mutual_information(
+def mutual_information_loss(
     fixed: Tensor,
     warped: Tensor,
     bins: int = 32,
@@ -420,7 +397,7 @@ def parzen_mutual_information(
 ) -> Tensor:
     """Mutual information (nats) of paired intensity samples already scaled to ``[0, 1]``.
 
-    The joint histogram of :func:`mutual_information`, without its scaling or sampling: each
+    The joint histogram of :func:`mutual_information_loss`, without its scaling or sampling: each
     pair ``(fixed[b, i], warped[b, i])`` adds unit mass spread over ``bins`` centres
     ``0, 1/(bins-1), ..., 1`` with Gaussian weights of width ``sigma`` (default half the bin
     spacing). For callers that sample the voxels themselves, e.g. at warped points.

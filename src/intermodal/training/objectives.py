@@ -29,7 +29,7 @@ from intermodal.losses import (
     lncc,
     log_jacobian_penalty,
     mind_loss,
-    mutual_information,
+    mutual_information_loss,
     ngf,
 )
 from intermodal.networks import RegistrationOutput
@@ -94,7 +94,7 @@ def _similarity(config: LossConfig, seed: int) -> Callable[[Tensor, Tensor], Ten
         samples = config.mi_samples or None
 
         def mi(fixed: Tensor, warped: Tensor) -> Tensor:
-            return mutual_information(
+            return mutual_information_loss(
                 fixed, warped, bins=config.mi_bins, num_samples=samples, seed=seed
             )
 
