@@ -13,7 +13,6 @@ from intermodal.errors import IntermodalError
 from intermodal.spatial import (
     SpatialArgumentError,
     coarse_positions,
-    compose,
     downsample_image,
     identity_grid,
     integrate_velocity,
@@ -231,53 +230,8 @@ def test_integrate_velocity_and_its_negative_compose_to_identity(ndim: int) -> N
     backward = integrate_velocity(-velocity)
     assert forward.abs().max() > 1.0  # the test means something
     for outer, inner in ((backward, forward), (forward, backward)):
-        residual = compose(outer, inner)[interior(ndim, 4)]
+        residual = (inner + warp(outer, inner))[interior(ndim, 4)]  # outer o inner
         assert residual.abs().max() < 0.05
-
-
-# --------------------------------------------------------------------------- compose
-
-
-def test_compose_constant_shifts_add(ndim: int) -> None:
-    shape = SHAPES[ndim]
-    a = constant_field(shape, [1.0, -2.0, 0.5][:ndim])
-    b = constant_field(shape, [0.25, 3.0, -1.5][:ndim])
-    torch.testing.assert_close(compose(a, b), a + b)
-    torch.testing.assert_close(compose(b, a), a + b)
-
-
-def test_compose_with_zero_is_identity_on_either_side(ndim: int) -> None:
-    field = smooth_bump(SHAPES[ndim], [1.2, -0.7, 0.4][:ndim], sigma=2.0)
-    zero = torch.zeros_like(field)
-    torch.testing.assert_close(compose(field, zero), field)
-    torch.testing.assert_close(compose(zero, field), field)
-
-
-def test_compose_order_inner_is_applied_first(ndim: int) -> None:
-    # outer(x) = a * x_0 along axis 0, inner = constant shift s along axis 0:
-    # w(x) = s + a * (x_0 + s), whereas the other order gives a * x_0 + s.
-    shape = SHAPES[ndim]
-    a, s = 0.1, 1.0
-    outer = torch.zeros(1, ndim, *shape, dtype=torch.float64)
-    outer[0, 0] = a * identity_grid(shape, dtype=torch.float64)[0]
-    inner = constant_field(shape, [s] + [0.0] * (ndim - 1))
-    expected = inner + outer + a * s * (torch.arange(ndim) == 0).double().view(1, -1, *[1] * ndim)
-    inside = (slice(None), slice(None), slice(0, -1))  # x_0 + s stays on the grid
-    torch.testing.assert_close(compose(outer, inner)[inside], expected[inside])
-    torch.testing.assert_close(compose(inner, outer), inner + outer)
-
-
-def test_compose_matches_successive_warps(ndim: int) -> None:
-    # warp(image, compose(outer, inner)) == warp(warp(image, outer), inner) for a
-    # smooth image and small fields (up to interpolation error).
-    shape = (20, 20) if ndim == 2 else (16, 16, 16)
-    grid = identity_grid(shape, dtype=torch.float64)
-    image = torch.sin(grid.sum(0) / 6.0)[None, None]
-    outer = smooth_bump(shape, [0.8, -0.5, 0.3][:ndim], sigma=4.0)
-    inner = smooth_bump(shape, [-0.4, 0.6, 0.5][:ndim], sigma=3.0)
-    direct = warp(image, compose(outer, inner))
-    successive = warp(warp(image, outer), inner)
-    assert (direct - successive)[interior(ndim, 3)].abs().max() < 0.03
 
 
 # --------------------------------------------------------------------------- jacobian_det
@@ -564,13 +518,6 @@ def test_bad_warp_padding_mode() -> None:
 def test_bad_integrate_steps(steps: object) -> None:
     with pytest.raises(ValueError, match="steps"):
         integrate_velocity(torch.zeros(1, 2, 4, 4), steps=steps)  # type: ignore[arg-type]
-
-
-def test_bad_compose_shapes() -> None:
-    with pytest.raises(ValueError, match="spatial shape"):
-        compose(torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 5, 4))
-    with pytest.raises(ValueError, match="both be 2D or both 3D"):
-        compose(torch.zeros(1, 2, 4, 4), torch.zeros(1, 3, 4, 4, 4))
 
 
 def test_bad_jacobian_inputs() -> None:

@@ -7,7 +7,6 @@ and warp backwards: ``warped(x) = moving(x + u(x))``. See ``docs/conventions.md`
 from intermodal.spatial.functional import (
     SpatialArgumentError,
     coarse_positions,
-    compose,
     downsample_image,
     gaussian_smooth,
     identity_grid,
@@ -23,7 +22,6 @@ from intermodal.spatial.functional import (
 __all__ = [
     "SpatialArgumentError",
     "coarse_positions",
-    "compose",
     "downsample_image",
     "gaussian_smooth",
     "identity_grid",
