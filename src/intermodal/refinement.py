@@ -39,13 +39,11 @@ from intermodal.spatial import (
     sample_points,
     warp,
 )
+from intermodal.typing import Progress
 
 SIMILARITY_CHOICES = ("mind", "ngf", "mi")
 MI_BINS = 32
 """Bins per image of the refinement's mutual-information term, as in the NMI it is scored by."""
-
-# Progress callback: (stage, step, total). total is 0 for a stage without steps.
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass

@@ -34,7 +34,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -53,6 +53,7 @@ from intermodal.data.manifest import (
 from intermodal.data.parallel import check_jobs, in_processes
 from intermodal.errors import IntermodalError, OutputExistsError
 from intermodal.io import write_bytes_atomic, write_text_atomic
+from intermodal.typing import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,6 @@ BSPLINE_METRIC_SPACING_3D = 5.0
 """In 3D the B-spline's metric sees images block-averaged to about this spacing (mm)."""
 NORMALISATION = {"ct": "HU window -1000..1000", "mr": "percentiles 0.5..99.5"}
 
-Progress = Callable[[str, int, int], None]
 _RUN_FILE = "prepare.json"
 _DONE_FILE = "done.json"
 _SUMMARY_COLUMNS = (

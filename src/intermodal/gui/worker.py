@@ -16,10 +16,10 @@ from typing import Any
 from PySide6.QtCore import QThread, Signal
 
 from intermodal.errors import IntermodalError
+from intermodal.typing import Progress
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]
 Job = Callable[[Progress], Any]
 
 

@@ -66,7 +66,8 @@ logger = logging.getLogger(__name__)
 MODEL_FILE = "model.safetensors"
 BEST_FILE = "best.safetensors"
 
-Progress = Callable[[dict[str, Any]], None]
+StepReport = Callable[[dict[str, Any]], None]
+"""Called after every training step with that step's report (see :func:`train`)."""
 
 
 def _dice_of_batch(
@@ -517,7 +518,7 @@ def train(
     *,
     resume: bool = False,
     overwrite: bool = False,
-    progress: Progress | None = None,
+    progress: StepReport | None = None,
     command: str | None = None,
 ) -> Path:
     """Train a registration network on a prepared dataset or on generated pairs.
@@ -587,7 +588,7 @@ def _train(
     *,
     resume: bool,
     overwrite: bool,
-    progress: Progress | None,
+    progress: StepReport | None,
     command: str | None,
 ) -> Path:
     started = time.perf_counter()
