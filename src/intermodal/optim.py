@@ -1,9 +1,8 @@
 """Adam for test-time refinement, without :mod:`torch.optim`'s start-up cost.
 
-``torch.optim.Adam``'s constructor imports ``torch._dynamo``: 1.75 s on these 2 cores, paid by
-the first registration of every process (profiled on the real CT/MR pair, where the whole
-``--preset fast`` registration then takes 1.3 s). The refinement moves one tensor with plain
-Adam, which is a few lines, so it is written here from the paper instead.
+Speed workaround: ``torch.optim.Adam``'s first construction imports ``torch._dynamo``, 1.97 s
+of every process's first registration, against 0.1 ms for this class (fresh process, 2 shared
+CPU cores, measured 2026-12-07).
 """
 
 from __future__ import annotations

@@ -364,9 +364,9 @@ def _parzen_weights(values: Tensor, bins: int, sigma: float) -> Tensor:
     nearest bin is the closest one in range, so its logit is the largest, and every weight is
     ``exp(logit - centre's logit) <= 1`` before the division by their sum (at least 1). A
     sample far outside ``[0, 1]`` thus puts its mass on the end bin instead of underflowing
-    to 0/0. Written out rather than as ``torch.softmax`` over the last axis: on the CPU, one
-    thread, that took 5.9 ms for 43500 samples' 7-wide windows (19x its time over a leading
-    axis), and written out the whole histogram, forward and backward, became about 2x faster.
+    to 0/0. Speed workaround: written out, not ``torch.softmax(..., -1)``, the histogram's
+    forward and backward take 24 ms against 46 ms (43500 samples, 32 bins, CPU, one thread,
+    measured 2026-12-07).
     """
     position = values * (bins - 1)  # in bins
     width = sigma * (bins - 1)
