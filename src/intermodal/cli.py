@@ -823,7 +823,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.set_defaults(handler=cmd_prepare)
 
     trainer = commands.add_parser("train", help="train a registration network")
-    trainer.add_argument("--config", help="TOML (or YAML) training configuration")
+    trainer.add_argument("--config", help="TOML training configuration")
     trainer.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)"
     )

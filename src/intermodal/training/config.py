@@ -1,4 +1,4 @@
-"""Training configuration: dataclasses with defaults, read from TOML (or YAML) plus overrides.
+"""Training configuration: dataclasses with defaults, read from TOML plus overrides.
 
 A configuration file has one table per section (``[data]``, ``[model]``, ``[loss]``,
 ``[train]``, ``[augment]``) and two top-level keys, ``out`` and ``device``::
@@ -427,23 +427,7 @@ def _read_file(path: Path) -> dict[str, Any]:
                 return tomllib.load(stream)
         except tomllib.TOMLDecodeError as error:
             raise IntermodalError(f"{path}: not valid TOML ({error})") from None
-    if suffix in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ModuleNotFoundError:
-            raise IntermodalError(
-                f"{path}: reading YAML needs PyYAML (pip install pyyaml), or use a .toml file"
-            ) from None
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as error:
-            raise IntermodalError(f"{path}: not valid YAML ({error})") from None
-        if values is None:
-            return {}
-        if not isinstance(values, dict):
-            raise IntermodalError(f"{path}: expected a mapping of sections, not {values!r}")
-        return values
-    raise IntermodalError(f"{path}: configuration must be .toml, .yaml or .yml, not {suffix!r}")
+    raise IntermodalError(f"{path}: configuration must be a .toml file, not {suffix!r}")
 
 
 def parse_value(text: str) -> Any:
@@ -458,8 +442,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     """Build a :class:`TrainConfig` from the defaults, a file and ``key=value`` overrides.
 
     Args:
-        path: a ``.toml`` file (or ``.yaml``/``.yml`` when PyYAML is installed), or None for
-            the defaults alone.
+        path: a ``.toml`` file, or None for the defaults alone.
         overrides: ``dotted.key=value`` strings applied after the file, in order, e.g.
             ``["loss.smoothness=0.5", "train.steps=200", "data.manifest=prep/manifest.json"]``.
 
