@@ -51,8 +51,8 @@ MEASURED = HERE / "measured"
 RUN_TIMEOUT_S = 3600
 
 QUICK: dict[str, tuple[int, tuple[str, ...]]] = {
-    "rendered": (2, ("intermodal", "ants_synra", "convexadam", "greedy")),
-    "synthetic_3d": (2, ("intermodal", "ants_synra", "convexadam", "greedy")),
+    "rendered": (1, ("intermodal", "ants_synra", "convexadam", "greedy")),
+    "synthetic_3d": (1, ("intermodal", "ants_synra", "convexadam", "greedy")),
     "slices_2d": (2, ("intermodal", "ants_synra", "greedy")),
     "real_pair": (1, ("intermodal", "ants_synra", "convexadam", "greedy")),
 }

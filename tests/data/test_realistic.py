@@ -1,15 +1,12 @@
-"""The realistic validation sets (issue 23) and the scoring of benchmarks/realistic.py.
+"""The realistic validation sets (issue 23).
 
 The set tests need the real MRI-DIR pair in ../shared/data/mridir and skip, saying so, without
-it; the scoring tests use small synthetic grids with known answers and need nothing.
+it. The benchmark suite's scoring of these sets is tested in tests/test_benchmarks.py.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +14,6 @@ import SimpleITK as sitk
 
 from intermodal.data import realistic
 from intermodal.metrics import dice_per_label
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 try:
     realistic.real_pair_dir()
@@ -167,84 +162,3 @@ def test_bad_expected_mapping_without_reference():
     )  # fmt: skip
     with pytest.raises(ValueError, match="pass it as reference"):
         realistic.expected_mapping(case)
-
-
-# --------------------------------------------------------------------------- the scoring
-
-
-@pytest.fixture(scope="module")
-def runner():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("realistic")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-        sys.modules.pop("realistic", None)
-
-
-def _grid(ndim: int = 3, size=(12, 10, 8), spacing=(2.0, 1.5, 3.0)) -> sitk.Image:
-    grid = sitk.Image(list(size[:ndim]), sitk.sitkUInt8)
-    grid.SetSpacing(spacing[:ndim])
-    grid.SetOrigin((5.0, -3.0, 1.0)[:ndim])
-    return grid
-
-
-def test_score_mapping_identity_gives_zero(runner):
-    grid = _grid()
-    mask = sitk.Image(grid) + 1
-    field = runner.dense_field(_identity(3), grid)
-    errors = runner.mapping_error(field, _identity(3), mask)
-    assert errors["median_mm"] == 0 and errors["p95_mm"] == 0 and errors["max_mm"] == 0
-
-
-@pytest.mark.parametrize("mm_per_unit", [1.0, 2.0])
-def test_score_mapping_translation_gives_its_length(runner, mm_per_unit):
-    grid = _grid()
-    mask = sitk.Image(grid) + 1
-    shift = sitk.TranslationTransform(3, (3.0, 4.0, 0.0))  # 5 units
-    field = runner.dense_field(shift, grid)
-    errors = runner.mapping_error(field, _identity(3), mask, mm_per_unit=mm_per_unit)
-    for key in ("median_mm", "p95_mm", "max_mm"):
-        assert errors[key] == pytest.approx(5.0 * mm_per_unit)
-    assert runner.mapping_error(field, shift, mask)["max_mm"] == pytest.approx(0, abs=1e-9)
-
-
-def test_score_mapping_only_counts_the_mask(runner):
-    grid = _grid(2, size=(10, 10))
-    mask_array = np.zeros((10, 10), np.uint8)
-    mask_array[:, :5] = 1  # x < 5
-    mask = sitk.GetImageFromArray(mask_array)
-    mask.CopyInformation(grid)
-    displacement = np.zeros((10, 10, 2))
-    displacement[:, 5:, 0] = 7.0  # errors only outside the mask
-    field = sitk.GetImageFromArray(displacement, isVector=True)
-    field.CopyInformation(grid)
-    assert runner.mapping_error(field, _identity(2), mask)["max_mm"] == 0
-
-
-def test_score_jacobian_of_a_scaling(runner):
-    grid = _grid()
-    mask = sitk.Image(grid) + 1
-    scaling = sitk.ScaleTransform(3, (1.1, 1.0, 1.0))
-    result = runner.jacobian_scores(runner.dense_field(scaling, grid), mask)
-    assert result["sdlogj"] == pytest.approx(0, abs=1e-6)
-    assert result["folding_fraction"] == 0
-    assert result["jacobian_median"] == pytest.approx(1.1)
-    flip = sitk.ScaleTransform(3, (-1.0, 1.0, 1.0))
-    assert runner.jacobian_scores(runner.dense_field(flip, grid), mask)["folding_fraction"] == 1
-
-
-def test_score_labels_known_overlap(runner):
-    grid = _grid(2, size=(20, 20), spacing=(1.0, 1.0))
-    labels = np.zeros((20, 20), np.uint8)
-    labels[5:15, 5:15] = 1
-    fixed_labels = sitk.GetImageFromArray(labels)
-    fixed_labels.CopyInformation(grid)
-    region = sitk.Image(grid) + 1
-    same = runner.label_scores(fixed_labels, fixed_labels, region, _identity(2), {"a": 1})
-    assert same["dice"]["a"] == 1 and same["hd95_mm"]["a"] == 0
-    # shifted by 5 pixels along x: overlap 50/100 of each 100-pixel square
-    shifted = sitk.TranslationTransform(2, (5.0, 0.0))
-    moved = runner.label_scores(fixed_labels, fixed_labels, region, shifted, {"a": 1})
-    assert moved["dice"]["a"] == pytest.approx(0.5)
-    assert moved["hd95_mm"]["a"] == pytest.approx(5.0)

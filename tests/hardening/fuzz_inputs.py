@@ -1,8 +1,8 @@
 """Inputs for fuzzing the readers: small valid seed files and the ways to damage them.
 
-Shared by the hypothesis tests in this folder and by ``benchmarks/fuzz_readers.py``, which
-runs thousands of cases. Every case is made from plain values (offsets, byte values, sizes),
-so hypothesis can shrink a failure and the benchmark can replay one from its random seed.
+Shared by the hypothesis tests in this folder. Every case is made from plain values (offsets,
+byte values, sizes), so hypothesis can shrink a failure and a deeper run can replay one from
+its random seed.
 Each ``make_*`` function writes one input under a folder and returns the path to read.
 """
 

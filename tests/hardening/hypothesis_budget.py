@@ -1,8 +1,7 @@
 """The hypothesis settings of the hardening tests: a small budget so CI stays fast.
 
 ``INTERMODAL_FUZZ_EXAMPLES`` raises the number of examples per property (e.g. 500 for a
-deeper local run); ``benchmarks/fuzz_readers.py`` runs thousands of reader cases apart from
-the test suite.
+deeper local run).
 """
 
 from __future__ import annotations

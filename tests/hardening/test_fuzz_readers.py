@@ -2,9 +2,9 @@
 
 Hypothesis draws the damage (byte flips, field values, truncations, header tokens, picture
 modes, CSV rows); ``fuzz_inputs.read_outcome`` judges the result. The example budget is
-small for CI (``conftest.EXAMPLES``); ``benchmarks/fuzz_readers.py`` runs thousands of cases
-in subprocesses, where a crash is counted instead of ending the run. Below the properties
-are the regressions those runs found, each pinned as a plain test.
+small for CI (``conftest.EXAMPLES``; ``INTERMODAL_FUZZ_EXAMPLES`` raises it for a deeper
+local run). Below the properties are the regressions that earlier deep runs (thousands of
+cases) found, each pinned as a plain test.
 """
 
 from __future__ import annotations

@@ -1,0 +1,312 @@
+"""RESULTS.md's tables and plots, rendered from the stored measurements (never typed by hand).
+
+Reads ``benchmarks/measured/<dataset>.json`` (written by ``benchmarks/suite.py``) and rewrites
+the part of ``benchmarks/RESULTS.md`` between ``<!-- suite:<dataset>:begin -->`` and
+``<!-- suite:<dataset>:end -->`` for each dataset: one row per method over the cases that every
+method ran (means over the cases, times the median over the cases of each case's median run,
+peak RSS the largest; a method with more cases gets a line with all of them), the runs that
+measured the rows with their command, commit, threads, machine and versions, and the methods
+that could not run with the reason. It also draws one plot per dataset of the main score
+against wall time (``benchmarks/measured/plots/<dataset>.png``), and fills the one sentence on
+the choice of the default from ``benchmarks/measured/default_candidates.json``.
+
+Usage::
+
+    .venv/bin/python benchmarks/tables.py            # rewrite RESULTS.md and the plots
+    .venv/bin/python benchmarks/tables.py --check    # exit 1 when RESULTS.md is out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import string
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+MEASURED = HERE / "measured"
+PLOTS = MEASURED / "plots"
+RESULTS = HERE / "RESULTS.md"
+DEFAULT_CANDIDATES = MEASURED / "default_candidates.json"
+
+sys.path.insert(0, str(HERE))
+
+# (key in the summary, header, digits); a column shows only where some row has the key
+COLUMNS = (
+    ("dice", "Dice", 3),
+    ("hd95_mm", "HD95 mm", 2),
+    ("error_median_mm", "error median mm", 2),
+    ("error_p95_mm", "error p95 mm", 2),
+    ("capture_failures", "capture failures", 0),
+    ("nmi", "NMI", 4),
+    ("sdlogj", "SDlogJ", 3),
+    ("folding_percent", "folding %", 4),
+    ("seconds", "time s", 1),
+    ("peak_rss_mib", "peak RSS MiB", 0),
+)
+PLOT_SCORE = (("dice", "mean Dice"), ("error_median_mm", "median error (mm)"), ("nmi", "NMI"))
+
+
+def method_order() -> list[str]:
+    import methods
+
+    return list(methods.METHODS)
+
+
+def method_label(key: str) -> str:
+    """A stored method key's row label (``name@device`` gets ``on device``)."""
+    import methods
+
+    name, _, device = key.partition("@")
+    label = methods.METHODS[name].label if name in methods.METHODS else name
+    return f"{label} on {device}" if device else label
+
+
+def summarise(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """One method's rows (case -> row) summarised: means over cases, medians of times."""
+    scored = [row["scores"] for row in rows.values() if "scores" in row]
+    timed = [row for row in rows.values() if "seconds" in row]
+    out: dict[str, Any] = {
+        "cases": len(rows),
+        "scored": len(scored),
+        "failed": sum("error" in row for row in rows.values()),
+    }
+
+    def mean(key: str) -> float | None:
+        values = [s[key] for s in scored if s.get(key) is not None]
+        return float(np.nanmean(values)) if values else None
+
+    for key in ("dice", "hd95_mm", "nmi", "sdlogj", "folding_percent"):
+        value = mean(key)
+        if value is not None:
+            out[key] = value
+    errors = [s for s in scored if "error_median_mm" in s]
+    if errors:
+        out["error_median_mm"] = float(np.median([s["error_median_mm"] for s in errors]))
+        out["error_p95_mm"] = float(np.median([s["error_p95_mm"] for s in errors]))
+        out["capture_failures"] = sum(bool(s.get("capture_failure")) for s in errors)
+    if timed:
+        out["seconds"] = float(statistics.median(row["seconds"] for row in timed))
+        out["peak_rss_mib"] = float(max(row["peak_rss_mib"] for row in timed))
+    return out
+
+
+def _cell(value: Any, digits: int) -> str:
+    if value is None:
+        return "-"
+    if digits == 0:
+        return f"{value:.0f}"
+    return f"{value:.{digits}f}"
+
+
+def render_dataset(record: Mapping[str, Any]) -> list[str]:
+    """The markdown lines of one dataset's table, its runs and its methods not run."""
+    order = method_order()
+    results = record.get("results", {})
+    keys = sorted(
+        results,
+        key=lambda k: (order.index(k.split("@")[0]) if k.split("@")[0] in order else len(order), k),
+    )
+    # the rows compare like with like: every row over the cases that every method ran
+    common = set.intersection(*(set(results[key]) for key in keys)) if keys else set()
+    shared = {key: {c: r for c, r in results[key].items() if c in common} for key in keys}
+    if not common:
+        shared = dict(results)
+    summaries = {key: summarise(shared[key]) for key in keys}
+    columns = [c for c in COLUMNS if any(c[0] in s for s in summaries.values())]
+    runs_used: list[str] = []
+    for key in keys:
+        for row in results[key].values():
+            if row.get("run") not in runs_used:
+                runs_used.append(row.get("run"))
+    runs_used.sort()
+    marks = {run: string.ascii_lowercase[i] for i, run in enumerate(runs_used)}
+    lines = [
+        "| method | cases | " + " | ".join(c[1] for c in columns) + " | runs |",
+        "| --- | ---: | " + " | ".join("---:" for _ in columns) + " | --- |",
+    ]
+    for key in keys:
+        s = summaries[key]
+        failed = f" ({s['failed']} failed)" if s["failed"] else ""
+        used = sorted({marks[row.get("run")] for row in results[key].values()})
+        lines.append(
+            f"| {method_label(key)} | {s['scored']}{failed} | "
+            + " | ".join(_cell(s.get(c[0]), c[2]) for c in columns)
+            + f" | {', '.join(used)} |"
+        )
+    lines.append("")
+    if not common:
+        lines.append("- the rows cover different cases: compare them with care")
+    for key in keys:
+        if common and len(results[key]) > len(common):
+            s = summarise(results[key])
+            figures = ", ".join(f"{c[1]} {_cell(s[c[0]], c[2])}" for c in columns if c[0] in s)
+            lines.append(f"- {method_label(key)} on all its {s['scored']} cases: {figures}")
+    for run in runs_used:
+        lines.append(f"- {marks[run]}: " + describe_run(record.get("runs", {}).get(run, {}), run))
+    skipped = {k: v for k, v in record.get("skipped", {}).items() if k not in results}
+    for key in sorted(
+        skipped, key=lambda k: order.index(k.split("@")[0]) if k.split("@")[0] in order else 0
+    ):
+        lines.append(f"- not run: {method_label(key)}: {skipped[key]}")
+    return lines
+
+
+def describe_run(run: Mapping[str, Any], run_id: str) -> str:
+    """One line: when, the command, the commit, threads, repeats, load, machine and versions."""
+    if not run:
+        return f"{run_id} (no record)"
+    parts = [f"{run.get('date', run_id)}, `{run.get('command', '?')}`"]
+    commit = run.get("commit")
+    if commit:
+        parts.append(f"commit {commit}" + (" with edited src/" if run.get("src_edited") else ""))
+    parts.append(f"{run.get('threads', '?')} thread(s), {run.get('repeats', '?')} run(s) per case")
+    if "load_average_start" in run:
+        end = run.get("load_average_end", "?")
+        parts.append(f"load {run['load_average_start']}..{end} (machine shared)")
+    if run.get("machine"):
+        parts.append(str(run["machine"]))
+    versions = run.get("versions") or {}
+    shown = [f"{k} {v}" for k, v in versions.items() if v != "not installed"]
+    if shown:
+        parts.append(", ".join(shown))
+    if run.get("converted_from"):
+        parts.append(f"converted from {run['converted_from']}")
+    return "; ".join(parts)
+
+
+def plot_dataset(record: Mapping[str, Any], path: Path) -> bool:
+    """Main score against wall time, one point per method; False when nothing to plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summaries = {k: summarise(v) for k, v in record.get("results", {}).items()}
+    for key, label in PLOT_SCORE:  # noqa: B007 (label is used after the loop)
+        points = {m: s for m, s in summaries.items() if key in s and "seconds" in s}
+        if points:
+            break
+    else:
+        return False
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for method, s in points.items():
+        axis.scatter(s["seconds"], s[key], s=30)
+        axis.annotate(method_label(method), (s["seconds"], s[key]), fontsize=7,
+                      xytext=(4, 3), textcoords="offset points")  # fmt: skip
+    axis.set_xscale("log")
+    axis.set_xlabel("wall time per case (s, median; log scale)")
+    axis.set_ylabel(label + (" (lower is better)" if key == "error_median_mm" else ""))
+    axis.set_title(f"{record['dataset']}: {label} against time")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def default_choice() -> str:
+    """The sentence on the default, with its measurement from default_candidates.json."""
+    if not DEFAULT_CANDIDATES.is_file():
+        return "(benchmarks/measured/default_candidates.json is missing)"
+    record = json.loads(DEFAULT_CANDIDATES.read_text(encoding="utf-8"))
+
+    def means(name: str) -> tuple[float, float, float]:
+        rows = record[name]
+        dice = np.mean([r["dice"] for r in rows if r["set"] == "rendered"])
+        error = np.mean([r["median_mm"] for r in rows if r["set"] == "real_motion"])
+        cpu = np.mean([r["cpu_s"] for r in rows])
+        return float(dice), float(error), float(cpu)
+
+    chosen = next(name for name in record if name.startswith("C3"))
+    full = next(name for name in record if name.startswith("C0"))
+    dice, error, cpu = means(chosen)
+    full_dice, full_error, full_cpu = means(full)
+    return (
+        f"The default (candidate {chosen.split('_')[0]}: MIND-SSC at a quarter of the voxels on "
+        "a 4/2 pyramid, the velocity on an 8 mm grid) was chosen on the realistic *tuning* "
+        f"split, never the held-out one: mean rendered Dice {dice:.3f} and known-motion error "
+        f"{error:.2f} mm at {cpu:.1f} CPU s per case, against {full_dice:.3f} and "
+        f"{full_error:.2f} mm at {full_cpu:.1f} CPU s for the former full pyramid "
+        "(benchmarks/measured/default_candidates.json)."
+    )
+
+
+def replace_section(text: str, begin: str, end: str, body: list[str]) -> str:
+    """``text`` with the lines between the markers ``begin`` and ``end`` replaced by ``body``."""
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    replacement = "\n".join([begin, *body, end])
+    return pattern.sub(lambda _match: replacement, text)
+
+
+def render(text: str, records: Mapping[str, Mapping[str, Any]], plots: Mapping[str, bool]) -> str:
+    """``text`` with every dataset section and the default sentence filled in."""
+    for dataset, record in records.items():
+        body = render_dataset(record)
+        if plots.get(dataset):
+            body += ["", f"![{dataset}: score against time](measured/plots/{dataset}.png)"]
+        text = replace_section(
+            text, f"<!-- suite:{dataset}:begin -->", f"<!-- suite:{dataset}:end -->", body
+        )
+    text = replace_section(
+        text, "<!-- suite:methods:begin -->", "<!-- suite:methods:end -->", method_lines()
+    )
+    return replace_section(
+        text, "<!-- suite:default:begin -->", "<!-- suite:default:end -->", [default_choice()]
+    )
+
+
+def method_lines() -> list[str]:
+    """One line per method: its label, key and what runs (benchmarks/methods.py cites the
+    documents behind each setting)."""
+    import methods
+
+    return [
+        f"- **{method.label}** (`{key}`): {method.settings}"
+        for key, method in methods.METHODS.items()
+    ]
+
+
+def load_records(folder: Path = MEASURED) -> dict[str, dict[str, Any]]:
+    import datasets
+
+    return {
+        name: json.loads((folder / f"{name}.json").read_text(encoding="utf-8"))
+        for name in datasets.DATASETS
+        if (folder / f"{name}.json").is_file()
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if RESULTS.md is stale")
+    parser.add_argument("--no-plots", action="store_true", help="leave the plots as they are")
+    args = parser.parse_args(argv)
+    records = load_records()
+    text = RESULTS.read_text(encoding="utf-8")
+    plots = {name: (PLOTS / f"{name}.png").is_file() for name in records}
+    if not (args.check or args.no_plots):
+        plots = {
+            name: plot_dataset(record, PLOTS / f"{name}.png") for name, record in records.items()
+        }
+    rendered = render(text, records, plots)
+    if args.check:
+        if rendered != text:
+            print("benchmarks/RESULTS.md is out of date: run benchmarks/tables.py", file=sys.stderr)
+            return 1
+        return 0
+    RESULTS.write_text(rendered, encoding="utf-8")
+    print(f"wrote {RESULTS.relative_to(HERE.parent)} ({len(rendered.splitlines())} lines)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
