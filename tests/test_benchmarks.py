@@ -1,0 +1,334 @@
+"""The benchmark suite (benchmarks/suite.py, methods.py, datasets.py, tables.py).
+
+Scores with answers worked out by hand on small synthetic grids, the suite's bookkeeping, one
+registration through the isolated worker process (SimpleITK, which needs no bench extra), and
+RESULTS.md against what the stored measurements render. Nothing here needs the bench extra or
+the real pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """The four modules, imported from benchmarks/ (not a package)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield argparse.Namespace(
+            **{
+                name: importlib.import_module(name)
+                for name in ("datasets", "methods", "suite", "tables")
+            }
+        )
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+        for name in ("datasets", "methods", "suite", "tables"):
+            sys.modules.pop(name, None)
+
+
+def _identity(ndim: int) -> sitk.Transform:
+    return sitk.Transform(ndim, sitk.sitkIdentity)
+
+
+def _grid(ndim: int = 3, size=(12, 10, 8), spacing=(2.0, 1.5, 3.0), direction=None) -> sitk.Image:
+    grid = sitk.Image(list(size[:ndim]), sitk.sitkUInt8)
+    grid.SetSpacing(spacing[:ndim])
+    grid.SetOrigin((5.0, -3.0, 1.0)[:ndim])
+    if direction is not None:
+        grid.SetDirection(direction)
+    return grid
+
+
+def _everywhere(grid: sitk.Image) -> np.ndarray:
+    return np.ones(sitk.GetArrayViewFromImage(grid).shape, bool)
+
+
+# --------------------------------------------------------------------------- scores
+
+
+# a 90 degree rotation about z with a flip of z: spacing and direction both enter J
+ROTATED = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+
+
+@pytest.mark.parametrize("direction", [None, ROTATED])
+def test_jacobian_of_an_affine_map_is_its_determinant(bench, direction):
+    grid = _grid(direction=direction)
+    affine = sitk.AffineTransform(3)
+    matrix = np.array([[1.2, 0.1, 0.0], [0.0, 0.9, 0.2], [0.05, 0.0, 1.1]])
+    affine.SetMatrix(matrix.ravel().tolist())
+    affine.SetTranslation((2.0, -1.0, 0.5))
+    det = bench.datasets.jacobian_det(bench.methods.dense_field(affine, grid))
+    assert det.shape == (8, 10, 12)
+    np.testing.assert_allclose(det, np.linalg.det(matrix), rtol=1e-9)
+
+
+def test_jacobian_scores_of_a_scaling_and_a_flip(bench):
+    grid = _grid()
+    scaling = bench.methods.dense_field(sitk.ScaleTransform(3, (1.1, 1.0, 1.0)), grid)
+    scores = bench.datasets.jacobian_scores(scaling, _everywhere(grid))
+    assert scores["sdlogj"] == pytest.approx(0, abs=1e-9)
+    assert scores["folding_percent"] == 0
+    flip = bench.methods.dense_field(sitk.ScaleTransform(3, (-1.0, 1.0, 1.0)), grid)
+    assert bench.datasets.jacobian_scores(flip, _everywhere(grid))["folding_percent"] == 100
+
+
+def test_mapping_error_of_the_expected_mapping_is_zero(bench):
+    grid = _grid()
+    shift = sitk.TranslationTransform(3, (3.0, 4.0, 0.0))
+    field = bench.methods.dense_field(shift, grid)
+    errors = bench.datasets.mapping_error(field, shift, _everywhere(grid))
+    assert errors["error_median_mm"] == pytest.approx(0, abs=1e-9)
+    assert errors["capture_failure"] is False
+
+
+@pytest.mark.parametrize(
+    ("shift", "mm_per_unit", "median", "failure"),
+    [((3.0, 4.0, 0.0), 1.0, 5.0, False), ((3.0, 4.0, 0.0), 2.0, 10.0, True),
+     ((0.0, 0.0, 6.0), 1.0, 6.0, True)],
+)  # fmt: skip
+def test_mapping_error_of_a_translation_is_its_length(bench, shift, mm_per_unit, median, failure):
+    grid = _grid()
+    field = bench.methods.dense_field(sitk.TranslationTransform(3, shift), grid)
+    errors = bench.datasets.mapping_error(field, _identity(3), _everywhere(grid), mm_per_unit)
+    assert errors["error_median_mm"] == pytest.approx(median)
+    assert errors["error_p95_mm"] == pytest.approx(median)
+    assert errors["capture_failure"] is failure
+
+
+def test_mapping_error_counts_only_the_mask(bench):
+    grid = _grid(2, size=(10, 10))
+    mask = np.zeros((10, 10), bool)
+    mask[:, :5] = True
+    displacement = np.zeros((10, 10, 2))
+    displacement[:, 5:, 0] = 7.0  # errors only outside the mask
+    field = sitk.GetImageFromArray(displacement, isVector=True)
+    field.CopyInformation(grid)
+    assert bench.datasets.mapping_error(field, _identity(2), mask)["error_p95_mm"] == 0
+
+
+def _square_labels() -> sitk.Image:
+    labels = np.zeros((20, 20), np.uint8)
+    labels[5:15, 5:15] = 1
+    image = sitk.GetImageFromArray(labels)
+    image.SetOrigin((0.0, 0.0))
+    return image
+
+
+def test_label_scores_known_overlap(bench):
+    labels = _square_labels()
+    same = bench.methods.dense_field(_identity(2), labels)
+    scores = bench.datasets.label_scores(labels, labels, same, {"a": 1})
+    assert scores["dice"] == 1 and scores["hd95_mm"] == 0
+    # moved by 5 pixels along x: half of each 100-pixel square overlaps
+    moved = bench.methods.dense_field(sitk.TranslationTransform(2, (5.0, 0.0)), labels)
+    scores = bench.datasets.label_scores(labels, labels, moved, {"a": 1})
+    assert scores["dice"] == pytest.approx(0.5)
+    assert scores["dice_per_label"] == {"a": pytest.approx(0.5)}
+    assert scores["hd95_mm"] == pytest.approx(5.0)
+
+
+def test_label_scores_only_inside_the_region(bench):
+    labels = _square_labels()
+    moved = bench.methods.dense_field(sitk.TranslationTransform(2, (5.0, 0.0)), labels)
+    region = np.zeros((20, 20), bool)
+    # the warped square covers x 0..9, the fixed one 5..14: inside x 5..9 they agree
+    region[:, 5:10] = True
+    scores = bench.datasets.label_scores(labels, labels, moved, {"a": 1}, region)
+    assert scores["dice"] == pytest.approx(1.0)
+
+
+def test_nmi_is_highest_when_aligned(bench):
+    rng = np.random.default_rng(0)
+    ct = sitk.GetImageFromArray(rng.uniform(-400, 1000, (16, 16, 16)).astype(np.float32))
+    mr = sitk.GetImageFromArray(sitk.GetArrayFromImage(ct)[..., ::-1].copy())  # a flip of x
+    aligned = bench.methods.dense_field(_identity(3), ct)
+    assert bench.datasets.nmi_score(ct, ct, aligned) == pytest.approx(2.0)
+    assert bench.datasets.nmi_score(ct, mr, aligned) < 1.5
+
+
+def test_score_synthetic_case_perfect_mapping(bench):
+    # a synthetic "case" whose moving labels are the fixed ones: identity scores Dice 1
+    from intermodal.data.synth import generate_subject
+
+    subject = generate_subject(0, dim=2)
+    case = bench.datasets.BenchCase(
+        "synthetic_2d", "x", subject.ct, subject.ct, None,
+        (subject, argparse.Namespace(mr_labels=subject.ct_labels)),
+    )  # fmt: skip
+    scores = bench.datasets.score(case, bench.methods.dense_field(_identity(2), subject.ct))
+    assert scores["dice"] == 1 and scores["folding_percent"] == 0
+
+
+def test_bad_dataset_and_case(bench):
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        bench.datasets.unavailable("pelvis")
+    with pytest.raises(ValueError, match="one case"):
+        bench.datasets.make_case("real_pair", 1)
+
+
+# --------------------------------------------------------------------------- methods
+
+
+def test_voxel_field_to_physical_follows_spacing_and_direction(bench):
+    grid = _grid(direction=ROTATED)
+    displacement = np.zeros((8, 10, 12, 3))
+    displacement[..., 2] = 1.0  # one voxel along array axis 2, index x
+    field = bench.methods.voxel_field_to_physical(displacement, grid)
+    # index x is the first direction column, (0, 1, 0), times its spacing, 2 mm
+    np.testing.assert_allclose(sitk.GetArrayFromImage(field)[0, 0, 0], (0.0, 2.0, 0.0))
+
+
+def test_percentile_scaled_spans_zero_to_one(bench):
+    image = sitk.GetImageFromArray(np.linspace(-1000, 3000, 1000).reshape(10, 100))
+    array = sitk.GetArrayFromImage(bench.methods.percentile_scaled(image))
+    assert array.min() == 0 and array.max() == 1 and array.dtype == np.float32
+
+
+def test_unavailable_says_why(bench, monkeypatch):
+    assert "3D images only" in bench.methods.unavailable("convexadam", 2)
+    monkeypatch.setattr(bench.methods.shutil, "which", lambda name: None)
+    assert "not installed" in bench.methods.unavailable("plastimatch", 3)
+    assert bench.methods.unavailable("simpleitk", 2) is None
+    with pytest.raises(ValueError, match="method must be one of"):
+        bench.methods.unavailable("antz", 3)
+
+
+def test_ants_syn_arguments_are_the_scripts_with_mi(bench):
+    arguments = bench.methods.ants_syn_script_arguments("f.nii", "m.nii", "out_", 3)
+    metrics = [arguments[i + 1] for i, a in enumerate(arguments) if a == "--metric"]
+    assert metrics == ["MI[f.nii,m.nii,1,32,Regular,0.25]"] * 2 + ["MI[f.nii,m.nii,1,32]"]
+    convergence = [arguments[i + 1] for i, a in enumerate(arguments) if a == "--convergence"]
+    assert convergence[-1] == "[100x70x50x20,1e-6,10]"  # iterations at full resolution
+
+
+# --------------------------------------------------------------------------- the suite
+
+
+def test_summarise_runs_takes_the_median_time_and_the_largest_memory(bench):
+    runs = [{"seconds": s, "peak_rss_mib": m} for s, m in ((3.0, 100), (1.0, 300), (2.0, 200))]
+    assert bench.suite.summarise_runs(runs) == {
+        "seconds": 2.0, "seconds_runs": [3.0, 1.0, 2.0], "peak_rss_mib": 300,
+    }  # fmt: skip
+
+
+def test_rows_merge_by_method_and_case(bench, tmp_path):
+    record = bench.suite.load("rendered", tmp_path)
+    record["skipped"]["greedy"] = "not installed"
+    bench.suite.merge_row(record, "greedy", "c0", {"run": "r1", "seconds": 1.0})
+    bench.suite.merge_row(record, "greedy", "c1", {"run": "r1", "seconds": 2.0})
+    bench.suite.merge_row(record, "greedy", "c0", {"run": "r2", "seconds": 3.0})
+    bench.suite.save(record, tmp_path)
+    stored = bench.suite.load("rendered", tmp_path)
+    assert stored["results"]["greedy"] == {
+        "c0": {"run": "r2", "seconds": 3.0}, "c1": {"run": "r1", "seconds": 2.0},
+    }  # fmt: skip
+    assert "greedy" not in stored["skipped"]
+
+
+def test_a_registration_runs_in_its_own_process(bench, tmp_path):
+    rng = np.random.default_rng(1)
+    array = np.zeros((32, 32), np.float32)
+    array[8:24, 10:22] = 1.0
+    fixed = sitk.GetImageFromArray(array + rng.normal(0, 0.01, array.shape).astype(np.float32))
+    moving = sitk.GetImageFromArray(np.roll(array, 2, axis=1))
+    paths = bench.suite.write_inputs(fixed, moving, tmp_path, "pair")
+    spec = {
+        "method": "simpleitk", "fixed": paths[0], "moving": paths[1], "threads": 1,
+        "field": str(tmp_path / "field.nii.gz"), "result": str(tmp_path / "result.json"),
+    }  # fmt: skip
+    outcome = bench.suite.run_isolated(spec, tmp_path)
+    assert "error" not in outcome, outcome
+    assert outcome["seconds"] > 0 and outcome["peak_rss_mib"] > 10
+    field = sitk.ReadImage(spec["field"])
+    assert field.GetSize() == fixed.GetSize() and field.GetNumberOfComponentsPerPixel() == 2
+
+
+def test_a_failing_run_is_a_row_with_its_error(bench, tmp_path):
+    spec = {
+        "method": "simpleitk", "fixed": str(tmp_path / "missing.nii.gz"), "threads": 1,
+        "moving": str(tmp_path / "missing.nii.gz"), "field": str(tmp_path / "f.nii.gz"),
+        "result": str(tmp_path / "result.json"),
+    }  # fmt: skip
+    assert bench.suite.run_isolated(spec, tmp_path)["error"].startswith("exit 1")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--datasets", "pelvis"], "unknown datasets"), (["--methods", "antz"], "unknown methods"),
+     (["--repeats", "0"], ">= 1"), (["--cases", "0"], "--cases")],
+)  # fmt: skip
+def test_bad_arguments(bench, argv, message, capsys):
+    with pytest.raises(SystemExit):
+        bench.suite.parse(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_quick_plan(bench):
+    args = bench.suite.parse(["--quick"])
+    assert set(args.plan) == set(bench.suite.QUICK)
+    cases, names = args.plan["real_pair"]
+    assert list(cases) == [0] and "intermodal" in names
+
+
+# --------------------------------------------------------------------------- the tables
+
+
+def _record(rows_a: dict, rows_b: dict) -> dict:
+    return {
+        "dataset": "rendered",
+        "runs": {"r1": {"date": "d", "command": "c", "threads": 1, "repeats": 3}},
+        "results": {"intermodal": rows_a, "greedy": rows_b},
+        "skipped": {"plastimatch": "the program plastimatch is not installed"},
+    }
+
+
+def _row(dice: float, seconds: float) -> dict:
+    return {
+        "run": "r1", "seconds": seconds, "peak_rss_mib": 500.0,
+        "scores": {"dice": dice, "sdlogj": 0.1, "folding_percent": 0.0,
+                   "error_median_mm": 2 * dice, "error_p95_mm": 4 * dice,
+                   "capture_failure": dice > 3},
+    }  # fmt: skip
+
+
+def test_summary_means_and_medians(bench):
+    rows = {"a": _row(0.5, 1.0), "b": _row(0.7, 3.0), "c": _row(0.9, 2.0)}
+    summary = bench.tables.summarise(rows)
+    assert summary["dice"] == pytest.approx(0.7)
+    assert summary["error_median_mm"] == pytest.approx(1.4)
+    assert summary["seconds"] == 2.0 and summary["capture_failures"] == 0
+
+
+def test_table_compares_the_cases_every_method_ran(bench):
+    record = _record(
+        {"a": _row(0.8, 1.0), "b": _row(0.6, 1.0), "c": _row(1.0, 1.0)},
+        {"a": _row(0.4, 9.0), "b": _row(0.2, 9.0)},
+    )
+    lines = bench.tables.render_dataset(record)
+    intermodal = next(line for line in lines if line.startswith("| intermodal"))
+    assert "| 2 | 0.700 |" in intermodal  # cases a and b only
+    assert any("on all its 3 cases: Dice 0.800" in line for line in lines)
+    assert any(line.startswith("- not run: plastimatch B-spline") for line in lines)
+    assert any(line.startswith("- a: d, `c`") for line in lines)
+
+
+def test_replace_section_keeps_the_rest(bench):
+    text = "top\n<!-- s:begin -->\nold\n<!-- s:end -->\nbottom\n"
+    out = bench.tables.replace_section(text, "<!-- s:begin -->", "<!-- s:end -->", ["new"])
+    assert out == "top\n<!-- s:begin -->\nnew\n<!-- s:end -->\nbottom\n"
+
+
+def test_results_md_is_what_the_stored_measurements_render(bench):
+    assert bench.tables.main(["--check"]) == 0
+    assert len(bench.tables.RESULTS.read_text(encoding="utf-8").splitlines()) <= 300
