@@ -8,10 +8,17 @@ import pytest
 import torch
 
 from intermodal.errors import IntermodalError
+from intermodal.losses import lncc
 from intermodal.networks import RegistrationOutput
+from intermodal.spatial import warp
 from intermodal.training.augment import augment_intensity, random_affine, warp_subject
 from intermodal.training.config import AugmentConfig, LossConfig
-from intermodal.training.objectives import inverse_displacement, soft_dice_loss, training_loss
+from intermodal.training.objectives import (
+    inverse_displacement,
+    multiscale_lncc,
+    soft_dice_loss,
+    training_loss,
+)
 from intermodal.training.pairs import (
     Pair,
     make_batch,
@@ -251,3 +258,43 @@ def test_dice_term_is_zero_for_matching_labels_and_positive_otherwise():
         LossConfig(dice=1.0), _output(zero), batch, integration_steps=0, n_classes=6
     )
     assert terms["dice"] > 0.1
+
+
+@pytest.mark.parametrize("scales", [[1], [1, 2], [1, 2, 4]])
+def test_multiscale_lncc_of_an_image_with_itself_is_minus_one(scales):
+    image = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    value = multiscale_lncc(image, 3 * image + 1, 5, scales)
+    # not exactly -1: the eps in each local variance, next to the small variance of block means
+    assert float(value) == pytest.approx(-1.0, abs=3e-3)
+
+
+def test_multiscale_lncc_at_one_scale_is_lncc():
+    generator = torch.Generator().manual_seed(1)
+    fixed, warped = torch.rand(2, 1, 1, 16, 16, 16, generator=generator)
+    assert float(multiscale_lncc(fixed, warped, 5, [1])) == pytest.approx(
+        float(lncc(fixed, warped, 5))
+    )
+
+
+def _blob(centre: float, size: int = 64) -> torch.Tensor:
+    y, x = torch.meshgrid(torch.arange(size * 1.0), torch.arange(size * 1.0), indexing="ij")
+    return torch.exp(-((x - centre) ** 2 + (y - size / 2) ** 2) / (2 * 3.0**2)).view(
+        1, 1, size, size
+    )
+
+
+def test_coarse_scales_pull_a_shift_wider_than_the_window_back():
+    """A blob moved 12 voxels: with a 5-voxel window, full-resolution LNCC gives the
+    displacement almost no gradient (the windows never see both blobs); the 4x block average
+    does, and it points the right way (this is why the bundled configs use scales [1, 2, 4])."""
+    fixed, moving = _blob(26.0), _blob(38.0)
+    gradients = {}
+    for scales in ([1], [1, 2, 4]):
+        shift = torch.zeros(1, requires_grad=True)
+        displacement = torch.zeros(1, 2, 64, 64)
+        field = displacement + torch.stack([torch.zeros(1), shift]).view(1, 2, 1, 1)
+        multiscale_lncc(fixed, warp(moving, field), 5, scales).backward()
+        gradients[tuple(scales)] = float(shift.grad)
+    # warped(x) = moving(x + u): u = +12 along x aligns them, so the loss falls as u grows
+    assert gradients[(1, 2, 4)] < 0
+    assert abs(gradients[(1, 2, 4)]) > 10 * abs(gradients[(1,)])

@@ -121,6 +121,13 @@ class LossConfig:
         dice: weight of a soft Dice term on the warped one-hot labels; 0 turns it off (and
             the labels are then not needed).
         lncc_window: LNCC box width in voxels (odd).
+        scales: the image scales at which ``intra`` compares its pairs, as block-average
+            factors: ``[1]`` compares at full resolution only; ``[1, 2, 4]`` also compares
+            2x and 4x block averages with the same window (so 2x and 4x wider in
+            millimetres), averaged. The coarser scales see displacements larger than the
+            window, which the full-resolution LNCC alone barely pulls towards (measured on 4
+            generated 2D pairs, 175 steps: Dice 0.38 -> 0.51 with ``[1]``, 0.70 with
+            ``[1, 2, 4]``).
         mi_bins: histogram bins for ``mi``.
         mi_samples: voxels sampled per image for ``mi`` (0: all).
     """
@@ -131,6 +138,7 @@ class LossConfig:
     volume_penalty: float = 0.0
     dice: float = 0.0
     lncc_window: int = 9
+    scales: list[int] = field(default_factory=lambda: [1])
     mi_bins: int = 32
     mi_samples: int = 0
 
@@ -268,6 +276,14 @@ class TrainConfig:
             "loss.lncc_window",
             "a positive odd int",
             self.loss.lncc_window,
+        )
+        _check(
+            len(self.loss.scales) > 0
+            and all(isinstance(f, int) and not isinstance(f, bool) for f in self.loss.scales)
+            and min(self.loss.scales) >= 1,
+            "loss.scales",
+            "a non-empty list of ints >= 1",
+            self.loss.scales,
         )
         _check(self.loss.mi_bins >= 2, "loss.mi_bins", "an int >= 2", self.loss.mi_bins)
         _check(self.loss.mi_samples >= 0, "loss.mi_samples", "an int >= 0", self.loss.mi_samples)

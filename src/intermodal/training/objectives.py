@@ -7,9 +7,11 @@ subject ``j``'s, and each can be compared with the image of its own modality::
 
     L = LNCC(CT_j, CT_i o phi) + LNCC(MR_j, MR_i o phi) + smoothness * diffusion(u)
 
-whichever modality pair the network saw. ``mi``, ``mind`` and ``ngf`` are baselines on the
-same pipeline that compare the network's own inter-modality pair directly:
-``S(fixed, moving o phi)``.
+whichever modality pair the network saw. With ``scales`` (e.g. ``[1, 2, 4]``) each LNCC is
+the mean of the LNCCs of the images and of their 2x and 4x block averages.
+
+``mi``, ``mind`` and ``ngf`` are baselines on the same pipeline that compare the network's
+own inter-modality pair directly: ``S(fixed, moving o phi)``.
 
 With ``symmetric`` the fixed images are also warped by the inverse transform ``exp(-v)``
 and compared with the moving images; the two directions are averaged. A soft Dice term on
@@ -19,7 +21,7 @@ change, the mean squared log Jacobian determinant of ``u``, with weight ``volume
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -37,7 +39,7 @@ from intermodal.spatial import integrate_velocity, resize_displacement, warp
 from intermodal.training.config import LossConfig
 from intermodal.training.pairs import PairBatch
 
-__all__ = ["inverse_displacement", "soft_dice_loss", "training_loss"]
+__all__ = ["inverse_displacement", "multiscale_lncc", "soft_dice_loss", "training_loss"]
 
 
 def inverse_displacement(velocity: Tensor, shape: tuple[int, ...], steps: int) -> Tensor:
@@ -88,6 +90,30 @@ def soft_dice_loss(
     return 1 - dice.mean()
 
 
+def multiscale_lncc(fixed: Tensor, warped: Tensor, window: int, scales: Sequence[int]) -> Tensor:
+    """LNCC averaged over block-average scales of the pair (:func:`intermodal.losses.lncc`).
+
+    Args:
+        fixed: ``(B, C, *spatial)``.
+        warped: the warped moving image, the same shape.
+        window: the LNCC box width in voxels of each scale (odd).
+        scales: block-average factors, e.g. ``(1, 2, 4)``; 1 is the images themselves. A
+            factor that leaves fewer than 2 voxels along an axis is skipped.
+
+    Returns:
+        Scalar in ``[-1, 0]``.
+    """
+    terms = []
+    for factor in scales:
+        if factor == 1:
+            terms.append(lncc(fixed, warped, window))
+        elif min(fixed.shape[2:]) // factor >= 2:
+            # block averages (a trailing partial block is dropped)
+            pool = F.avg_pool3d if fixed.ndim == 5 else F.avg_pool2d
+            terms.append(lncc(pool(fixed, factor), pool(warped, factor), window))
+    return sum(terms) / len(terms)
+
+
 def _similarity(config: LossConfig, seed: int) -> Callable[[Tensor, Tensor], Tensor]:
     """The inter-modality similarity of a baseline loss, as ``f(fixed, warped)``."""
     if config.name == "mi":
@@ -135,9 +161,9 @@ def training_loss(
 
     def one_way(moving: tuple[Tensor, Tensor], fixed: tuple[Tensor, Tensor], field: Tensor):
         if config.name == "intra":
-            window = config.lncc_window
-            return lncc(fixed[0], warp(moving[0], field), window) + lncc(
-                fixed[1], warp(moving[1], field), window
+            return sum(
+                multiscale_lncc(f, warp(m, field), config.lncc_window, config.scales)
+                for m, f in zip(moving, fixed)
             )
         similarity = _similarity(config, seed)
         return similarity(fixed[0], warp(moving[0], field))
