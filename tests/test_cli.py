@@ -131,6 +131,74 @@ def test_help_and_module_entry_point():
         assert command in completed.stdout
 
 
+def test_building_the_parser_imports_no_torch():
+    """``--help`` stays instant: choices and defaults are read from the library only when a
+    command's own help is shown or an option is parsed."""
+    code = "import sys; from intermodal.cli import build_parser; build_parser(); " + (
+        "print(sorted({'torch', 'SimpleITK'} & set(sys.modules)))"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("command", ["register", "register-batch", "evaluate"])
+def test_parser_defaults_and_choices_are_the_librarys(command):
+    from intermodal import preprocess, refinement, registration
+    from intermodal.cli import _settings, build_parser
+    from intermodal.presets import INIT_CHOICES, PRESET_NAMES
+
+    parser = build_parser()
+    required = {
+        "register": ["--fixed", "f", "--moving", "m", "--out", "o"],
+        "register-batch": ["manifest.json", "--out", "o"],
+        "evaluate": ["manifest.json", "--out", "o", "--method", "intermodal"],
+    }
+    argv = [command, *required[command]]
+    args = parser.parse_args(argv)
+    # no option given: exactly the preset's settings, in 2D and 3D
+    for ndim in (2, 3):
+        assert _settings(args, ndim) == registration.preset_settings(args.preset, ndim)
+    subparser = parser._subparsers._group_actions[0].choices[command]
+    actions = {action.dest: action for action in subparser._actions}
+    expected_choices = {
+        "preset": PRESET_NAMES,
+        "init": INIT_CHOICES,
+        "device": registration.DEVICE_CHOICES,
+        "similarity": refinement.SIMILARITY_CHOICES,
+        "fixed_modality": preprocess.MODALITY_CHOICES,
+        "moving_modality": preprocess.MODALITY_CHOICES,
+    }
+    for dest, choices in expected_choices.items():
+        assert tuple(actions[dest].choices) == tuple(choices), dest
+    # the help shows the library's defaults, whatever they are today
+    text = " ".join(subparser.format_help().split())
+    defaults = registration.Settings()
+    for name in ("smoothness", "volume_penalty", "sampling", "velocity_smoothing", "mi_weight"):
+        assert f"default {getattr(defaults, name):g})" in text, name
+    assert f"default {defaults.refine})" in text and f"(default {defaults.similarity})" in text
+    low, high = preprocess.DEFAULT_HU_WINDOW
+    assert f"else {low:g} {high:g})" in text
+    assert f"else {registration.DEFAULT_INTEGRATION_STEPS})" in text
+
+
+def test_demo_and_prepare_defaults_are_the_librarys():
+    from intermodal.cli import build_parser
+    from intermodal.data.prepare import DEFAULT_DEFORMABLE, DEFORMABLE_CHOICES
+    from intermodal.registration import DEVICE_CHOICES, Settings
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    demo = " ".join(commands["demo"].format_help().split())
+    assert f"{{{','.join(DEVICE_CHOICES)}}}" in demo
+    assert f"(default {Settings().device})" in demo
+    prepare = {action.dest: action for action in commands["prepare"]._actions}
+    assert tuple(prepare["deformable"].choices) == DEFORMABLE_CHOICES
+    assert f"(default {DEFAULT_DEFORMABLE})" in " ".join(commands["prepare"].format_help().split())
+    with pytest.raises(SystemExit):
+        parser.parse_args(["prepare", "m.json", "--out", "o", "--deformable", "demons"])
+
+
 # --- bad input: one line naming the problem, exit code 2, and no output directory --------
 
 

@@ -8,10 +8,13 @@ exit code 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import logging
+import re
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from intermodal import __version__
@@ -54,10 +57,83 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
 
 
+class _LibraryChoices(Sequence[str]):
+    """The choices of an option, read from the library module that defines them when first
+    needed (parsing that option, or its help), so that building the parser imports no torch."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module, self.name = module, name
+
+    def _values(self) -> Sequence[str]:
+        return getattr(importlib.import_module(self.module), self.name)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        return self._values()[index]
+
+    def __len__(self) -> int:
+        return len(self._values())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._values()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values())
+
+
+def _add_library_choice(
+    parser: argparse.ArgumentParser, flag: str, choices: _LibraryChoices, help: str
+) -> None:
+    """An option of library-defined ``choices``, None when not given."""
+    # The choices are set after add_argument, which formats the option's metavar to check it
+    # and so would read them (importing their module) while the parser is built.
+    parser.add_argument(flag, default=None, help=help).choices = choices
+
+
+_DEVICES = _LibraryChoices("intermodal.registration", "DEVICE_CHOICES")
+_SIMILARITIES = _LibraryChoices("intermodal.refinement", "SIMILARITY_CHOICES")
+_MODALITIES = _LibraryChoices("intermodal.preprocess", "MODALITY_CHOICES")
+
+
+class _LibraryValues(dict):
+    """``{name}`` in a help text: the default of the setting ``name``
+    (:class:`~intermodal.registration.Settings`), else the constant of that name in
+    :mod:`intermodal.registration`, :mod:`intermodal.preprocess` or
+    :mod:`intermodal.data.prepare`."""
+
+    def __missing__(self, name: str) -> str:
+        from intermodal import preprocess, registration
+        from intermodal.data import prepare
+
+        settings = registration.Settings()
+        if hasattr(settings, name):
+            value = getattr(settings, name)
+        else:
+            module = next(m for m in (registration, preprocess, prepare) if hasattr(m, name))
+            value = getattr(module, name)
+        if isinstance(value, (tuple, list)):
+            return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+class _LibraryHelp(argparse.HelpFormatter):
+    """Fills a help text's ``{name}`` fields from the library (:class:`_LibraryValues`) when
+    the help is shown: the defaults shown are the library's, and ``intermodal --help`` stays
+    instant (a command's own ``--help`` imports the library, as running it does)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = super()._get_help_string(action)
+        if text is None:
+            return None
+        values = _LibraryValues()
+        return re.sub(r"\{(\w+)\}", lambda field: values[field.group(1)], text)
+
+
 def _add_registration_options(parser: argparse.ArgumentParser) -> None:
+    # Every setting's option defaults to None, "not given": the preset's value, else the
+    # Settings default, applies (_settings); the help shows those defaults (_LibraryHelp).
     parser.add_argument(
-        "--preset", default="default", choices=PRESET_NAMES,
-        help="named settings that the options below override (one: 'default')",
+        "--preset", default=PRESET_NAMES[0], choices=PRESET_NAMES,
+        help="named settings that the options below override (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument(
         "--model",
@@ -68,59 +144,70 @@ def _add_registration_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--refine", type=int, default=None, metavar="N",
-        help="test-time optimisation steps (0 with --model none: the initial alignment alone)",
+        help="test-time optimisation steps (0 with --model none: the initial alignment "
+        "alone; default {refine})",
     )  # fmt: skip
     parser.add_argument(
         "--level-steps", type=_level_steps, default=None, metavar="N,N,N",
-        help="steps at each refinement level, coarse to fine (levels 4, 2, 1: 'x4, x2, "
-        "full'), instead of --refine shared equally; e.g. 6,6,12",
+        help="steps at each refinement level, coarse to fine (default levels: {pyramid}), "
+        "instead of --refine shared equally; e.g. 6,6",
     )  # fmt: skip
     parser.add_argument(
         "--integration-steps", type=int, default=None, metavar="N",
         help="scaling-and-squaring steps that turn the velocity into the deformation "
-        "(default: a model card's, else 5)",
+        "(default: a model card's, else {DEFAULT_INTEGRATION_STEPS})",
     )  # fmt: skip
     parser.add_argument(
         "--init", default=None, choices=INIT_CHOICES,
-        help="initial alignment (default: rigid, with a multi-start over rotations)",
+        help="initial alignment (default {init}; rigid and affine start from several rotations)",
     )  # fmt: skip
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--spacing", type=float, default=None, help="working spacing in mm")
+    _add_library_choice(parser, "--device", _DEVICES, "where to compute (default {device})")
     parser.add_argument(
-        "--similarity", default=None, choices=("mind", "ngf", "mi"),
-        help="refinement similarity (default mind: MIND-SSC); mi: mutual information, what "
-        "ANTs and elastix optimise, which scored higher NMI on the real CT/MR pair but lower "
-        "organ Dice on the synthetic tuning pairs (benchmarks/RESULTS.md)",
+        "--spacing", type=float, default=None,
+        help="working spacing in mm (default: {DEFAULT_SPACING_3D} mm in 3D, native in 2D)",
+    )  # fmt: skip
+    _add_library_choice(
+        parser, "--similarity", _SIMILARITIES,
+        "refinement similarity (default {similarity}); mind: MIND-SSC; mi: mutual "
+        "information, what ANTs and elastix optimise, which scored higher NMI on the real "
+        "CT/MR pair but lower organ Dice on the synthetic tuning pairs (benchmarks/RESULTS.md)",
     )  # fmt: skip
     parser.add_argument(
         "--mi-weight", type=float, default=None, metavar="W",
         help="weight of a mutual-information term (nats) added to the mind or ngf similarity "
-        "(default 0)",
+        "(default {mi_weight})",
     )  # fmt: skip
     parser.add_argument(
         "--smoothness", type=float, default=None, metavar="W",
-        help="weight of the refinement's diffusion regulariser (default 1)",
+        help="weight of the refinement's diffusion regulariser (default {smoothness})",
     )  # fmt: skip
     parser.add_argument(
         "--velocity-smoothing", type=float, default=None, metavar="SIGMA",
-        help="Gaussian sigma (velocity-grid voxels) of the refined velocity (default 2)",
+        help="Gaussian sigma (velocity-grid voxels) of the refined velocity "
+        "(default {velocity_smoothing})",
     )  # fmt: skip
     parser.add_argument(
         "--volume-penalty", type=float, default=None, metavar="W",
-        help="weight of the mean squared log Jacobian in the refinement (default 0)",
+        help="weight of the mean squared log Jacobian in the refinement "
+        "(default {volume_penalty})",
     )  # fmt: skip
     parser.add_argument(
         "--sampling", type=float, default=None, metavar="FRACTION",
         help="fraction of voxels, drawn afresh each step, where the refinement evaluates "
-        "MIND or MI (default 1: all; smaller is faster)",
+        "MIND or MI (1: all; smaller is faster; default {sampling})",
     )  # fmt: skip
-    parser.add_argument("--fixed-modality", default="auto", choices=("ct", "mr", "auto"))
-    parser.add_argument("--moving-modality", default="auto", choices=("ct", "mr", "auto"))
+    for side in ("fixed", "moving"):
+        _add_library_choice(
+            parser, f"--{side}-modality", _MODALITIES,
+            f"the {side} image's modality (default {{{side}_modality}})",
+        )  # fmt: skip
     parser.add_argument(
         "--hu-window", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-        help="CT intensity window in HU (default: a model card's, else -1000 1000)",
+        help="CT intensity window in HU (default: a model card's, else {DEFAULT_HU_WINDOW})",
     )  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=None, help="seed of every random choice (default {seed})"
+    )
 
 
 def _level_steps(text: str) -> tuple[int, ...]:
@@ -135,8 +222,9 @@ def _level_steps(text: str) -> tuple[int, ...]:
 
 # options that, when given, override the preset's value of the setting of the same name
 _PRESET_OVERRIDES = (
-    "refine", "level_steps", "integration_steps", "init", "spacing", "similarity", "smoothness",
-    "velocity_smoothing", "volume_penalty", "sampling", "mi_weight",
+    "refine", "level_steps", "integration_steps", "init", "device", "spacing", "similarity",
+    "smoothness", "velocity_smoothing", "volume_penalty", "sampling", "mi_weight",
+    "fixed_modality", "moving_modality", "seed",
 )  # fmt: skip
 
 
@@ -152,16 +240,9 @@ def _settings(args: argparse.Namespace, ndim: int = 3):
     }
     if args.model is not None:
         overrides["model"] = None if args.model.lower() == "none" else args.model
-    return preset_settings(
-        args.preset,
-        ndim,
-        device=args.device,
-        fixed_modality=args.fixed_modality,
-        moving_modality=args.moving_modality,
-        hu_window=None if args.hu_window is None else tuple(args.hu_window),
-        seed=args.seed,
-        **overrides,
-    )
+    if args.hu_window is not None:
+        overrides["hu_window"] = tuple(args.hu_window)
+    return preset_settings(args.preset, ndim, **overrides)
 
 
 def _settings_by_dimension(args: argparse.Namespace) -> dict:
@@ -428,7 +509,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     mr, mr_labels = _moved_another_day(subject.mr, subject.mr_labels, args.seed)
     refine = args.refine if args.refine is not None else Settings.refine
     model = None if args.model.lower() == "none" else args.model
-    settings = Settings(model=model, refine=refine, device=args.device)
+    device = Settings.device if args.device is None else args.device
+    settings = Settings(model=model, refine=refine, device=device)
     reporter = _Reporter(args.quiet)
     organs = {name: LABELS[name] for name in ("bone", "bladder", "prostate", "rectum")}
     identity = sitk.Transform(3, sitk.sitkIdentity)
@@ -543,14 +625,14 @@ def cmd_gui(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from intermodal.data.prepare import prepare_dataset
+    from intermodal.data.prepare import DEFAULT_DEFORMABLE, prepare_dataset
 
     reporter = _Reporter(args.quiet)
     summary = prepare_dataset(
         args.manifest,
         args.out,
         spacing=args.spacing,
-        deformable=args.deformable,
+        deformable=DEFAULT_DEFORMABLE if args.deformable is None else args.deformable,
         overwrite=args.overwrite,
         jobs=args.jobs,
         progress=reporter,
@@ -702,6 +784,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"intermodal {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser = functools.partial(commands.add_parser, formatter_class=_LibraryHelp)
 
     register = commands.add_parser("register", help="register a moving image onto a fixed one")
     register.add_argument("--fixed", required=True, help="fixed image (file or DICOM directory)")
@@ -765,7 +848,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true")
     demo.add_argument("--refine", type=int, default=None, metavar="N")
     demo.add_argument("--model", default="none", help="as for register (default: none)")
-    demo.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    _add_library_choice(demo, "--device", _DEVICES, "where to compute (default {device})")
     demo.add_argument(
         "--seed",
         type=int,
@@ -812,7 +895,10 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("manifest", help="dataset manifest (.json or .csv)")
     prepare.add_argument("--out", required=True, help="output directory")
     prepare.add_argument("--spacing", type=float, default=None, help="grid spacing in mm")
-    prepare.add_argument("--deformable", default="bspline", choices=("bspline", "none"))
+    _add_library_choice(
+        prepare, "--deformable", _LibraryChoices("intermodal.data.prepare", "DEFORMABLE_CHOICES"),
+        "the deformable step after the affine one (default {DEFAULT_DEFORMABLE})",
+    )  # fmt: skip
     prepare.add_argument(
         "--jobs", type=int, default=1, metavar="N",
         help="subjects prepared at once, each in its own one-thread process (default 1: one "

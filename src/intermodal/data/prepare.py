@@ -58,6 +58,7 @@ from intermodal.typing import Progress
 logger = logging.getLogger(__name__)
 
 DEFORMABLE_CHOICES = ("bspline", "none")
+DEFAULT_DEFORMABLE = "bspline"
 GRID_MULTIPLE = 16
 """Derived grid sizes are rounded up to a multiple of this (the network's pooling needs it)."""
 DEFAULT_SPACING_3D = 2.5
@@ -114,7 +115,7 @@ def prepare_dataset(
     *,
     spacing: float | None = None,
     shape: Sequence[int] | None = None,
-    deformable: str = "bspline",
+    deformable: str = DEFAULT_DEFORMABLE,
     overwrite: bool = False,
     jobs: int = 1,
     progress: Progress | None = None,
