@@ -24,8 +24,9 @@ Every run starts at once in its own process on the one GPU:
 
 Each run's files (weights, card, history) go into ``runs.tar.gz`` under ``--out``, with
 ``summary.json``: the command, the machine, wall time, steps per second and the validation
-Dice of each run. Back on the development machine, ``benchmarks/model_selection_3d.py``
-scores intermodal runs after the affine, ``--render SUMMARY...`` writes section
+Dice of each run. Back on the development machine, ``benchmarks/training.py network --model
+RUN/model.safetensors`` scores an intermodal run after the initial alignment, ``--render
+SUMMARY...`` writes section
 ``gpu_training_3d`` of ``benchmarks/RESULTS.md``, and ``benchmarks/compare.py`` reads the
 VoxelMorph runs once copied into ``benchmarks/weights/vxm_3d_{intra,mi}/``.
 """
