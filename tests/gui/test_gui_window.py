@@ -65,14 +65,14 @@ def _drop(target, paths) -> None:
 
 def test_defaults_match_the_library():
     from intermodal import registration
-    from intermodal.gui import window as window_module
+    from intermodal.gui import registration_panel as panel
 
     settings = registration.Settings()
-    assert window_module.DEFAULT_REFINE == settings.refine
-    assert window_module.DEFAULT_INIT == settings.init
-    default_model = window_module.model_choices()[1]
+    assert panel.DEFAULT_REFINE == settings.refine
+    assert panel.DEFAULT_INIT == settings.init
+    default_model = panel.model_choices()[1]
     assert (None if default_model == "none" else default_model) == settings.model
-    assert window_module.DEVICE_CHOICES == registration.DEVICE_CHOICES
+    assert panel.DEVICE_CHOICES == registration.DEVICE_CHOICES
 
 
 def test_open_two_3d_images_gives_three_linked_views(window, small_pair_files, dialogs):
@@ -138,11 +138,11 @@ def test_drag_and_drop(window, pair_2d_files, small_pair_files):
     _drop(window, [pair_2d_files["ct"], pair_2d_files["mr"]])
     assert window.scene.fixed.source == str(pair_2d_files["ct"])
     assert window.scene.moving.source == str(pair_2d_files["mr"])
-    _drop(window.drop_labels["labels"], [pair_2d_files["mr_labels"]])
+    _drop(window.images_panel.drop_labels["labels"], [pair_2d_files["mr_labels"]])
     assert window.scene.labels is not None
-    _drop(window.drop_labels["moving"], [pair_2d_files["ct"]])
+    _drop(window.images_panel.drop_labels["moving"], [pair_2d_files["ct"]])
     assert window.scene.moving.source == str(pair_2d_files["ct"])
-    _drop(window.drop_labels["fixed"], [small_pair_files["ct"]])
+    _drop(window.images_panel.drop_labels["fixed"], [small_pair_files["ct"]])
     assert window.scene.fixed.source == str(small_pair_files["ct"])
 
 
@@ -161,22 +161,22 @@ def test_recent_files_are_remembered(qtbot, window, store, pair_2d_files):
 
 def test_window_presets_and_auto_levels(window, pair_2d_files):
     _open_pair(window, pair_2d_files)
-    assert window.window_boxes["fixed"].currentText() == "soft tissue"
+    assert window.display_panel.window_boxes["fixed"].currentText() == "soft tissue"
     assert window.levels["fixed"] == (-160.0, 240.0)
-    assert window.window_boxes["moving"].currentText() == "auto"
-    window.window_boxes["fixed"].setCurrentText("bone")
+    assert window.display_panel.window_boxes["moving"].currentText() == "auto"
+    window.display_panel.window_boxes["fixed"].setCurrentText("bone")
     assert window.levels["fixed"] == (-500.0, 1300.0)
-    window.window_boxes["fixed"].setCurrentText("lung")
+    window.display_panel.window_boxes["fixed"].setCurrentText("lung")
     assert window.levels["fixed"] == (-1350.0, 150.0)
     mr = window.scene.moving.array
     low, high = window.levels["moving"]
     assert mr.min() <= low < high <= mr.max()
-    level, width = window.level_spins["fixed"]
+    level, width = window.display_panel.level_spins["fixed"]
     level.setValue(100.0)
     width.setValue(50.0)
     level.editingFinished.emit()
     assert window.levels["fixed"] == (75.0, 125.0)
-    assert window.window_boxes["fixed"].currentText() == "custom"
+    assert window.display_panel.window_boxes["fixed"].currentText() == "custom"
 
 
 def test_status_bar_shows_values_and_position(window, pair_2d_files):
@@ -198,12 +198,12 @@ def test_registration_runs_in_the_worker_to_completion(qtbot, window, pair_2d_fi
     with qtbot.waitSignal(window.registration_finished, timeout=120_000) as finished:
         assert window.start_registration()
         window.job.progressed.connect(lambda stage, step, total: steps.append((stage, step)))
-        assert window.busy and not window.register_button.isEnabled()
-        assert window.cancel_button.isEnabled()
+        assert window.busy and not window.registration_panel.register_button.isEnabled()
+        assert window.registration_panel.cancel_button.isEnabled()
         qtbot.wait(1)  # the event loop runs while the worker does: the window stays responsive
     assert finished.args == ["succeeded"]
     assert dialogs == []
-    assert not window.busy and window.register_button.isEnabled()
+    assert not window.busy and window.registration_panel.register_button.isEnabled()
     assert ("refine", 10) in steps
     assert window.moving_state == "after"
     assert window.scene.result is not None and window.scene.result.warped_labels is not None
@@ -228,8 +228,8 @@ def test_cancel_a_running_registration(qtbot, window, pair_2d_files, dialogs):
     assert finished.args == ["cancelled"]
     assert dialogs == []
     assert window.scene.result is None and not window.busy
-    assert window.stage_label.text() == "cancelled"
-    assert window.register_button.isEnabled()
+    assert window.registration_panel.stage_label.text() == "cancelled"
+    assert window.registration_panel.register_button.isEnabled()
 
 
 @pytest.mark.parametrize(
@@ -247,7 +247,7 @@ def test_a_failing_registration_shows_one_line_and_the_window_survives(
         window.start_registration()
     assert finished.args == ["failed"]
     assert len(dialogs) == 1 and message in dialogs[0] and "\n" not in dialogs[0]
-    assert not window.busy and window.register_button.isEnabled()
+    assert not window.busy and window.registration_panel.register_button.isEnabled()
     window.set_mode_all("blend")  # still works
     assert window.views["slice"].displayed() is not None
 
@@ -266,7 +266,7 @@ def test_2d_with_3d_is_refused_with_a_dialog(window, pair_2d_files, small_pair_f
     window.open_path("moving", pair_2d_files["mr"])
     assert window.open_path("fixed", small_pair_files["ct"])
     assert window.scene.moving is None and set(window.views) == {"axial", "coronal", "sagittal"}
-    assert not window.register_button.isEnabled()
+    assert not window.registration_panel.register_button.isEnabled()
 
 
 @pytest.mark.parametrize(
@@ -329,23 +329,23 @@ def test_view_settings_change_the_picture(window, pair_2d_files, registered_2d):
     window.show_result(result_layers(registered_2d))
     view = window.views["slice"]
     window.set_mode_all("blend")
-    window.blend_slider.setValue(0)
+    window.display_panel.blend_slider.setValue(0)
     fixed_only = view.displayed().copy()
-    window.blend_slider.setValue(100)
+    window.display_panel.blend_slider.setValue(100)
     moving_only = view.displayed().copy()
     window.set_mode_all("moving")
     np.testing.assert_array_equal(view.displayed(), moving_only)
     window.set_mode_all("checkerboard")
-    window.tile_spin.setValue(30.0)
+    window.display_panel.tile_spin.setValue(30.0)
     coarse = view.displayed().copy()
-    window.tile_spin.setValue(9.0)
+    window.display_panel.tile_spin.setValue(9.0)
     assert not np.array_equal(view.displayed(), coarse)
     window.set_mode_all("grid")
     lines = view.lines.getData()[0].size
-    window.grid_spin.setValue(30.0)
+    window.display_panel.grid_spin.setValue(30.0)
     assert view.lines.getData()[0].size < lines
     window.set_mode_all("blend")
-    window.blend_slider.setValue(50)
+    window.display_panel.blend_slider.setValue(50)
     after = view.displayed().copy()
     window.actions_by_name["toggle_state"].trigger()
     assert window.moving_state == "before"
@@ -492,10 +492,10 @@ def test_keys_step_slices_in_the_views_and_spin_boxes_in_the_panel(qtbot, window
     window.activateWindow()
     qtbot.waitUntil(window.isActiveWindow)
     z = window.cursor[0]
-    refine = window.refine_spin.value()
-    window.refine_spin.setFocus()
-    qtbot.keyClick(window.refine_spin, Qt.Key.Key_Up)
-    assert window.refine_spin.value() == refine + 1 and window.cursor[0] == z
+    refine = window.registration_panel.refine_spin.value()
+    window.registration_panel.refine_spin.setFocus()
+    qtbot.keyClick(window.registration_panel.refine_spin, Qt.Key.Key_Up)
+    assert window.registration_panel.refine_spin.value() == refine + 1 and window.cursor[0] == z
     graphics = window.views["axial"].graphics
     graphics.setFocus()
     qtbot.keyClick(graphics, Qt.Key.Key_Up)

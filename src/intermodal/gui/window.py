@@ -1,4 +1,10 @@
-"""The main window: open images, register in a worker thread, inspect the result, export it."""
+"""The main window: open images, register in a worker thread, inspect the result, export it.
+
+The window composes its panels (:mod:`~intermodal.gui.images_panel`,
+:mod:`~intermodal.gui.registration_panel`, :mod:`~intermodal.gui.display_panel`,
+:mod:`~intermodal.gui.metrics_panel`) and the views (:mod:`~intermodal.gui.views_area`), and
+holds what they share: the scene, the cursor, the display levels and the running job.
+"""
 
 from __future__ import annotations
 
@@ -22,102 +28,47 @@ from PySide6.QtCore import (
 )
 from PySide6.QtGui import QAction, QDragEnterEvent, QDropEvent, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import (
-    QComboBox,
-    QDoubleSpinBox,
     QFileDialog,
-    QFormLayout,
-    QGridLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QHeaderView,
-    QLabel,
     QMainWindow,
     QMessageBox,
-    QProgressBar,
-    QPushButton,
     QScrollArea,
-    QSlider,
-    QSpinBox,
     QSplitter,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
 from intermodal import __version__
-from intermodal.classical import INIT_CHOICES
 from intermodal.errors import IntermodalError
 from intermodal.gui import display
 from intermodal.gui.display import MODE_TITLES, VIEW_MODES, RenderOptions, SliceLayers
+from intermodal.gui.display_panel import MOVING_STATE_TITLES, DisplayPanel
+from intermodal.gui.images_panel import ROLES, ImagesPanel
+from intermodal.gui.metrics_panel import MetricsPanel, headline
+from intermodal.gui.registration_panel import RegistrationPanel
 from intermodal.gui.scene import (
     Layer,
     ResultLayers,
     Scene,
-    metrics_rows,
     read_layer,
     read_result_folder,
     result_layers,
     same_grid,
 )
 from intermodal.gui.views import SliceView
+from intermodal.gui.views_area import ViewsArea
 from intermodal.gui.worker import JobThread, error_line
-from intermodal.presets import PRESET_NAMES, PRESETS
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("fixed", "moving")
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
-DEFAULT_REFINE = 80
-"""The default of :attr:`intermodal.registration.Settings.refine` (a test keeps them equal)."""
-DEFAULT_INIT = "rigid"
 MAX_RECENT = 10
-WINDOW_CHOICES = ("auto", "soft tissue", "bone", "lung", "full range", "custom")
-MOVING_STATE_TITLES = {
-    "before": "before (as read)",
-    "initial": "initial alignment",
-    "after": "registered",
-}
 IMAGE_FILTER = (
     "Images (*.nii *.nii.gz *.mha *.mhd *.nrrd *.nhdr *.dcm *.png *.jpg *.jpeg *.tif *.tiff);;"
     "All files (*)"
 )
 
 
-def model_choices() -> tuple[list[str], str]:
-    """The model choices offered, and the default (the library's: none)."""
-    try:
-        from intermodal.models import BUNDLED
-    except ImportError:
-        return ["none"], "none"
-    return ["none", "auto", *BUNDLED], "none"
-
-
 def _has_report(path: Path) -> bool:
     return path.is_dir() and (path / "report.json").is_file()
-
-
-class DropLabel(QLabel):
-    """A label that takes a dropped file or folder and emits its path."""
-
-    dropped = Signal(str)
-
-    def __init__(self, text: str, parent: QWidget | None = None) -> None:
-        super().__init__(text, parent)
-        self.setAcceptDrops(True)
-        self.setWordWrap(True)
-        self.setFrameShape(QLabel.Shape.StyledPanel)
-        self.setMinimumHeight(36)
-
-    def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 - Qt naming
-        if event.mimeData().hasUrls():
-            event.acceptProposedAction()
-
-    def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802 - Qt naming
-        paths = [u.toLocalFile() for u in event.mimeData().urls() if u.isLocalFile()]
-        if paths:
-            event.acceptProposedAction()
-            self.dropped.emit(paths[0])
 
 
 class MainWindow(QMainWindow):
@@ -150,18 +101,21 @@ class MainWindow(QMainWindow):
         self.active_plane: str | None = None
         self.moving_state = "before"
         self.levels: dict[str, tuple[float, float]] = {}
-        self.views: dict[str, SliceView] = {}
         self.job: JobThread | None = None
         self.last_error: str | None = None
         self.error_handler: Callable[[str], None] = self._error_dialog
-        self._planes: tuple[str, ...] = ()
         self._outcome = ""
         self._failure = ""
 
         self.setWindowTitle("intermodal")
         self.setAcceptDrops(True)
         self._build_panel()
-        self._build_views_area()
+        self.views_area = ViewsArea()
+        self.views_area.pointed.connect(self._on_pointed)
+        self.views_area.scrolled.connect(self._on_scrolled)
+        self.views_area.hovered.connect(self._on_hovered)
+        self.views_area.mode_changed.connect(lambda _plane, _mode: self.refresh())
+        self.views_area.rebuild(("axial", "coronal", "sagittal"), self._default_mode())
         splitter = QSplitter()
         splitter.addWidget(self.panel_scroll)
         splitter.addWidget(self.views_area)
@@ -178,153 +132,32 @@ class MainWindow(QMainWindow):
     # ----------------------------------------------------------------------------- layout
 
     def _build_panel(self) -> None:
+        self.images_panel = ImagesPanel()
+        self.images_panel.open_file.connect(self.choose_file)
+        self.images_panel.open_folder.connect(self.choose_folder)
+        self.images_panel.dropped.connect(self._on_dropped)
+        self.registration_panel = RegistrationPanel()
+        self.registration_panel.register_requested.connect(self.start_registration)
+        self.registration_panel.cancel_requested.connect(self.cancel_registration)
+        self.registration_panel.browse_model_requested.connect(self.choose_model)
+        self.display_panel = DisplayPanel(self.options)
+        self.display_panel.mode_chosen.connect(self.set_mode_all)
+        self.display_panel.state_chosen.connect(self._on_state_chosen)
+        self.display_panel.options_changed.connect(self.refresh)
+        self.display_panel.window_chosen.connect(self.set_window)
+        self.display_panel.levels_edited.connect(self._on_levels_edited)
+        self.metrics_panel = MetricsPanel()
+
         panel = QWidget()
         layout = QVBoxLayout(panel)
-
-        images = QGroupBox("Images")
-        grid = QGridLayout(images)
-        self.drop_labels: dict[str, DropLabel] = {}
-        for row, role in enumerate((*ROLES, "labels")):
-            title = "Labels (moving space)" if role == "labels" else role.capitalize()
-            label = DropLabel(f"<b>{title}</b>: drop a file here")
-            label.setObjectName(f"drop_{role}")
-            label.dropped.connect(lambda path, role=role: self._on_dropped(role, path))
-            self.drop_labels[role] = label
-            grid.addWidget(label, 2 * row, 0, 1, 2)
-            open_button = QPushButton("Open…")
-            open_button.clicked.connect(lambda _=False, role=role: self.choose_file(role))
-            grid.addWidget(open_button, 2 * row + 1, 0)
-            if role != "labels":
-                dicom_button = QPushButton("DICOM folder…")
-                dicom_button.clicked.connect(lambda _=False, role=role: self.choose_folder(role))
-                grid.addWidget(dicom_button, 2 * row + 1, 1)
-        layout.addWidget(images)
-
-        registration = QGroupBox("Registration")
-        form = QFormLayout(registration)
-        self.preset_box = QComboBox()
-        self.preset_box.addItems(list(PRESET_NAMES))
-        self.preset_box.setToolTip(
-            "default: the one preset, accurate and fast. Choosing it fills the model, steps "
-            "and alignment below, which then override it"
-        )
-        self._preset_ndim = 3  # the dimension whose preset values fill the panel
-        self.preset_box.currentTextChanged.connect(lambda _name: self._fill_from_preset())
-        form.addRow("Preset", self.preset_box)
-        model_row = QHBoxLayout()
-        self.model_edit = QComboBox()
-        self.model_edit.setEditable(True)
-        choices, default = model_choices()
-        self.model_edit.addItems(choices)
-        self.model_edit.setCurrentText(default)
-        self.model_edit.setToolTip(
-            "none: refinement alone (the default); auto: the bundled model for the images' "
-            "dimension, kept only if it improves the similarity; or a .safetensors model path"
-        )
-        self.model_edit.setMinimumContentsLength(8)
-        self.model_edit.setSizeAdjustPolicy(
-            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
-        )
-        browse = QPushButton("…")
-        browse.setMaximumWidth(32)
-        browse.clicked.connect(self.choose_model)
-        model_row.addWidget(self.model_edit)
-        model_row.addWidget(browse)
-        form.addRow("Model", model_row)
-        self.refine_spin = QSpinBox()
-        self.refine_spin.setRange(0, 10000)
-        self.refine_spin.setValue(DEFAULT_REFINE)
-        self.refine_spin.setToolTip("test-time optimisation steps (MIND-SSC)")
-        form.addRow("Refinement steps", self.refine_spin)
-        self.init_box = QComboBox()
-        self.init_box.addItems(list(INIT_CHOICES))
-        self.init_box.setCurrentText(DEFAULT_INIT)
-        form.addRow("Initial alignment", self.init_box)
-        self.device_box = QComboBox()
-        self.device_box.addItems(list(DEVICE_CHOICES))
-        form.addRow("Device", self.device_box)
-        buttons = QHBoxLayout()
-        self.register_button = QPushButton("Register")
-        self.register_button.clicked.connect(self.start_registration)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.clicked.connect(self.cancel_registration)
-        buttons.addWidget(self.register_button)
-        buttons.addWidget(self.cancel_button)
-        form.addRow(buttons)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setTextVisible(True)
-        self.stage_label = QLabel("idle")
-        form.addRow(self.progress)
-        form.addRow(self.stage_label)
-        layout.addWidget(registration)
-
-        view = QGroupBox("Display")
-        form = QFormLayout(view)
-        self.mode_box = QComboBox()
-        for mode in VIEW_MODES:
-            self.mode_box.addItem(MODE_TITLES[mode], mode)
-        self.mode_box.currentIndexChanged.connect(
-            lambda _i: self.set_mode_all(self.mode_box.currentData())
-        )
-        form.addRow("All views", self.mode_box)
-        self.state_box = QComboBox()
-        self.state_box.currentIndexChanged.connect(self._on_state_box)
-        form.addRow("Moving shown", self.state_box)
-        self.blend_slider = QSlider(Qt.Orientation.Horizontal)
-        self.blend_slider.setRange(0, 100)
-        self.blend_slider.setValue(int(round(100 * self.options.blend)))
-        self.blend_slider.valueChanged.connect(self._on_blend)
-        form.addRow("Blend", self.blend_slider)
-        self.tile_spin = QDoubleSpinBox()
-        self.tile_spin.setRange(1.0, 500.0)
-        self.tile_spin.setSuffix(" mm")
-        self.tile_spin.setValue(self.options.tile_mm)
-        self.tile_spin.valueChanged.connect(self._on_tile)
-        form.addRow("Checker tile", self.tile_spin)
-        self.grid_spin = QDoubleSpinBox()
-        self.grid_spin.setRange(1.0, 500.0)
-        self.grid_spin.setSuffix(" mm")
-        self.grid_spin.setValue(self.options.grid_mm)
-        self.grid_spin.valueChanged.connect(self._on_grid)
-        form.addRow("Grid spacing", self.grid_spin)
-        self.window_boxes: dict[str, QComboBox] = {}
-        self.level_spins: dict[str, tuple[QDoubleSpinBox, QDoubleSpinBox]] = {}
-        for role in ROLES:
-            box = QComboBox()
-            box.addItems(list(WINDOW_CHOICES))
-            box.currentTextChanged.connect(lambda name, role=role: self.set_window(role, name))
-            self.window_boxes[role] = box
-            level, width = QDoubleSpinBox(), QDoubleSpinBox()
-            for spin, name in ((level, "level"), (width, "width")):
-                spin.setRange(-1e5 if name == "level" else 1e-3, 1e5)
-                spin.setMaximumWidth(120)
-                spin.setDecimals(1)
-                spin.setPrefix("L " if name == "level" else "W ")
-                spin.editingFinished.connect(lambda role=role: self._on_level_edit(role))
-            self.level_spins[role] = (level, width)
-            form.addRow(f"{role.capitalize()} window", box)
-            row = QHBoxLayout()
-            row.addWidget(level)
-            row.addWidget(width)
-            form.addRow("", row)
-        layout.addWidget(view)
-
-        metrics = QGroupBox("Metrics (report.json)")
-        metrics_layout = QVBoxLayout(metrics)
-        self.metrics_table = QTableWidget(0, 2)
-        self.metrics_table.setHorizontalHeaderLabels(["figure", "value"])
-        self.metrics_table.verticalHeader().setVisible(False)
-        self.metrics_table.horizontalHeader().setSectionResizeMode(
-            0, QHeaderView.ResizeMode.Stretch
-        )
-        self.metrics_table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
-        self.metrics_table.setMinimumHeight(220)
-        metrics_layout.addWidget(self.metrics_table)
-        layout.addWidget(metrics)
+        for box in (
+            self.images_panel,
+            self.registration_panel,
+            self.display_panel,
+            self.metrics_panel,
+        ):
+            layout.addWidget(box)
         layout.addStretch(1)
-
         self.panel_scroll = QScrollArea()
         self.panel_scroll.setWidget(panel)
         self.panel_scroll.setWidgetResizable(True)
@@ -333,50 +166,13 @@ class MainWindow(QMainWindow):
         scrollbar = self.panel_scroll.verticalScrollBar().sizeHint().width()
         self.panel_scroll.setMinimumWidth(max(panel.minimumSizeHint().width(), 380) + scrollbar)
 
-    def _build_views_area(self) -> None:
-        self.views_area = QWidget()
-        self.views_grid = QGridLayout(self.views_area)
-        self.views_grid.setContentsMargins(0, 0, 0, 0)
-        self.info_label = QLabel()
-        self.info_label.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
-        self.info_label.setWordWrap(True)
-        self.info_label.setMargin(8)
-        self._rebuild_views(("axial", "coronal", "sagittal"))
+    @property
+    def views(self) -> dict[str, SliceView]:
+        """The slice views by plane."""
+        return self.views_area.views
 
-    def _rebuild_views(self, planes: tuple[str, ...]) -> None:
-        if planes == self._planes:
-            return
-        modes = {plane: view.mode for plane, view in self.views.items()}
-        default = self.mode_box.currentData() or "fixed"
-        for view in self.views.values():
-            self.views_grid.removeWidget(view)
-            view.hide()
-            view.setParent(None)
-            view.deleteLater()
-        self.views_grid.removeWidget(self.info_label)
-        self.views = {}
-        positions = ((0, 0), (0, 1), (1, 0))
-        for plane, (row, column) in zip(planes, positions):
-            view = SliceView(plane)
-            view.set_mode(modes.get(plane, default))
-            view.pointed.connect(self._on_pointed)
-            view.scrolled.connect(self._on_scrolled)
-            view.hovered.connect(self._on_hovered)
-            view.mode_changed.connect(lambda _plane, _mode: self.refresh())
-            self.views[plane] = view
-            if len(planes) == 1:
-                self.views_grid.addWidget(view, 0, 0, 2, 2)
-            else:
-                self.views_grid.addWidget(view, row, column)
-        if len(planes) == 1:
-            self.info_label.hide()
-        else:
-            self.info_label.show()
-            self.views_grid.addWidget(self.info_label, 1, 1)
-        for index in range(2):
-            self.views_grid.setRowStretch(index, 1)
-            self.views_grid.setColumnStretch(index, 1)
-        self._planes = planes
+    def _default_mode(self) -> str:
+        return self.display_panel.mode() or "fixed"
 
     def _action(
         self,
@@ -514,7 +310,7 @@ class MainWindow(QMainWindow):
             self, "Model weights", self._last_folder(), "Models (*.safetensors);;All files (*)"
         )
         if path:
-            self.model_edit.setCurrentText(path)
+            self.registration_panel.model_edit.setCurrentText(path)
 
     def _last_folder(self) -> str:
         recent = self.recent_files()
@@ -553,27 +349,24 @@ class MainWindow(QMainWindow):
             raise ValueError(f"role must be one of {ROLES}, not {role!r}")
         if role == "fixed":
             self.scene.set_fixed(layer)
-            values = PRESETS[self.preset_box.currentText()]
-            if layer.image.GetDimension() != self._preset_ndim and values[2] != values[3]:
-                self._fill_from_preset()  # the panel held the other dimension's preset values
+            self.registration_panel.set_dimension(layer.image.GetDimension())
             grid = self.scene.grid
-            self._rebuild_views(grid.planes)
+            self.views_area.rebuild(grid.planes, self._default_mode())
             self.cursor = grid.centre()
             if self.scene.moving is None:
-                self.drop_labels["moving"].setText("<b>Moving</b>: drop a file here")
+                self.images_panel.describe("moving")
             if self.scene.labels is None:
-                self.drop_labels["labels"].setText("<b>Labels (moving space)</b>: drop a file here")
+                self.images_panel.describe("labels")
         else:
             self.scene.set_moving(layer)
         self.moving_state = "before"
-        self.drop_labels[role].setText(
-            f"<b>{role.capitalize()}</b>: {layer.name} ({layer.modality.upper()}, "
-            f"{'×'.join(str(s) for s in layer.image.GetSize())})"
+        size = "×".join(str(s) for s in layer.image.GetSize())
+        self.images_panel.describe(
+            role, f"{layer.name} ({layer.modality.upper()}, {size})", layer.source or ""
         )
-        self.drop_labels[role].setToolTip(layer.source or "")
         default = "soft tissue" if layer.modality == "ct" else "auto"
         self.set_window(role, default)
-        self._show_metrics(None)
+        self.metrics_panel.show_report(None)
         self._after_scene_change()
 
     def set_labels(self, labels, source: str | None = None) -> None:
@@ -586,7 +379,7 @@ class MainWindow(QMainWindow):
         if result is not None and result.result is not None:
             self.scene.set_result(result_layers(result.result, labels))
         name = Path(source).name if source else "(in memory)"
-        self.drop_labels["labels"].setText(f"<b>Labels (moving space)</b>: {name}")
+        self.images_panel.describe("labels", name)
         self._after_scene_change()
 
     def _on_dropped(self, role: str, path: str) -> None:
@@ -654,11 +447,7 @@ class MainWindow(QMainWindow):
         (keeps the current levels).
         """
         layer = self.scene.fixed if role == "fixed" else self.scene.moving
-        box = self.window_boxes[role]
-        if box.currentText() != name:
-            box.blockSignals(True)
-            box.setCurrentText(name)
-            box.blockSignals(False)
+        self.display_panel.show_window(role, name)
         if layer is None or name == "custom":
             return
         if name == "auto":
@@ -672,23 +461,14 @@ class MainWindow(QMainWindow):
     def set_levels(self, role: str, low: float, high: float, *, preset: str = "custom") -> None:
         """Display ``[low, high]`` of the ``role`` image's values from black to white."""
         self.levels[role] = (float(low), float(high))
-        level_spin, width_spin = self.level_spins[role]
-        for spin, value in ((level_spin, (low + high) / 2), (width_spin, high - low)):
-            spin.blockSignals(True)
-            spin.setDecimals(3 if abs(high - low) < 10 else 1)
-            spin.setValue(value)
-            spin.blockSignals(False)
+        self.display_panel.show_levels(role, low, high)
         if preset == "custom":
-            self.window_boxes[role].blockSignals(True)
-            self.window_boxes[role].setCurrentText("custom")
-            self.window_boxes[role].blockSignals(False)
+            self.display_panel.show_window(role, "custom")
         self.refresh()
 
-    def _on_level_edit(self, role: str) -> None:
-        level_spin, width_spin = self.level_spins[role]
-        level, width = level_spin.value(), max(width_spin.value(), 1e-3)
-        if self.levels.get(role) != (level - width / 2, level + width / 2):
-            self.set_levels(role, level - width / 2, level + width / 2)
+    def _on_levels_edited(self, role: str, low: float, high: float) -> None:
+        if self.levels.get(role) != (low, high):
+            self.set_levels(role, low, high)
 
     def set_mode_all(self, mode: str) -> None:
         """Show view ``mode`` in every view."""
@@ -696,11 +476,7 @@ class MainWindow(QMainWindow):
             raise ValueError(f"view mode must be one of {VIEW_MODES}, not {mode!r}")
         for view in self.views.values():
             view.set_mode(mode)
-        index = self.mode_box.findData(mode)
-        if self.mode_box.currentIndex() != index:
-            self.mode_box.blockSignals(True)
-            self.mode_box.setCurrentIndex(index)
-            self.mode_box.blockSignals(False)
+        self.display_panel.show_mode(mode)
         self.refresh()
 
     def set_moving_state(self, state: str) -> None:
@@ -711,7 +487,7 @@ class MainWindow(QMainWindow):
                 f"{', '.join(self.scene.states()) or 'none'}"
             )
         self.moving_state = state
-        self._sync_state_box()
+        self.display_panel.show_states(self.scene.states(), self.moving_state)
         self.refresh()
 
     def toggle_state(self) -> None:
@@ -720,31 +496,10 @@ class MainWindow(QMainWindow):
         if "after" in states:
             self.set_moving_state("before" if self.moving_state == "after" else "after")
 
-    def _on_state_box(self, _index: int) -> None:
-        state = self.state_box.currentData()
-        if state and state != self.moving_state and state in self.scene.states():
+    def _on_state_chosen(self, state: str) -> None:
+        if state != self.moving_state and state in self.scene.states():
             self.moving_state = state
             self.refresh()
-
-    def _sync_state_box(self) -> None:
-        self.state_box.blockSignals(True)
-        self.state_box.clear()
-        for state in self.scene.states():
-            self.state_box.addItem(MOVING_STATE_TITLES[state], state)
-        self.state_box.setCurrentIndex(max(0, self.state_box.findData(self.moving_state)))
-        self.state_box.blockSignals(False)
-
-    def _on_blend(self, value: int) -> None:
-        self.options.blend = value / 100.0
-        self.refresh()
-
-    def _on_tile(self, value: float) -> None:
-        self.options.tile_mm = float(value)
-        self.refresh()
-
-    def _on_grid(self, value: float) -> None:
-        self.options.grid_mm = float(value)
-        self.refresh()
 
     def slice_layers(self, plane: str) -> SliceLayers | None:
         """What the ``plane`` view draws at the cursor, or ``None`` with no fixed image."""
@@ -808,11 +563,11 @@ class MainWindow(QMainWindow):
         result = self.scene.result
         if result is not None:
             origin = f"from {result.folder}" if result.folder else "computed here"
-            summary = "<br>".join(f"{name}: {value}" for name, value in _headline(result.report))
+            summary = "<br>".join(f"{name}: {value}" for name, value in headline(result.report))
             lines.append(f"<b>Result</b> ({origin})<br>{summary}")
         if self.scene.moving is not None:
             lines.append(f"Moving shown: {MOVING_STATE_TITLES[self.moving_state]}")
-        self.info_label.setText("<br><br>".join(lines))
+        self.views_area.info_label.setText("<br><br>".join(lines))
         title = "intermodal"
         if self.scene.fixed is not None:
             title += f" — {self.scene.fixed.name}"
@@ -823,7 +578,7 @@ class MainWindow(QMainWindow):
     def _after_scene_change(self) -> None:
         if self.moving_state not in self.scene.states():
             self.moving_state = "before"
-        self._sync_state_box()
+        self.display_panel.show_states(self.scene.states(), self.moving_state)
         self._update_enabled()
         self.refresh()
 
@@ -867,17 +622,9 @@ class MainWindow(QMainWindow):
         for view in self.views.values():
             view.reset_zoom()
 
-    def _show_metrics(self, report: dict | None) -> None:
-        rows = metrics_rows(report) if report else []
-        self.metrics_table.setRowCount(len(rows))
-        for index, (name, value) in enumerate(rows):
-            self.metrics_table.setItem(index, 0, QTableWidgetItem(name))
-            self.metrics_table.setItem(index, 1, QTableWidgetItem(value))
-
     def metrics(self) -> dict[str, str]:
         """The metrics panel's rows, ``{figure: value}``."""
-        table = self.metrics_table
-        return {table.item(i, 0).text(): table.item(i, 1).text() for i in range(table.rowCount())}
+        return self.metrics_panel.rows()
 
     def _update_enabled(self) -> None:
         ready = self.scene.fixed is not None and self.scene.moving is not None
@@ -892,64 +639,25 @@ class MainWindow(QMainWindow):
         ):
             a[name].setEnabled(not self.busy)
         a["register"].setEnabled(ready and not self.busy)
-        self.register_button.setEnabled(ready and not self.busy)
         a["cancel"].setEnabled(self.busy)
-        self.cancel_button.setEnabled(self.busy)
         exportable = self.scene.result is not None and self.scene.result.result is not None
         a["export"].setEnabled(exportable and not self.busy)
         a["toggle_state"].setEnabled("after" in self.scene.states())
-        panel = (self.preset_box, self.model_edit, self.refine_spin, self.init_box, self.device_box)
-        for widget in panel:
-            widget.setEnabled(not self.busy)
-        for label in self.drop_labels.values():
-            label.setAcceptDrops(not self.busy)
+        self.registration_panel.set_state(ready=ready, busy=self.busy)
+        self.images_panel.set_busy(self.busy)
 
     # ----------------------------------------------------------------------------- registration
 
     def registration_options(self) -> dict[str, Any]:
         """The settings panel: ``preset`` and the keyword arguments that override it."""
-        model = self.model_edit.currentText().strip()
-        return {
-            "preset": self.preset_box.currentText(),
-            "model": None if model.lower() in ("", "none") else model,
-            "refine": int(self.refine_spin.value()),
-            "init": self.init_box.currentText(),
-            "device": self.device_box.currentText(),
-        }
+        return self.registration_panel.options()
 
     def set_registration_options(self, options: dict[str, Any]) -> None:
         """Fill the settings panel (keys: preset, model, refine, init, device).
 
         A preset fills model, refine and init first, so the other keys override it.
         """
-        unknown = sorted(set(options) - {"preset", "model", "refine", "init", "device"})
-        if unknown:
-            raise IntermodalError(f"unknown registration option(s) {unknown}")
-        if "preset" in options:
-            if options["preset"] not in PRESETS:
-                raise IntermodalError(
-                    f"unknown preset {options['preset']!r}; presets are {', '.join(PRESETS)}"
-                )
-            self.preset_box.setCurrentText(options["preset"])
-            self._fill_from_preset()
-        if "model" in options:
-            self.model_edit.setCurrentText(options["model"] or "none")
-        if "refine" in options:
-            self.refine_spin.setValue(int(options["refine"]))
-        if "init" in options:
-            self.init_box.setCurrentText(options["init"])
-        if "device" in options:
-            self.device_box.setCurrentText(options["device"])
-
-    def _fill_from_preset(self) -> None:
-        """Model, steps and alignment from the chosen preset, for the fixed image's dimension."""
-        fixed = self.scene.fixed
-        ndim = 3 if fixed is None else fixed.image.GetDimension()
-        self._preset_ndim = ndim
-        values = PRESETS[self.preset_box.currentText()][ndim]
-        self.model_edit.setCurrentText(values.get("model") or "none")
-        self.refine_spin.setValue(int(values.get("refine", DEFAULT_REFINE)))
-        self.init_box.setCurrentText(values.get("init", DEFAULT_INIT))
+        self.registration_panel.set_options(options)
 
     def start_registration(self) -> bool:
         """Register the moving image onto the fixed one in a worker thread.
@@ -981,8 +689,7 @@ class MainWindow(QMainWindow):
         self.job.failed.connect(self._on_failed)
         self.job.cancelled.connect(self._on_cancelled)
         self.job.finished.connect(self._on_job_finished)
-        self.progress.setRange(0, 0)
-        self.stage_label.setText("starting")
+        self.registration_panel.show_started()
         self._update_enabled()
         self.job.start()
         return True
@@ -991,49 +698,42 @@ class MainWindow(QMainWindow):
         """Stop the running registration at its next step."""
         if self.job is not None:
             self.job.cancel()
-            self.stage_label.setText("cancelling…")
+            self.registration_panel.stage_label.setText("cancelling…")
 
     def _on_progress(self, stage: str, step: int, total: int) -> None:
         if self.job is None or self.job.cancel_requested:
             return
-        if total > 0:
-            self.progress.setRange(0, total)
-            self.progress.setValue(step)
-            self.stage_label.setText(f"{stage}: step {step} of {total}")
-        else:
-            self.progress.setRange(0, 0)
-            self.stage_label.setText(stage)
+        self.registration_panel.show_progress(stage, step, total)
 
     def show_result(self, layers: ResultLayers) -> None:
         """Show a result: the registered moving image, the report in the metrics panel."""
         self.scene.set_result(layers)
         self.moving_state = "after" if "after" in self.scene.states() else "before"
-        self._show_metrics(layers.report)
+        self.metrics_panel.show_report(layers.report)
         self._after_scene_change()
 
     def _on_succeeded(self, layers: ResultLayers) -> None:
         self.show_result(layers)
         seconds = layers.report.get("timings_s", {}).get("total", float("nan"))
-        self.stage_label.setText(f"registered in {seconds:.1f} s")
+        self.registration_panel.stage_label.setText(f"registered in {seconds:.1f} s")
         self._outcome = "succeeded"
 
     def _on_failed(self, message: str) -> None:
-        self.stage_label.setText("failed")
+        self.registration_panel.stage_label.setText("failed")
         self._outcome = "failed"
         self._failure = message
 
     def _on_cancelled(self) -> None:
-        self.stage_label.setText("cancelled")
+        self.registration_panel.stage_label.setText("cancelled")
         self._outcome = "cancelled"
 
     def _on_job_finished(self) -> None:
         job, self.job = self.job, None
         if job is not None:
             job.deleteLater()
-        self.progress.setRange(0, 1)
         outcome = self._outcome or "failed"
         self._outcome = ""
-        self.progress.setValue(1 if outcome == "succeeded" else 0)
+        self.registration_panel.show_finished(outcome == "succeeded")
         self._after_scene_change()
         if outcome == "failed":
             self.show_error(self._failure or "registration failed")
@@ -1286,23 +986,6 @@ class MainWindow(QMainWindow):
             self.job.cancel()
             self.job.wait()
         super().closeEvent(event)
-
-
-def _headline(report: dict) -> list[tuple[str, str]]:
-    """The few figures the information panel repeats from the metrics panel."""
-    rows = []
-    nmi = report.get("nmi") or {}
-    if "before" in nmi and "after" in nmi:
-        rows.append(("NMI", f"{nmi['before']:.3f} → {nmi['after']:.3f}"))
-    jacobian = report.get("jacobian") or {}
-    if "nonpositive_fraction" in jacobian:
-        rows.append(("folding (det ≤ 0)", f"{100 * jacobian['nonpositive_fraction']:.3f} %"))
-    if "sdlogj" in jacobian:
-        rows.append(("SDlogJ", f"{jacobian['sdlogj']:.3f}"))
-    total = (report.get("timings_s") or {}).get("total")
-    if total is not None:
-        rows.append(("time", f"{total:.1f} s"))
-    return rows
 
 
 def _escape(text: str) -> str:
