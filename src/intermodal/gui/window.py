@@ -26,7 +26,7 @@ from PySide6.QtCore import (
     Qt,
     Signal,
 )
-from PySide6.QtGui import QAction, QDragEnterEvent, QDropEvent, QGuiApplication, QKeySequence
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication
 from PySide6.QtWidgets import (
     QFileDialog,
     QMainWindow,
@@ -40,7 +40,8 @@ from PySide6.QtWidgets import (
 from intermodal import __version__
 from intermodal.errors import IntermodalError
 from intermodal.gui import display
-from intermodal.gui.display import MODE_TITLES, VIEW_MODES, RenderOptions, SliceLayers
+from intermodal.gui.actions import build_actions, build_menus, shortcuts_text
+from intermodal.gui.display import VIEW_MODES, RenderOptions, SliceLayers
 from intermodal.gui.display_panel import MOVING_STATE_TITLES, DisplayPanel
 from intermodal.gui.images_panel import ROLES, ImagesPanel
 from intermodal.gui.metrics_panel import MetricsPanel, headline
@@ -122,8 +123,9 @@ class MainWindow(QMainWindow):
         splitter.setStretchFactor(1, 1)
         splitter.setSizes([self.panel_scroll.minimumWidth(), 1000])
         self.setCentralWidget(splitter)
-        self._build_actions()
-        self._build_menus()
+        self.actions_by_name = build_actions(self)
+        self.recent_menus = build_menus(self, self.actions_by_name)
+        self._update_recent_menus()
         self.statusBar().showMessage(
             "Open a fixed and a moving image (Ctrl+O, Ctrl+M) or drop them on the window"
         )
@@ -173,101 +175,6 @@ class MainWindow(QMainWindow):
 
     def _default_mode(self) -> str:
         return self.display_panel.mode() or "fixed"
-
-    def _action(
-        self,
-        text: str,
-        slot: Callable[[], Any],
-        shortcut: str | QKeySequence | None = None,
-        *,
-        in_views: bool = False,
-    ) -> QAction:
-        """An action with its shortcut; ``in_views``: the shortcut works only while the focus
-        is in the views (the arrow keys still step spin boxes and lists in the panel)."""
-        action = QAction(text, self)
-        if shortcut is not None:
-            action.setShortcut(QKeySequence(shortcut))
-        action.triggered.connect(lambda _checked=False: slot())
-        if in_views:
-            action.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
-            self.views_area.addAction(action)
-        else:
-            self.addAction(action)
-        return action
-
-    def _build_actions(self) -> None:
-        self.actions_by_name: dict[str, QAction] = {}
-        add = self.actions_by_name.__setitem__
-        add("open_fixed", self._action("Open &Fixed…", lambda: self.choose_file("fixed"), "Ctrl+O"))
-        add(
-            "open_moving",
-            self._action("Open &Moving…", lambda: self.choose_file("moving"), "Ctrl+M"),
-        )
-        add(
-            "open_fixed_dicom",
-            self._action(
-                "Open Fixed DICOM Folder…", lambda: self.choose_folder("fixed"), "Ctrl+Shift+O"
-            ),
-        )
-        add(
-            "open_moving_dicom",
-            self._action(
-                "Open Moving DICOM Folder…", lambda: self.choose_folder("moving"), "Ctrl+Shift+M"
-            ),
-        )
-        add(
-            "open_labels",
-            self._action("Open Moving &Labels…", lambda: self.choose_file("labels"), "Ctrl+L"),
-        )
-        add("open_result", self._action("Open &Result…", self.choose_result, "Ctrl+Shift+R"))
-        add("export", self._action("&Export Result…", self.choose_export, "Ctrl+E"))
-        add("screenshot", self._action("Save Screenshot…", self.choose_screenshot, "Ctrl+Shift+S"))
-        add("quit", self._action("&Quit", self.close, "Ctrl+Q"))
-        add("register", self._action("&Register", self.start_registration, "Ctrl+R"))
-        add("cancel", self._action("&Cancel Registration", self.cancel_registration, "Esc"))
-        add("toggle_state", self._action("Toggle Before/After", self.toggle_state, "Ctrl+B"))
-        add("reset_zoom", self._action("Reset Zoom", self.reset_zoom, "Ctrl+0"))
-        for name, text, steps, key in (
-            ("next_slice", "Next Slice", 1, "Up"),
-            ("previous_slice", "Previous Slice", -1, "Down"),
-            ("page_up", "Ten Slices On", 10, "PgUp"),
-            ("page_down", "Ten Slices Back", -10, "PgDown"),
-        ):
-            action = self._action(text, lambda s=steps: self.step_slice(s), key, in_views=True)
-            add(name, action)
-        for number, mode in enumerate(VIEW_MODES, start=1):
-            add(
-                f"mode_{mode}",
-                self._action(MODE_TITLES[mode], lambda m=mode: self.set_mode_all(m), str(number)),
-            )
-        add("shortcuts", self._action("&Keyboard Shortcuts", self.show_shortcuts, "F1"))
-        add("about", self._action("&About intermodal", self.show_about))
-
-    def _build_menus(self) -> None:
-        a = self.actions_by_name
-        menu = self.menuBar().addMenu("&File")
-        for name in ("open_fixed", "open_moving", "open_fixed_dicom", "open_moving_dicom"):
-            menu.addAction(a[name])
-        menu.addAction(a["open_labels"])
-        self.recent_menus = {role: menu.addMenu(f"Recent {role.capitalize()}") for role in ROLES}
-        self._update_recent_menus()
-        menu.addSeparator()
-        for name in ("open_result", "export", "screenshot"):
-            menu.addAction(a[name])
-        menu.addSeparator()
-        menu.addAction(a["quit"])
-        menu = self.menuBar().addMenu("&Registration")
-        menu.addAction(a["register"])
-        menu.addAction(a["cancel"])
-        menu = self.menuBar().addMenu("&View")
-        for mode in VIEW_MODES:
-            menu.addAction(a[f"mode_{mode}"])
-        menu.addSeparator()
-        for name in ("toggle_state", "reset_zoom", "next_slice", "previous_slice"):
-            menu.addAction(a[name])
-        menu = self.menuBar().addMenu("&Help")
-        menu.addAction(a["shortcuts"])
-        menu.addAction(a["about"])
 
     # ----------------------------------------------------------------------------- errors
 
@@ -967,14 +874,7 @@ class MainWindow(QMainWindow):
 
     def shortcuts_text(self) -> str:
         """Every action with a keyboard shortcut, one per line."""
-        lines = []
-        for action in self.actions_by_name.values():
-            key = action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)
-            if key:
-                lines.append(f"{key}\t{action.text().replace('&', '')}")
-        lines.append("Wheel\tnext or previous slice (Ctrl + wheel zooms)")
-        lines.append("Left click or drag\tmove the crosshair")
-        return "\n".join(lines)
+        return shortcuts_text(self.actions_by_name)
 
     def show_shortcuts(self) -> None:
         """List the keyboard shortcuts."""
