@@ -12,6 +12,9 @@ The definitions follow Learn2Reg where it defines them:
 - **Jacobian**: the determinant of ``I + ∂d/∂p`` of a displacement ``d`` (mm) on the fixed grid,
   by central differences (one-sided at the border); the share of determinants ``<= 0``
   (folding) and **SDlogJ**, the standard deviation of ``log(max(det, 1e-9))``.
+- **NMI** ``(H(A) + H(B)) / H(A, B)`` of the fixed image and the moving one on its grid, each
+  scaled as ``register`` scales it, 32 bins per image, inside the fixed image's scanned data
+  (:func:`warped_nmi`, :class:`NMIScorer`).
 
 Arrays are in array order, ``(z, y, x)`` in 3D and ``(y, x)`` in 2D, and so are the spacings
 passed with them; SimpleITK images carry their own spacing.
