@@ -14,10 +14,9 @@ from contextlib import contextmanager
 import SimpleITK as sitk
 
 from intermodal.errors import IntermodalError
+from intermodal.presets import INIT_CHOICES
 
 logger = logging.getLogger(__name__)
-
-INIT_CHOICES = ("none", "moments", "rigid", "affine")
 
 ProgressCallback = Callable[[str], None]
 

@@ -18,9 +18,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from intermodal.classical import INIT_CHOICES
 from intermodal.errors import IntermodalError
-from intermodal.presets import PRESET_NAMES, PRESETS
+from intermodal.presets import INIT_CHOICES, PRESET_NAMES, PRESETS
 
 # Copies of the library's (intermodal.registration), which imports torch: the window must open
 # without waiting for it. tests/gui/test_gui_window.py keeps them equal.
