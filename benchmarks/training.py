@@ -194,12 +194,14 @@ def initial_alignment(fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
 
     Kept for the pair (the same image objects), so the methods of one case share it.
     """
-    from intermodal.registration import Settings, register
+    from intermodal.registration import preset_settings, register
 
     key = (id(fixed), id(moving))
     if key not in _ALIGNED:
         _ALIGNED.clear()
-        settings = Settings(model=None, refine=0, device="cpu")
+        settings = preset_settings(
+            "default", fixed.GetDimension(), model=None, refine=0, device="cpu"
+        )
         _ALIGNED[key] = register(fixed, moving, settings).transform
     return _ALIGNED[key]
 
@@ -243,11 +245,15 @@ def network_alone(model_path: str, fixed: sitk.Image, moving: sitk.Image, init: 
 
 
 def registered(model: str | None, **settings: Any) -> Callable:
-    """A method: ``register`` with ``model`` and the other settings default (or given)."""
-    from intermodal.registration import Settings, register
+    """A method: ``register`` with ``model``, the default preset for the images' dimension
+    otherwise (as the command line runs it), and ``settings`` over it."""
+    from intermodal.registration import preset_settings, register
 
     def run(fixed: sitk.Image, moving: sitk.Image) -> tuple[sitk.Transform, dict]:
-        result = register(fixed, moving, Settings(model=model, device="cpu", **settings))
+        chosen = preset_settings(
+            "default", fixed.GetDimension(), model=model, device="cpu", **settings
+        )
+        result = register(fixed, moving, chosen)
         network = result.report.get("stages", {}).get("network", {})
         return result.transform, {"network_kept": network.get("kept")}
 
@@ -343,8 +349,14 @@ def register_benchmark(args: argparse.Namespace) -> dict:
 
     model_path = resolve_model(args.model, args.dim)
     sets = args.sets or (["synth", "rendered"] if args.dim == 3 else ["synth", "slices_2d"])
+    from intermodal.registration import preset_settings
+
+    default = preset_settings("default", args.dim).refine_steps
     methods = {"model none": registered(None), "with the model": registered(model_path)}
-    results: dict[str, Any] = {"model": str(model_path), "sets": {}}
+    # the model is meant to replace refinement steps: the same model with fewer of them
+    fewer = f"with the model, refine {args.fewer_steps}"
+    methods[fewer] = registered(model_path, refine=args.fewer_steps)
+    results: dict[str, Any] = {"model": str(model_path), "default_refine": default, "sets": {}}
     for set_name in sets:
         cases, reason = cases_of(set_name, args.dim, args.cases)
         if reason:
@@ -352,15 +364,22 @@ def register_benchmark(args: argparse.Namespace) -> dict:
             continue
         rows = run_methods(cases, methods)
         means = summary(rows, list(methods))
-        with_model, without = means["with the model"], means["model none"]
+        without = means["model none"]
+        against_none = {}
+        for name in list(methods)[1:]:
+            against_none[name] = {
+                "time_ratio": means[name]["seconds"] / without["seconds"],
+                **{
+                    f"{key}_difference": means[name][key] - without[key]
+                    for key in ("dice", "error_mm")
+                    if key in without
+                },
+            }
         results["sets"][set_name] = {
             "cases": len(rows),
             "rows": rows,
             "means": means,
-            "dice_difference": (
-                with_model["dice"] - without["dice"] if "dice" in without else None
-            ),
-            "time_ratio": with_model["seconds"] / without["seconds"],
+            "against_model_none": against_none,
         }
     return results
 
@@ -478,6 +497,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=None, help="bundled name or .safetensors path")
     parser.add_argument("--cases", type=int, default=3, help="cases per set")
     parser.add_argument("--sets", nargs="*", help="synth, rendered, real_motion, slices_2d")
+    parser.add_argument(
+        "--fewer-steps", type=int, default=40, help="register: refinement steps with the model"
+    )
     parser.add_argument("--blocks", type=int, default=3, help="throughput: alternating blocks")
     parser.add_argument("--steps", type=int, default=3, help="throughput: steps per block")
     parser.add_argument("--tag", default="", help="added to the output file's name")
