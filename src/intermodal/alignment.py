@@ -191,8 +191,9 @@ def _mutual_information(level: _Level, params: _Parameters, packed: torch.Tensor
     ).reshape(batch, 2, -1)  # fmt: skip
     values, inside = sampled[:, 0], sampled[:, 1]
     weights = inside * level.fixed_weights
-    fixed = level.fixed_values.expand(batch, -1)
-    return parzen_mutual_information(fixed, values.clamp(0, 1), MI_BINS, weights=weights)
+    return parzen_mutual_information(
+        level.fixed_values[None], values.clamp(0, 1), MI_BINS, weights=weights
+    )
 
 
 def _optimise(

@@ -403,7 +403,9 @@ def parzen_mutual_information(
     spacing). For callers that sample the voxels themselves, e.g. at warped points.
 
     Args:
-        fixed: ``(B, N)`` samples.
+        fixed: ``(B, N)`` samples, or ``(1, N)`` shared by every row of ``warped`` (its
+            Parzen weights are then computed once, not ``B`` times: the initial alignment
+            scores many transforms of the moving image against the same fixed samples).
         warped: ``(B, N)`` samples, paired with ``fixed``.
         bins: histogram bins per image, at least 2.
         sigma: Parzen window width on the ``[0, 1]`` scale.
@@ -417,23 +419,30 @@ def parzen_mutual_information(
         ValueError: (an :class:`~intermodal.errors.IntermodalError`) if the shapes differ or
             are not ``(B, N)``.
     """
-    if fixed.ndim != 2 or fixed.shape != warped.shape:
+    if (
+        fixed.ndim != 2
+        or warped.ndim != 2
+        or fixed.shape[1] != warped.shape[1]
+        or fixed.shape[0] not in (1, warped.shape[0])
+    ):
         raise ShapeError(
-            f"fixed and warped must both be (B, N) samples, not {tuple(fixed.shape)} and "
-            f"{tuple(warped.shape)}"
+            f"fixed and warped must both be (B, N) samples (fixed may be (1, N)), not "
+            f"{tuple(fixed.shape)} and {tuple(warped.shape)}"
         )
     _check_positive_int("bins", bins, minimum=2)
     if sigma is None:
         sigma = 0.5 / (bins - 1)
     elif not sigma > 0:
         raise IntermodalError(f"sigma must be positive, not {sigma!r}")
+    batch = warped.shape[0]
     fixed_weights = _parzen_weights(fixed, bins, sigma)
     if weights is None:
-        total = torch.full((fixed.shape[0], 1, 1), float(fixed.shape[1]), device=fixed.device)
+        fixed_weights = fixed_weights.expand(batch, -1, -1)
+        total = torch.full((batch, 1, 1), float(fixed.shape[1]), device=fixed.device)
     else:
-        if weights.shape != fixed.shape:
+        if weights.shape != warped.shape:
             raise ShapeError(
-                f"weights must be (B, N) like the samples {tuple(fixed.shape)}, not "
+                f"weights must be (B, N) like the samples {tuple(warped.shape)}, not "
                 f"{tuple(weights.shape)}"
             )
         fixed_weights = fixed_weights * weights.unsqueeze(-1)
