@@ -80,6 +80,7 @@ def peak_rss_mib() -> float:
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """One registration in this (fresh) process; writes the field to ``spec["field"]``."""
     import methods
+    import numpy as np
     import SimpleITK as sitk
 
     methods.set_threads(spec["threads"])
@@ -94,6 +95,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         transform = method.register(fixed, moving, context)
         field = methods.dense_field(transform, fixed)
         seconds = time.perf_counter() - start
+    if not np.isfinite(sitk.GetArrayViewFromImage(field)).all():
+        # e.g. Greedy's NMI stage now and then diverges to NaN: a failure, not a score
+        raise RuntimeError(f"{spec['method']} returned a displacement with NaN or inf values")
     sitk.WriteImage(sitk.Cast(field, sitk.sitkVectorFloat32), spec["field"])
     return {"seconds": seconds, "peak_rss_mib": peak_rss_mib()}
 
@@ -207,6 +211,12 @@ def merge_row(record: dict[str, Any], method: str, case: str, row: dict[str, Any
     """Put one method's row for one case into a record, replacing an earlier one."""
     record["results"].setdefault(method, {})[case] = row
     record.get("skipped", {}).pop(method, None)
+
+
+def prune_runs(record: dict[str, Any]) -> None:
+    """Drop the run records that no stored row names any more (all its rows replaced)."""
+    named = {row.get("run") for rows in record["results"].values() for row in rows.values()}
+    record["runs"] = {run: info for run, info in record["runs"].items() if run in named}
 
 
 def summarise_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -427,7 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         record = load(dataset, args.out)
         if run_id in record["runs"]:
             record["runs"][run_id] = run_info
-            save(record, args.out)
+        prune_runs(record)
+        save(record, args.out)
     print("tables: .venv/bin/python benchmarks/tables.py", flush=True)
     return 0
 

@@ -106,6 +106,17 @@ def _cell(value: Any, digits: int) -> str:
     return f"{value:.{digits}f}"
 
 
+def shared_cases(results: Mapping[str, Mapping[str, Any]]) -> tuple[dict, set[str]]:
+    """Every method's rows restricted to the cases that every method ran (all rows when the
+    methods share no case), and those cases: rows compare like with like."""
+    common = set.intersection(*(set(rows) for rows in results.values())) if results else set()
+    if not common:
+        return {key: dict(rows) for key, rows in results.items()}, common
+    return {
+        key: {c: r for c, r in rows.items() if c in common} for key, rows in results.items()
+    }, common
+
+
 def render_dataset(record: Mapping[str, Any]) -> list[str]:
     """The markdown lines of one dataset's table, its runs and its methods not run."""
     order = method_order()
@@ -114,11 +125,7 @@ def render_dataset(record: Mapping[str, Any]) -> list[str]:
         results,
         key=lambda k: (order.index(k.split("@")[0]) if k.split("@")[0] in order else len(order), k),
     )
-    # the rows compare like with like: every row over the cases that every method ran
-    common = set.intersection(*(set(results[key]) for key in keys)) if keys else set()
-    shared = {key: {c: r for c, r in results[key].items() if c in common} for key in keys}
-    if not common:
-        shared = dict(results)
+    shared, common = shared_cases(results)
     summaries = {key: summarise(shared[key]) for key in keys}
     columns = [c for c in COLUMNS if any(c[0] in s for s in summaries.values())]
     runs_used: list[str] = []
@@ -135,7 +142,7 @@ def render_dataset(record: Mapping[str, Any]) -> list[str]:
     for key in keys:
         s = summaries[key]
         failed = f" ({s['failed']} failed)" if s["failed"] else ""
-        used = sorted({marks[row.get("run")] for row in results[key].values()})
+        used = sorted({marks[row.get("run")] for row in shared[key].values()})
         lines.append(
             f"| {method_label(key)} | {s['scored']}{failed} | "
             + " | ".join(_cell(s.get(c[0]), c[2]) for c in columns)
@@ -148,7 +155,10 @@ def render_dataset(record: Mapping[str, Any]) -> list[str]:
         if common and len(results[key]) > len(common):
             s = summarise(results[key])
             figures = ", ".join(f"{c[1]} {_cell(s[c[0]], c[2])}" for c in columns if c[0] in s)
-            lines.append(f"- {method_label(key)} on all its {s['scored']} cases: {figures}")
+            used = ", ".join(sorted({marks[row.get("run")] for row in results[key].values()}))
+            lines.append(
+                f"- {method_label(key)} on all its {s['scored']} cases: {figures} (runs {used})"
+            )
     for run in runs_used:
         lines.append(f"- {marks[run]}: " + describe_run(record.get("runs", {}).get(run, {}), run))
     skipped = {k: v for k, v in record.get("skipped", {}).items() if k not in results}
@@ -189,22 +199,29 @@ def plot_dataset(record: Mapping[str, Any], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summaries = {k: summarise(v) for k, v in record.get("results", {}).items()}
+    shared, _ = shared_cases(record.get("results", {}))
+    summaries = {k: summarise(v) for k, v in shared.items()}
     for key, label in PLOT_SCORE:  # noqa: B007 (label is used after the loop)
         points = {m: s for m, s in summaries.items() if key in s and "seconds" in s}
         if points:
             break
     else:
         return False
-    figure, axis = plt.subplots(figsize=(6, 4))
+    import matplotlib.ticker  # noqa: F401 (matplotlib.ticker below)
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
     for method, s in points.items():
         axis.scatter(s["seconds"], s[key], s=30)
         axis.annotate(method_label(method), (s["seconds"], s[key]), fontsize=7,
                       xytext=(4, 3), textcoords="offset points")  # fmt: skip
     axis.set_xscale("log")
+    axis.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axis.margins(x=0.25, y=0.1)
     axis.set_xlabel("wall time per case (s, median; log scale)")
     axis.set_ylabel(label + (" (lower is better)" if key == "error_median_mm" else ""))
-    axis.set_title(f"{record['dataset']}: {label} against time")
+    axis.set_title(f"{record['dataset']}: {label} against time (cases every method ran)")
     axis.grid(alpha=0.3)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -249,8 +266,15 @@ def replace_section(text: str, begin: str, end: str, body: list[str]) -> str:
 
 def render(text: str, records: Mapping[str, Mapping[str, Any]], plots: Mapping[str, bool]) -> str:
     """``text`` with every dataset section and the default sentence filled in."""
-    for dataset, record in records.items():
-        body = render_dataset(record)
+    import datasets
+
+    for dataset in datasets.DATASETS:
+        record = records.get(dataset)
+        if record is None or not record.get("results"):
+            command = f".venv/bin/python benchmarks/suite.py --datasets {dataset}"
+            body = [f"Not measured yet: `{command}` (part of `make bench`)."]
+        else:
+            body = render_dataset(record)
         if plots.get(dataset):
             body += ["", f"![{dataset}: score against time](measured/plots/{dataset}.png)"]
         text = replace_section(

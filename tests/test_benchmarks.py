@@ -234,6 +234,9 @@ def test_rows_merge_by_method_and_case(bench, tmp_path):
         "c0": {"run": "r2", "seconds": 3.0}, "c1": {"run": "r1", "seconds": 2.0},
     }  # fmt: skip
     assert "greedy" not in stored["skipped"]
+    stored["runs"] = {"r1": {}, "r2": {}, "r0": {}}
+    bench.suite.prune_runs(stored)
+    assert sorted(stored["runs"]) == ["r1", "r2"]
 
 
 def test_a_registration_runs_in_its_own_process(bench, tmp_path):
