@@ -397,9 +397,9 @@ def throughput_benchmark(args: argparse.Namespace) -> dict:
     from intermodal.training.config import load_config
 
     config = load_config(REPO / "configs" / f"general{args.dim}d.toml")
-    # VxmPairwise's defaults (5 levels) need multiples of 16: the bundled grid rounded up to one
-    # (40^3 -> 48^3; 64^2 stays), the same for both networks
-    shape = tuple(-(-n // 16) * 16 for n in config.generator.shape)
+    # VxmPairwise's defaults need multiples of 32 (48^3 fails): the bundled grid rounded up to
+    # one (40^3 -> 64^3; 64^2 stays), the same for both networks
+    shape = tuple(-(-n // 32) * 32 for n in config.generator.shape)
     batch = config.train.batch_size
     ndim = len(shape)
     torch.manual_seed(0)
