@@ -602,6 +602,7 @@ def register(
         velocity, refined = _refine(
             features, guard, start, network, schedule, settings, options, progress
         )
+    del features, guard  # the descriptors' memory goes back before the outputs take theirs
     with clock("output", "output"):
         outputs = _outputs(inputs, working, affine, velocity)
     report = _report(inputs, working, settings, affine, network, refined, outputs, clock.timings)
