@@ -221,13 +221,17 @@ def network_alone(model_path: str, fixed: sitk.Image, moving: sitk.Image, init: 
     model, card = load_model(model_path, device="cpu")
     scaling = card["preprocessing"]["normalisation"]
 
+    def low_high(text: str) -> tuple[float, float]:  # "HU window -1000..1000"
+        low, high = text.split()[-1].split("..")
+        return float(low), float(high)
+
     def unit(image: sitk.Image) -> sitk.Image:
         decision = preprocess.decide_modality(image, "auto")
         return preprocess.normalize_intensity(
             image,
             decision.modality,
-            hu_window=scaling["ct"]["hu_window"],
-            percentiles=scaling["mr"]["percentiles"],
+            hu_window=low_high(scaling["ct"]),
+            percentiles=low_high(scaling["mr"]),
             hu_offset=decision.hu_offset,
         )
 

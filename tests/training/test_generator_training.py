@@ -312,3 +312,25 @@ def test_a_tiny_network_overfits_one_generated_pair(direction):
     assert after > before + 0.1, (before, after)
     reverse = warp(batch.moving_labels, -displacement, mode="nearest")
     assert _mean_dice(reverse, batch.fixed_labels) < after
+
+
+def test_card_scaling_is_enforced_by_register(trained):
+    """The card records the intensity scaling in the form register reads, so register refuses
+    a HU window that contradicts it (the generator's cards once wrote a form it ignored)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from intermodal.registration import Settings, register
+
+    out, _ = trained
+    card = load_model(out / "model.safetensors")[1]
+    assert card["preprocessing"]["normalisation"]["ct"] == "HU window -1000..1000"
+    ct = sitk.GetImageFromArray(np.full((32, 32), -1000.0, np.float32))
+    ct[8:24, 8:24] = 40.0
+    mr = sitk.GetImageFromArray(np.full((32, 32), 5.0, np.float32))
+    mr[10:26, 8:24] = 300.0
+    settings = Settings(
+        model=str(out / "model.safetensors"), refine=0, device="cpu", hu_window=(-200.0, 300.0)
+    )
+    with pytest.raises(IntermodalError, match="HU window"):
+        register(ct, mr, settings)

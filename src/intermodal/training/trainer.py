@@ -201,9 +201,10 @@ def _preprocessing_card(manifest_path: Path, volumes: Volumes) -> dict[str, Any]
 
 
 _DEFAULT_NORMALISATION = {
-    "ct": {"hu_window": list(DEFAULT_HU_WINDOW)},
-    "mr": {"percentiles": list(DEFAULT_MR_PERCENTILES)},
-    "range": [0.0, 1.0],
+    # the form `intermodal prepare` records and `register` reads from a card (and refuses a
+    # --hu-window or --mr-percentiles that contradicts it)
+    "ct": "HU window {:g}..{:g}".format(*DEFAULT_HU_WINDOW),
+    "mr": "percentiles {:g}..{:g}".format(*DEFAULT_MR_PERCENTILES),
 }
 
 
