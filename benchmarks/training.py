@@ -29,6 +29,12 @@ means, the command, the date, the machine and the model's card summary):
     The whole ``register`` with the model against ``--model none`` (the defaults otherwise):
     Dice, mapping error and seconds per case, on the same cases, alternating the two.
 
+``runs``
+    Two or more training runs of one recipe that differ in one setting (e.g. ``loss.name``
+    intra against mi: the paper's claim), compared by their own validation histories at the
+    steps all of them reached: the generator's held-out validation pairs (random shapes, and
+    the pelvis none of them trained on), Dice of the warped labels.
+
 ``throughput``
     Training steps per second of the bundled configuration's network against VoxelMorph's
     ``VxmPairwise`` (defaults) at the same input size and batch, one step being the same for
@@ -40,6 +46,8 @@ Usage::
     .venv/bin/python benchmarks/training.py network --dim 3 --model general3d --cases 3
     .venv/bin/python benchmarks/training.py register --dim 2 --model general2d --cases 4
     .venv/bin/python benchmarks/training.py throughput --dim 3
+    .venv/bin/python benchmarks/training.py runs --dim 2 --runs build/bundled/general2d/run \
+        build/intra_vs_mi/general2d_mi --tag intra_vs_mi
 
 Case counts are small (the CPU is shared); each JSON says how many.
 """
@@ -480,6 +488,41 @@ def throughput_benchmark(args: argparse.Namespace) -> dict:
     }
 
 
+# --------------------------------------------------------------------------- runs
+
+
+def runs_benchmark(args: argparse.Namespace) -> dict:
+    histories, settings = {}, {}
+    for folder in args.runs:
+        run = Path(folder)
+        entries = json.loads((run / "history.json").read_text(encoding="utf-8"))
+        histories[str(run)] = {e["step"]: e for e in entries if "validation/dice" in e}
+        config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+        settings[str(run)] = {"loss": config["loss"], "train": config["train"]}
+    common = sorted(set.intersection(*(set(h) for h in histories.values())))
+    table = [
+        {
+            "step": step,
+            **{
+                name: {
+                    "dice": h[step]["validation/dice"],
+                    "held_out_dice": h[step].get("validation/held_out_dice"),
+                }
+                for name, h in histories.items()
+            },
+        }
+        for step in common
+    ]
+    return {
+        "runs": settings,
+        "steps_compared": common,
+        "validation": table,
+        "note": "validation pairs of the generator's validation seed: shapes (the training "
+        "distribution) and pelvis (never trained on); each run's own 'no motion' score is in "
+        "its card (validation_identity)",
+    }
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -500,7 +543,8 @@ def card_summary(model: str, dim: int) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("network", "register", "throughput"))
+    parser.add_argument("what", choices=("network", "register", "throughput", "runs"))
+    parser.add_argument("--runs", nargs="*", default=[], help="runs: the run folders")
     parser.add_argument("--dim", type=int, choices=(2, 3), default=3)
     parser.add_argument("--model", default=None, help="bundled name or .safetensors path")
     parser.add_argument("--cases", type=int, default=3, help="cases per set")
@@ -521,6 +565,8 @@ def main(argv: list[str] | None = None) -> None:
         results = network_benchmark(args)
     elif args.what == "register":
         results = register_benchmark(args)
+    elif args.what == "runs":
+        results = runs_benchmark(args)
     else:
         results = throughput_benchmark(args)
     record = {
@@ -536,7 +582,11 @@ def main(argv: list[str] | None = None) -> None:
             "note": "2 cores shared with other jobs: times are indicative only",
         },
         "wall_s": time.perf_counter() - started,
-        **({} if args.what == "throughput" else {"model_card": card_summary(model, args.dim)}),
+        **(
+            {"model_card": card_summary(model, args.dim)}
+            if args.what in ("network", "register")
+            else {}
+        ),
         **results,
     }
     OUT.mkdir(parents=True, exist_ok=True)

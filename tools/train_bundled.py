@@ -4,8 +4,8 @@ Usage (from the repository root; ``make model-3d`` and ``make model-2d`` run the
 
     .venv/bin/python tools/train_bundled.py general3d
     .venv/bin/python tools/train_bundled.py general2d
-    .venv/bin/python tools/train_bundled.py pelvis3d     # the earlier models, from synth
-    .venv/bin/python tools/train_bundled.py pelvis2d
+    .venv/bin/python tools/train_bundled.py pelvis3d --no-install  # the former models
+    .venv/bin/python tools/train_bundled.py pelvis2d --no-install
 
 ``general3d`` and ``general2d`` train on pairs generated on the fly (issue 24,
 :mod:`intermodal.data.generator`): no data on disk, one step, ``intermodal train --config
@@ -14,9 +14,11 @@ configs/NAME.toml``, and the checkpoint with the best validation score
 second call resumes it where it stopped, so a long run can be split over several sessions
 (commit the run folder's ``trainer_state.*`` in between if the machine does not keep it).
 
-``pelvis3d`` and ``pelvis2d`` are the earlier recipe: synth -> prepare -> train on a prepared
-dataset of synthetic subjects (dataset seed 1, subject ``k`` with seed ``100003 + k``), and the
-last weights are installed. ``--subjects N`` synthesises N subjects instead of the recipe's
+``pelvis3d`` and ``pelvis2d`` are the former bundled models, no longer shipped (the general
+models replaced them), kept for ``tools/train_gpu.py`` and comparisons: synth -> prepare ->
+train on a prepared dataset of synthetic subjects (dataset seed 1, subject ``k`` with seed
+``100003 + k``); without ``--no-install`` the last weights are installed beside the bundled
+ones (not loaded by name). ``--subjects N`` synthesises N subjects instead of the recipe's
 count, in a folder of its own (``build/bundled/NAME-Ns/``), and ``--jobs N`` makes and prepares
 that many subjects at once.
 
