@@ -100,3 +100,40 @@ def test_bad_alignment_requests(rotated_pair):
     flat = sitk.Image(8, 8, sitk.sitkFloat32)
     with pytest.raises(IntermodalError, match="3D but moving image is 2D"):
         alignment.initial_alignment(fixed, flat, "rigid")
+
+
+@pytest.fixture(scope="module")
+def grown_pair():
+    """The phantom's MR anatomy 25 % larger than the CT's (another subject's size), shifted."""
+    pair = make_phantom_pair(shape=(32, 48, 48), spacing=5.0, shift_mm=(10.0, 0.0, 0.0))
+    mr = sitk.Image(pair.mr)
+    mr.SetSpacing([1.25 * s for s in mr.GetSpacing()])
+    labels = sitk.Image(pair.mr_labels)
+    labels.SetSpacing(mr.GetSpacing())
+    return pair, mr, labels
+
+
+def test_rigid_and_affine_are_the_two_methods_in_one_run(rotated_pair):
+    fixed, moving = _scaled(rotated_pair)
+    rigid, affine = alignment.rigid_and_affine(fixed, moving)
+    alone = alignment.initial_alignment(fixed, moving, "rigid")
+    assert rigid.GetParameters() == alone.GetParameters()
+    expected = alignment.initial_alignment(fixed, moving, "affine")
+    assert (affine or rigid).GetParameters() == expected.GetParameters()
+
+
+def test_the_affine_recovers_a_change_of_size(grown_pair):
+    pair, mr, labels = grown_pair
+    fixed = preprocess.normalize_intensity(pair.ct, "ct")
+    moving = preprocess.normalize_intensity(mr, "mr")
+    rigid, affine = alignment.rigid_and_affine(fixed, moving)
+    assert affine is not None  # scaling raises MI here
+    scale = np.linalg.det(np.asarray(affine.GetMatrix()).reshape(3, 3)) ** (1 / 3)
+    assert scale == pytest.approx(1.25, abs=0.08)
+
+    def dice(transform):
+        warped = sitk.Resample(labels, pair.ct, transform, sitk.sitkNearestNeighbor, 0)
+        scores = dice_per_label(pair.ct_labels, warped, ORGAN_LABELS)
+        return float(np.nanmean(list(scores.values())))
+
+    assert dice(affine) > dice(rigid) + 0.05

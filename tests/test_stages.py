@@ -200,3 +200,32 @@ def test_register_refuses_bad_qa_inputs_before_writing(capsys, tmp_path, small_p
         err = capsys.readouterr().err
         assert code != 0 and message in err and len(err.strip().splitlines()) == 1
         assert not out.exists()
+
+
+def test_auto_init_keeps_the_affine_only_where_the_similarity_prefers_it(small_pair):
+    """The default init computes both alignments and keeps the one the refinement's own
+    similarity scores lower; the report gives both scores and the choice."""
+    grown = sitk.Image(small_pair.mr)
+    grown.SetSpacing([1.25 * s for s in grown.GetSpacing()])
+    for moving in (small_pair.mr, grown):
+        result = register(small_pair.ct, moving, Settings(refine=0, spacing=5.0))
+        align = result.report["stages"]["align"]
+        assert align["method"] == "auto" == result.report["initial_transform"]["method"]
+        assert result.report["initial_transform"]["kept"] == align["kept"]
+        if "similarity" in align:
+            scores = align["similarity"]
+            assert align["kept"] == min(scores, key=scores.get)
+        else:
+            assert align["kept"] == "rigid"
+    # a moving image a quarter larger than the fixed anatomy needs the scaling
+    assert align["kept"] == "affine"
+    matrix = np.asarray(result.affine.GetMatrix()).reshape(3, 3)
+    assert np.linalg.det(matrix) ** (1 / 3) == pytest.approx(1.25, abs=0.1)
+
+
+def test_a_named_init_is_used_as_it_is(small_pair):
+    result = register(small_pair.ct, small_pair.mr, Settings(refine=0, spacing=5.0, init="rigid"))
+    assert result.report["stages"]["align"] == {"method": "rigid"}
+    assert result.report["initial_transform"]["kept"] == "rigid"
+    matrix = np.asarray(result.affine.GetMatrix()).reshape(3, 3)
+    np.testing.assert_allclose(matrix @ matrix.T, np.eye(3), atol=1e-6)

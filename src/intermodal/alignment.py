@@ -41,7 +41,7 @@ from intermodal.errors import IntermodalError
 from intermodal.losses import parzen_mutual_information
 from intermodal.optim import Adam
 from intermodal.preprocess import nonzero_box
-from intermodal.presets import INIT_CHOICES
+from intermodal.presets import ALIGNMENT_METHODS, INIT_CHOICES
 
 PYRAMID_MM = (8.0, 4.0)
 """Spacings (mm) of the optimisation's levels, coarse to fine: a global transform needs no
@@ -325,8 +325,8 @@ def initial_alignment(
     Raises:
         IntermodalError: an unknown method, or images of different dimension.
     """
-    if method not in INIT_CHOICES:
-        raise IntermodalError(f"--init must be one of {INIT_CHOICES}, not {method!r}")
+    if method not in ALIGNMENT_METHODS:
+        raise IntermodalError(f"--init must be one of {ALIGNMENT_METHODS}, not {method!r}")
     ndim = fixed.GetDimension()
     if moving.GetDimension() != ndim:
         raise IntermodalError(
@@ -334,16 +334,80 @@ def initial_alignment(
         )
     if method == "none":
         return sitk.AffineTransform(ndim)
+    params, moments = _moments(fixed, moving, fixed_mask, moving_mask)
+    if method == "moments":
+        return params.transform(moments[0])
+    rigid, affine = _optimised(
+        fixed, moving, fixed_mask, moving_mask, params, moments, method != "rigid", progress
+    )
+    return affine if method == "affine" and affine is not None else rigid
+
+
+def rigid_and_affine(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    *,
+    fixed_mask: sitk.Image | None = None,
+    moving_mask: sitk.Image | None = None,
+    progress: ProgressCallback | None = None,
+) -> tuple[sitk.AffineTransform, sitk.AffineTransform | None]:
+    """The rigid alignment, and the affine one started from it, for a caller to choose.
+
+    The same stages as :func:`initial_alignment`, run once: ``"rigid"`` and ``"affine"``
+    would each return one of these two. The affine is ``None`` when scaling and shear did not
+    raise MI over the rigid result.
+
+    Args:
+        fixed: fixed image, intensities scaled to ``[0, 1]``.
+        moving: moving image, intensities scaled to ``[0, 1]``, same dimension.
+        fixed_mask: voxels of the fixed image that count (non-zero), on its grid, or ``None``.
+        moving_mask: voxels of the moving image that count, on its grid, or ``None``.
+        progress: told the name of each stage as it starts.
+
+    Returns:
+        ``(rigid, affine)``, each mapping fixed physical points (mm) to moving ones.
+
+    Raises:
+        IntermodalError: images of different dimension.
+    """
+    ndim = fixed.GetDimension()
+    if moving.GetDimension() != ndim:
+        raise IntermodalError(
+            f"fixed image is {ndim}D but moving image is {moving.GetDimension()}D"
+        )
+    params, moments = _moments(fixed, moving, fixed_mask, moving_mask)
+    return _optimised(fixed, moving, fixed_mask, moving_mask, params, moments, True, progress)
+
+
+def _moments(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    fixed_mask: sitk.Image | None,
+    moving_mask: sitk.Image | None,
+) -> tuple[_Parameters, torch.Tensor]:
+    """The parameterisation about the fixed centre of mass, and the centre-of-mass start."""
+    ndim = fixed.GetDimension()
     fixed_centre = _centre_of_mass(fixed, fixed_mask)
     shift = _centre_of_mass(moving, moving_mask) - fixed_centre
     extent = np.asarray(fixed.GetSize()) * np.asarray(fixed.GetSpacing())
     params = _Parameters(ndim, fixed_centre, radius=float(np.linalg.norm(extent)) / 4)
-    n_angles = params.angles
-    moments = torch.zeros(1, n_angles + ndim, dtype=torch.float64)
-    moments[0, n_angles:] = torch.from_numpy(shift)
-    if method == "moments":
-        return params.transform(moments[0])
+    moments = torch.zeros(1, params.angles + ndim, dtype=torch.float64)
+    moments[0, params.angles :] = torch.from_numpy(shift)
+    return params, moments
 
+
+def _optimised(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    fixed_mask: sitk.Image | None,
+    moving_mask: sitk.Image | None,
+    params: _Parameters,
+    moments: torch.Tensor,
+    with_affine: bool,
+    progress: ProgressCallback | None,
+) -> tuple[sitk.AffineTransform, sitk.AffineTransform | None]:
+    """Stages 2 and 3: the multi-start and the pyramid; then, if asked, the affine."""
+    ndim = params.ndim
     with torch.no_grad():
         levels = [_as_level(fixed, moving, fixed_mask, moving_mask, s) for s in PYRAMID_MM]
     if progress:
@@ -357,18 +421,23 @@ def initial_alignment(
     best_start = batch[[int(torch.argmax(mi))]]
     batch, mi = _optimise(levels[1], params, best_start, STEPS_PER_LEVEL[1], 0.5)
     best = batch[0]
-    if method == "rigid":
-        return params.transform(best)
+    rigid = params.transform(best)
+    if not with_affine:
+        return rigid, None
 
     if progress:
         progress("affine")
     rigid_mi = float(mi.max())
     affine = torch.cat([best, torch.zeros(ndim * ndim, dtype=best.dtype)])[None]
-    affine, affine_mi = _optimise(levels[-1], params, affine, STEPS_PER_LEVEL[-1], 0.5)
+    # the same pyramid and steps as the rigid search: Adam moves a parameter by at most about
+    # its learning rate a step, so 20 steps of 0.5 at the fine level alone reach a scale of
+    # only about 10 mm / radius (~ 1.1), short of another subject's size
+    for level, steps, rate in zip(levels, STEPS_PER_LEVEL, (2.0, 0.5), strict=True):
+        affine, affine_mi = _optimise(level, params, affine, steps, rate)
     # scaling and shear flatten MI's landscape; keep them only if they raise it
     if float(affine_mi[0]) > rigid_mi:
-        return params.transform(affine[0])
-    return params.transform(best)
+        return rigid, params.transform(affine[0])
+    return rigid, None
 
 
-__all__ = ["INIT_CHOICES", "initial_alignment"]
+__all__ = ["INIT_CHOICES", "initial_alignment", "rigid_and_affine"]

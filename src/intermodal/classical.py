@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import SimpleITK as sitk
 
 from intermodal.errors import IntermodalError
-from intermodal.presets import INIT_CHOICES
+from intermodal.presets import ALIGNMENT_METHODS
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +138,8 @@ def _initial_alignment(
     min_step: float,
     progress: ProgressCallback | None,
 ) -> sitk.Transform:
-    if method not in INIT_CHOICES:
-        raise IntermodalError(f"--init must be one of {INIT_CHOICES}, not {method!r}")
+    if method not in ALIGNMENT_METHODS:
+        raise IntermodalError(f"--init must be one of {ALIGNMENT_METHODS}, not {method!r}")
     if not min_step > 0:
         raise IntermodalError(f"the alignment's minimum step must be positive, not {min_step}")
     ndim = fixed.GetDimension()

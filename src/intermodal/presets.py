@@ -19,5 +19,12 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {"default": {2: {}, 3: {}}}
 
 PRESET_NAMES = tuple(PRESETS)
 
-INIT_CHOICES = ("none", "moments", "rigid", "affine")
-"""The initial alignments (:mod:`intermodal.alignment`), here for the CLI without torch."""
+ALIGNMENT_METHODS = ("none", "moments", "rigid", "affine")
+"""The initial alignments that :mod:`intermodal.alignment` computes, here for the CLI without
+torch."""
+
+INIT_CHOICES = (*ALIGNMENT_METHODS, "auto")
+"""``--init``'s choices: an alignment method, or ``"auto"`` (the default): the rigid alignment,
+or the affine one started from it when scaling and shear raise MI *and* the refinement's own
+similarity prefers it (:func:`intermodal.registration.register` decides, and its report says
+which)."""

@@ -67,7 +67,9 @@ class Settings:
             only if it improves the similarity over the initial alignment alone.
         refine: test-time optimisation steps on the velocity field (0: none; with no model
             the result is the initial alignment alone).
-        init: initial alignment, one of :data:`intermodal.alignment.INIT_CHOICES`.
+        init: initial alignment, one of :data:`intermodal.alignment.INIT_CHOICES`;
+            ``"auto"``: rigid, or affine where the refinement's similarity also prefers it
+            (see :func:`_align`).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         spacing: working spacing in mm for the refinement and the outputs (``None``: 2 mm in
             3D, native in 2D); a model's network always runs at its own trained spacing.
@@ -116,7 +118,7 @@ class Settings:
 
     model: str | None = None
     refine: int = 80
-    init: str = "rigid"
+    init: str = "auto"
     device: str = "auto"
     spacing: float | None = None
     fixed_modality: str = "auto"
@@ -585,9 +587,9 @@ def register(
 
     with clock("preprocess", "preprocess"):
         inputs = _prepare(fixed, moving, settings, fixed_mask, moving_mask, device)
-    with clock("initial_alignment", f"init:{settings.init}"):
-        affine = _align(inputs, settings)
     options = _refinement_options(settings, inputs.integration_steps)
+    with clock("initial_alignment", f"init:{settings.init}"):
+        affine, aligned = _align(inputs, settings, options)
     with clock("resample"):
         working = _resample(inputs, affine, settings, device)
         features = refinement.describe(working.images, options)
@@ -605,7 +607,9 @@ def register(
     del features, guard  # the descriptors' memory goes back before the outputs take theirs
     with clock("output", "output"):
         outputs = _outputs(inputs, working, affine, velocity)
-    report = _report(inputs, working, settings, affine, network, refined, outputs, clock.timings)
+    report = _report(
+        inputs, working, settings, affine, aligned, network, refined, outputs, clock.timings
+    )
     return RegistrationResult(
         fixed=fixed,
         moving=moving,
@@ -748,13 +752,62 @@ def _binary(mask: sitk.Image, image: sitk.Image) -> sitk.Image:
     return binary
 
 
-def _align(inputs: _Inputs, settings: Settings) -> sitk.AffineTransform:
-    """Stage 2: the initial rigid (by default) or affine alignment."""
-    affine = alignment.initial_alignment(
-        inputs.fixed_n, inputs.moving_n, settings.init,
-        fixed_mask=inputs.fixed_mask, moving_mask=inputs.moving_mask,
-    )  # fmt: skip
-    return affine
+def _align(
+    inputs: _Inputs, settings: Settings, options: refinement.Options
+) -> tuple[sitk.AffineTransform, dict[str, Any]]:
+    """Stage 2: the initial alignment, and for the report how it was chosen.
+
+    ``"auto"`` (the default) computes the rigid alignment and the affine one started from it.
+    Scaling and shear always fit MI a little better, also where the anatomy did not change
+    size, so the affine is kept only where the refinement's own similarity, a second measure
+    MI was not optimised on, agrees (:func:`_coarse_similarity`): a subject of another size
+    needs it, the same body on another day seldom does.
+    """
+    masks = {"fixed_mask": inputs.fixed_mask, "moving_mask": inputs.moving_mask}
+    if settings.init != "auto":
+        chosen = alignment.initial_alignment(
+            inputs.fixed_n, inputs.moving_n, settings.init, **masks
+        )
+        return chosen, {"method": settings.init}
+    rigid, affine = alignment.rigid_and_affine(inputs.fixed_n, inputs.moving_n, **masks)
+    record: dict[str, Any] = {"method": "auto", "kept": "rigid"}
+    if affine is None:
+        record["affine"] = "scaling and shear did not raise MI"
+        return rigid, record
+    record["similarity"] = {
+        "rigid": _coarse_similarity(inputs, rigid, settings, options),
+        "affine": _coarse_similarity(inputs, affine, settings, options),
+    }
+    if record["similarity"]["affine"] < record["similarity"]["rigid"]:
+        record["kept"] = "affine"
+        return affine, record
+    return rigid, record
+
+
+def _coarse_similarity(
+    inputs: _Inputs, transform: sitk.Transform, settings: Settings, options: refinement.Options
+) -> float:
+    """The refinement's similarity (lower is better) of the images after ``transform`` alone.
+
+    On a grid of twice the working spacing (the refinement's finest level by default), with
+    the same masks and features as the guard of the later stages.
+    """
+    fixed = inputs.fixed
+    spacing = settings.spacing or preprocess.default_spacing(fixed)
+    spacing = np.broadcast_to(np.asarray(spacing, dtype=float), (fixed.GetDimension(),))
+    grid = preprocess.working_grid(fixed, tuple(2 * spacing))
+
+    def on_grid(image: sitk.Image, moved: sitk.Transform | None = None) -> torch.Tensor:
+        return image_to_tensor(preprocess.resample(image, grid, moved))
+
+    images = refinement.Images(
+        fixed=on_grid(inputs.fixed_n),
+        moving=on_grid(inputs.moving_n, transform),
+        fixed_mask=on_grid(sitk.Cast(inputs.fixed_mask, sitk.sitkFloat32)).round(),
+        moving_mask=on_grid(sitk.Cast(inputs.moving_mask, sitk.sitkFloat32), transform),
+    )
+    zero = torch.zeros((1, fixed.GetDimension(), *images.fixed.shape[2:]))
+    return refinement.similarity_of(refinement.describe(images, options), zero, options)
 
 
 def _resample(
@@ -932,6 +985,7 @@ def _report(
     working: _Working,
     settings: Settings,
     affine: sitk.Transform,
+    aligned: dict[str, Any],
     network: dict[str, Any],
     refined: dict[str, Any],
     outputs: dict[str, Any],
@@ -972,11 +1026,12 @@ def _report(
         "initial_transform": {
             "type": affine.GetName(),
             "method": settings.init,
+            "kept": aligned.get("kept", settings.init),
             "parameters": list(affine.GetParameters()),
             "fixed_parameters": list(affine.GetFixedParameters()),
             "overlap": working.overlap,
         },
-        "stages": {"network": network, "refine": refined},
+        "stages": {"align": aligned, "network": network, "refine": refined},
         "nmi": {
             "before": warped_nmi(images.fixed, working.moving_unaligned, mask),
             "after_initial": warped_nmi(images.fixed, images.moving, mask),
