@@ -71,6 +71,21 @@ def test_register_writes_every_output(registered):
     assert not [p for p in registered.parent.iterdir() if p.name.startswith(".result")]
 
 
+def test_register_records_absolute_input_paths(capsys, small_pair_files, tmp_path, monkeypatch):
+    """Given relative to the working folder, the inputs are recorded absolute in report.json
+    (gui --result and export-dicom read them from wherever they are run)."""
+    monkeypatch.chdir(small_pair_files["ct"].parent)
+    code, _, err = _run(
+        capsys, "register", "--fixed", small_pair_files["ct"].name,
+        "--moving", small_pair_files["mr"].name, "--out", tmp_path / "result", *FAST,
+    )  # fmt: skip
+    assert code == 0, err
+    paths = json.loads((tmp_path / "result" / "report.json").read_text())["inputs_paths"]
+    assert paths["fixed"] == str(small_pair_files["ct"].absolute())
+    assert paths["moving"] == str(small_pair_files["mr"].absolute())
+    assert paths["labels"] is None
+
+
 def test_points_csv_matches_the_transform(registered):
     transform = sitk.ReadTransform(str(registered / "transform.h5"))
     lines = (registered / "points.csv").read_text(encoding="utf-8").strip().splitlines()

@@ -355,10 +355,14 @@ class IntermodalMethod:
         result = register(fixed, moving, config, progress=self.progress)
         extra = {
             "inputs_paths": {
-                "fixed": str(pair.fixed),
-                "moving": str(pair.moving),
-                "labels": None if pair.moving_labels is None else str(pair.moving_labels),
-                "points": None if pair.fixed_landmarks is None else str(pair.fixed_landmarks),
+                "fixed": str(Path(pair.fixed).absolute()),
+                "moving": str(Path(pair.moving).absolute()),
+                "labels": None
+                if pair.moving_labels is None
+                else str(Path(pair.moving_labels).absolute()),
+                "points": None
+                if pair.fixed_landmarks is None
+                else str(Path(pair.fixed_landmarks).absolute()),
             },
             **extra_report,
         }

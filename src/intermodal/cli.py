@@ -297,14 +297,19 @@ def cmd_register(args: argparse.Namespace) -> int:
     reporter = _Reporter(args.quiet)
     result = register(fixed, moving, settings[fixed.GetDimension()], progress=reporter, **masks)
     reporter.close()
+    # absolute, so that `gui --result` and `export-dicom` find the inputs from any folder
+    named = {
+        "fixed": args.fixed,
+        "moving": args.moving,
+        "labels": args.labels,
+        "points": args.points,
+        "fixed_mask": args.fixed_mask,
+        "moving_mask": args.moving_mask,
+    }
     extra = {
         "inputs_paths": {
-            "fixed": str(args.fixed),
-            "moving": str(args.moving),
-            "labels": args.labels,
-            "points": args.points,
-            "fixed_mask": args.fixed_mask,
-            "moving_mask": args.moving_mask,
+            role: None if path is None else str(Path(path).absolute())
+            for role, path in named.items()
         }
     }
     save_result(
