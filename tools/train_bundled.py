@@ -113,8 +113,9 @@ def generated(args: argparse.Namespace, recipe: dict) -> None:
     """Train on generated pairs (resuming a run in progress), install the best checkpoint."""
     config = REPO / "configs" / f"{args.name}.toml"
     run = REPO / "build" / "bundled" / args.name / "run"
-    resume = ["--resume"] if (run / "trainer_state.json").is_file() else []
-    intermodal("train", "--config", str(config.relative_to(REPO)), *resume)
+    if not args.install_only:
+        resume = ["--resume"] if (run / "trainer_state.json").is_file() else []
+        intermodal("train", "--config", str(config.relative_to(REPO)), *resume)
     if args.no_install:
         return
     best = run / "best.safetensors"
@@ -131,6 +132,8 @@ def generated(args: argparse.Namespace, recipe: dict) -> None:
         "machine": machine(),
         "installed": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M}Z",
     }
+    if args.note:
+        card["provenance"]["note"] = args.note
     install(weights, card, args.install_as or args.name)
 
 
@@ -138,6 +141,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name", choices=sorted(RECIPES))
     parser.add_argument("--no-install", action="store_true", help="train, but do not install")
+    parser.add_argument(
+        "--install-only",
+        action="store_true",
+        help="generator recipes: install the run's best checkpoint as it is, without training",
+    )
+    parser.add_argument("--note", help="a remark recorded in the installed card's provenance")
     parser.add_argument(
         "--install-as", metavar="NAME",
         help="install under this name in src/intermodal/models/ (default: the recipe's)",

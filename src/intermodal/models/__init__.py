@@ -1,20 +1,25 @@
 """Models shipped inside the package.
 
-Two models are bundled, both trained on the synthetic pelvis (:mod:`intermodal.data.synth`)
-with the ``intra`` loss of Cao et al. (MLMI 2018):
+Two models are bundled, both trained on pairs generated on the fly
+(:mod:`intermodal.data.generator`: random smooth shapes, CT and T2-like MR rendered from each,
+random affine and two-scale deformations; no pelvis, so that anatomy stays unseen) with the
+``intra`` loss of Cao et al. (MLMI 2018):
 
-- ``pelvis3d``: 3D, the default for 3D inputs;
-- ``pelvis2d``: 2D, the default for 2D inputs (slices).
+- ``general3d``: 3D, 6 mm; what ``"auto"`` picks for 3D inputs;
+- ``general2d``: 2D slices, 5 mm; what ``"auto"`` picks for 2D inputs.
 
-Each is ``NAME.safetensors`` with its card ``NAME.json`` beside it; the card records the
-training configuration, the data, the steps, the wall time and the one command that retrains
-it (``make model-3d`` / ``make model-2d``, see ``tools/train_bundled.py``).
+Neither is used unless asked for (``register``'s default is no model), and ``register`` keeps a
+model's field only where it improves the similarity. Each is ``NAME.safetensors`` with its card
+``NAME.json`` beside it; the card records the generator and its seeds, the training
+configuration, the steps, the wall time, the machine, the validation scores (with those of no
+registration) and the one command that retrains it (``make model-3d`` / ``make model-2d``, see
+``tools/train_bundled.py``).
 
 A model *specification*, as ``register --model`` takes it, is one of:
 
 - ``"auto"``: the bundled model for the inputs' dimension;
 - ``"none"`` (or ``None``): no network, test-time refinement alone;
-- a bundled model's name (``"pelvis3d"``, ``"pelvis2d"``);
+- a bundled model's name (``"general3d"``, ``"general2d"``);
 - the path of any ``.safetensors`` model with its card.
 """
 
@@ -27,7 +32,7 @@ from intermodal.errors import IntermodalError
 
 __all__ = ["BUNDLED", "bundled_path", "resolve_model"]
 
-BUNDLED = {"pelvis3d": 3, "pelvis2d": 2}
+BUNDLED = {"general3d": 3, "general2d": 2}
 """Bundled model names and the dimension each is for."""
 
 
@@ -59,7 +64,7 @@ def resolve_model(spec: str | None, ndim: int) -> str | None:
         The path of a ``.safetensors`` file, or ``None``.
 
     Example:
-        >>> resolve_model("auto", 3).endswith("pelvis3d.safetensors")
+        >>> resolve_model("auto", 3).endswith("general3d.safetensors")
         True
     """
     if spec is None or spec.lower() == "none":
