@@ -24,7 +24,7 @@ ALIGNMENT_METHODS = ("none", "moments", "rigid", "affine")
 torch."""
 
 INIT_CHOICES = (*ALIGNMENT_METHODS, "auto")
-"""``--init``'s choices: an alignment method, or ``"auto"`` (the default): the rigid alignment,
-or the affine one started from it when scaling and shear raise MI *and* the refinement's own
-similarity prefers it (:func:`intermodal.registration.register` decides, and its report says
-which)."""
+"""``--init``'s choices: an alignment method, or ``"auto"``: the rigid alignment, or the affine
+one started from it when scaling and shear raise MI *and* the refinement's own similarity
+prefers it (:func:`intermodal.registration.register` decides, and its report says which).
+The default is ``"rigid"`` (:class:`intermodal.registration.Settings`)."""

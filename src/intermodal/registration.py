@@ -67,9 +67,10 @@ class Settings:
             only if it improves the similarity over the initial alignment alone.
         refine: test-time optimisation steps on the velocity field (0: none; with no model
             the result is the initial alignment alone).
-        init: initial alignment, one of :data:`intermodal.alignment.INIT_CHOICES`;
-            ``"auto"``: rigid, or affine where the refinement's similarity also prefers it
-            (see :func:`_align`).
+        init: initial alignment, one of :data:`intermodal.alignment.INIT_CHOICES`. Rigid
+            by default: the same body on another day does not change size. ``"auto"`` (for
+            pairs of different subjects) keeps an affine where the refinement's similarity
+            also prefers it (see :func:`_align`).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         spacing: working spacing in mm for the refinement and the outputs (``None``: 2 mm in
             3D, native in 2D); a model's network always runs at its own trained spacing.
@@ -118,7 +119,7 @@ class Settings:
 
     model: str | None = None
     refine: int = 80
-    init: str = "auto"
+    init: str = "rigid"
     device: str = "auto"
     spacing: float | None = None
     fixed_modality: str = "auto"

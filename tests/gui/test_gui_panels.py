@@ -39,7 +39,7 @@ def test_registration_panel_options_round_trip_and_lock_while_busy(qtbot):
         "preset": "default",
         "model": None,
         "refine": DEFAULT_REFINE,
-        "init": "auto",
+        "init": "rigid",
         "device": "auto",
     }
     chosen = {"model": "weights.safetensors", "refine": 12, "init": "affine", "device": "cpu"}

@@ -427,7 +427,7 @@ def test_export_writes_what_register_writes_and_open_result_reads_it(
     assert fresh.registration_options() == {
         **FAST,
         "preset": "default",
-        "init": "auto",
+        "init": "rigid",
         "device": "auto",
     }
     np.testing.assert_allclose(
@@ -558,16 +558,16 @@ def test_a_preset_fills_the_panel_for_the_fixed_image_and_options_override_it(
     window.set_registration_options({"preset": "default"})  # no image yet: the 3D values
     options = window.registration_options()
     assert (options["preset"], options["model"], options["refine"]) == ("default", None, 80)
-    assert options["init"] == "auto"
+    assert options["init"] == "rigid"
     _open_pair(window, pair_2d_files)  # a 2D fixed image: the panel takes the 2D values
     options = window.registration_options()
-    assert (options["model"], options["refine"], options["init"]) == (None, 80, "auto")
+    assert (options["model"], options["refine"], options["init"]) == (None, 80, "rigid")
     window.set_registration_options({"refine": 4})  # an edit beats the preset
     with qtbot.waitSignal(window.registration_finished, timeout=120_000) as finished:
         assert window.start_registration()
     assert finished.args == ["succeeded"] and dialogs == []
     settings = window.scene.result.report["settings"]
-    assert (settings["refine"], settings["init"]) == (4, "auto")
+    assert (settings["refine"], settings["init"]) == (4, "rigid")
     assert settings["sampling"] == 0.25  # the preset's
     window.set_registration_options({"preset": "default"})
     assert window.registration_options()["refine"] == 80

@@ -26,7 +26,7 @@ from intermodal.presets import INIT_CHOICES, PRESET_NAMES, PRESETS
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 DEFAULT_REFINE = 80
 """The default of :attr:`intermodal.registration.Settings.refine`."""
-DEFAULT_INIT = "auto"
+DEFAULT_INIT = "rigid"
 """The default of :attr:`intermodal.registration.Settings.init`."""
 OPTION_NAMES = ("preset", "model", "refine", "init", "device")
 """The keys of :meth:`RegistrationPanel.options`."""
