@@ -279,13 +279,15 @@ def convexadam(fixed: sitk.Image, moving: sitk.Image, context: Context) -> sitk.
 
 
 def greedy(fixed: sitk.Image, moving: sitk.Image, context: Context) -> sitk.Transform:
-    """Greedy (picsl-greedy): affine then deformable, both on NMI, its multimodal metric.
+    """Greedy (picsl-greedy): affine then deformable, both on NMI, at Greedy's defaults.
 
-    The Greedy documentation (greedy.readthedocs.io, and the picsl-greedy README) registers
-    images of different modalities with ``-m NMI``: an affine stage ``-a -dof 12
-    -ia-image-centers -n 100x50x10``, then the deformable stage initialised by it
-    (``-it``) with ``-n 100x50x10 -s 2.0vox 0.5vox``; ``-rc`` composes both into one warp
-    on the fixed grid (ITK convention: fixed -> moving, physical mm).
+    Greedy's reference (greedy.readthedocs.io/en/latest/reference.html) offers NMI among its
+    metrics, the one for images of two modalities, and the picsl-greedy README runs its affine
+    stage on it. Both stages take ``-m NMI``; everything else is Greedy's default (affine:
+    12 degrees of freedom, ``-n 100x100``; deformable: ``-n 100x100``, smoothing
+    ``-s 1.732vox 0.7071vox``), the affine stage started from the image centres
+    (``-ia-image-centers``) and the deformable one from the affine (``-it``). ``-rc`` composes
+    both into one warp on the fixed grid (ITK convention: fixed -> moving, physical mm).
     """
     from picsl_greedy import Greedy2D, Greedy3D
 
@@ -293,12 +295,9 @@ def greedy(fixed: sitk.Image, moving: sitk.Image, context: Context) -> sitk.Tran
     images = {"fx": percentile_scaled(fixed), "mv": percentile_scaled(moving)}
     threads = f"-threads {context.threads}"
     runner.execute(
-        f"-i fx mv -a -dof 12 -ia-image-centers -m NMI -n 100x50x10 {threads} -o affine",
-        affine=None, **images,
-    )  # fmt: skip
-    runner.execute(
-        f"-i fx mv -it affine -m NMI -n 100x50x10 -s 2.0vox 0.5vox {threads} -o warp", warp=None
+        f"-i fx mv -a -dof 12 -ia-image-centers -m NMI {threads} -o affine", affine=None, **images
     )
+    runner.execute(f"-i fx mv -it affine -m NMI {threads} -o warp", warp=None)
     runner.execute("-rf fx -r warp affine -rc mapping", mapping=None)
     return field_transform(runner["mapping"])
 
@@ -309,10 +308,11 @@ def greedy(fixed: sitk.Image, moving: sitk.Image, context: Context) -> sitk.Tran
 def elastix(fixed: sitk.Image, moving: sitk.Image, context: Context) -> sitk.Transform:
     """elastix's default "rigid", "affine" and "bspline" parameter maps, in turn.
 
-    The maps are the ones the elastix manual and ITKElastix's examples start users with
-    (ITKElastix example 2, "the default, conservative registration parameters progress from
-    ... affine -> bspline"): metric AdvancedMattesMutualInformation, the multimodal metric of
-    the elastix manual (the B-spline map adds its TransformBendingEnergyPenalty), adaptive
+    ITKElastix's examples (example 2) start users on its default maps, run as a chain from a
+    linear map to "bspline"; the chain there begins with "translation", here with "rigid",
+    since every case here moves by a rotation too. The maps are unchanged: metric
+    AdvancedMattesMutualInformation, the elastix manual's metric for images of two
+    modalities (the B-spline map adds its TransformBendingEnergyPenalty), adaptive
     stochastic gradient descent, 4 resolutions, final B-spline grid 10 mm.
     """
     import itk
@@ -553,7 +553,7 @@ METHODS: dict[str, Method] = {
     ),
     "greedy": Method(
         "Greedy affine + deformable (NMI)", greedy, (2, 3), ("picsl_greedy",),
-        "picsl-greedy: -a -dof 12 -m NMI, then -m NMI -s 2.0vox 0.5vox, -n 100x50x10",
+        "picsl-greedy at its defaults with -m NMI: affine (-dof 12), then deformable",
     ),
     "elastix": Method(
         "elastix rigid + affine + B-spline (Mattes MI)", elastix, (2, 3), ("itk",),

@@ -11,7 +11,8 @@ displacement on the fixed grid and writes it; this process scores it (:mod:`data
   taking turns run by run so that a change in the machine's load hits them alike;
 - peak RSS: the largest ``VmHWM`` (the process's own peak resident set, imports included) of
   the runs;
-- scores: of the first run (every method here but ANTs is deterministic).
+- scores: of the first run (ANTs samples its metric at random, so its scores vary a little
+  from run to run); a run that fails, or returns NaN, makes the row a failure.
 
 Results go to ``benchmarks/measured/<dataset>.json``: a method's row for a case replaces the
 earlier one, other rows stay; each row names the run that measured it, and each run its date,
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import fcntl
 import json
 import os
 import platform
@@ -41,7 +43,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 MEASURED = HERE / "measured"
 RUN_TIMEOUT_S = 3600
+"""Default limit on one registration run (``--timeout``): a run past it is a failed row."""
 
 QUICK: dict[str, tuple[int, tuple[str, ...]]] = {
     "rendered": (1, ("intermodal", "ants_synra", "convexadam", "greedy")),
@@ -102,7 +105,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": seconds, "peak_rss_mib": peak_rss_mib()}
 
 
-def run_isolated(spec: dict[str, Any], folder: Path) -> dict[str, Any]:
+def run_isolated(
+    spec: dict[str, Any], folder: Path, timeout_s: float = RUN_TIMEOUT_S
+) -> dict[str, Any]:
     """Run :func:`worker` in a new process with the thread count in its environment."""
     threads = str(spec["threads"])
     environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -116,10 +121,10 @@ def run_isolated(spec: dict[str, Any], folder: Path) -> dict[str, Any]:
             done = subprocess.run(
                 [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path)],
                 stdout=stream, stderr=subprocess.STDOUT, env=environment, cwd=ROOT,
-                timeout=RUN_TIMEOUT_S,
+                timeout=timeout_s,
             )  # fmt: skip
     except subprocess.TimeoutExpired:
-        return {"error": f"no result within {RUN_TIMEOUT_S} s"}
+        return {"error": f"stopped: no result within {timeout_s:g} s"}
     result = folder / "result.json"
     if done.returncode != 0 or not result.is_file():
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
@@ -207,6 +212,25 @@ def save(record: dict[str, Any], folder: Path = MEASURED) -> Path:
     return path
 
 
+def update(dataset: str, folder: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    """Apply ``change`` to a dataset's stored record under a file lock: read, change, write.
+
+    Several suite runs may store rows of one dataset at once (others' and this one's); each
+    reads the file afresh under the lock, so that none writes back rows it read before another
+    run stored its own.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    # the lock lives outside the repository; one per dataset name serves every folder
+    with open(Path(tempfile.gettempdir()) / f"intermodal-bench-{dataset}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        record = load(dataset, folder)
+        record.setdefault("skipped", {})
+        change(record)
+        temporary = folder / f".{dataset}.json.tmp"
+        temporary.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        os.replace(temporary, folder / f"{dataset}.json")
+
+
 def merge_row(record: dict[str, Any], method: str, case: str, row: dict[str, Any]) -> None:
     """Put one method's row for one case into a record, replacing an earlier one."""
     record["results"].setdefault(method, {})[case] = row
@@ -245,20 +269,23 @@ def run_dataset(
     run_id: str,
     run_info: dict[str, Any],
     folder: Path = MEASURED,
-) -> dict[str, Any]:
-    """Run every method on every case of one dataset; store each row as it is done."""
+) -> None:
+    """Run every method on every case of one dataset; store each case's rows as it is done."""
     import datasets
     import methods
     import SimpleITK as sitk
 
-    record = load(dataset, folder)
-    record.setdefault("skipped", {})
-    record["description"] = datasets.DATASETS[dataset]
     reason = datasets.unavailable(dataset)
     if reason is not None:
         print(f"{dataset}: skipped: {reason}", flush=True)
-        return record
-    record["runs"][run_id] = run_info
+        return
+
+    def start(record: dict[str, Any]) -> None:
+        record["description"] = datasets.DATASETS[dataset]
+        record["runs"][run_id] = run_info
+
+    update(dataset, folder, start)
+    skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as temporary:
         work = Path(temporary)
         references: dict[tuple[str, str], Any] = {}
@@ -270,7 +297,7 @@ def run_dataset(
                 if why is None:
                     active.append(name)
                 else:
-                    record["skipped"][row_label(name, args.device)] = why
+                    skipped[row_label(name, args.device)] = why
             paths = write_inputs(case.fixed, case.moving, work, case.name)
             reference_paths = None
             if case.reference_key is not None:
@@ -291,11 +318,12 @@ def run_dataset(
                         "field": str(out / "field.nii.gz"), "threads": args.threads,
                         "device": args.device, "result": str(out / "result.json"),
                     }  # fmt: skip
-                    outcome = run_isolated(spec, out)
+                    outcome = run_isolated(spec, out, args.timeout)
                     if "error" in outcome:
                         errors[name] = outcome["error"]
                     else:
                         runs[name].append(outcome)
+            rows: dict[str, dict[str, Any]] = {}
             for name in active:
                 label = row_label(name, args.device)
                 row: dict[str, Any] = {"run": run_id}
@@ -320,10 +348,15 @@ def run_dataset(
                         except Exception as error:  # a bad field is a result, not a crash
                             traceback.print_exc()
                             row["error"] = f"scoring: {type(error).__name__}: {error}"
-                merge_row(record, label, case.name, row)
+                rows[label] = row
                 report(dataset, case.name, label, row)
-            save(record, folder)
-    return record
+
+            def store(record: dict[str, Any], case_name: str = case.name, done=rows) -> None:
+                for label, row in done.items():
+                    merge_row(record, label, case_name, row)
+                record["skipped"].update(skipped)
+
+            update(dataset, folder, store)
 
 
 def reference_field(name: str, paths: list[str], args: argparse.Namespace, work: Path):
@@ -336,7 +369,7 @@ def reference_field(name: str, paths: list[str], args: argparse.Namespace, work:
         "field": str(out / "field.nii.gz"), "threads": args.threads, "device": args.device,
         "result": str(out / "result.json"),
     }  # fmt: skip
-    outcome = run_isolated(spec, out)
+    outcome = run_isolated(spec, out, args.timeout)
     if "error" in outcome:
         print(f"reference of {name}: {outcome['error']}", flush=True)
         return None
@@ -389,13 +422,16 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="threads for every method")
     parser.add_argument("--device", help="intermodal's device (cuda: rows stored as name@cuda)")
     parser.add_argument("--quick", action="store_true", help="the make bench-quick subset")
+    parser.add_argument(
+        "--timeout", type=float, default=RUN_TIMEOUT_S, help="seconds one run may take"
+    )
     parser.add_argument("--out", type=Path, default=MEASURED, help="folder of the JSON records")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker is not None:
         return args
-    if args.repeats < 1 or args.threads < 1 or args.first < 0:
-        parser.error("--repeats and --threads must be >= 1, --first >= 0")
+    if args.repeats < 1 or args.threads < 1 or args.first < 0 or args.timeout <= 0:
+        parser.error("--repeats and --threads must be >= 1, --first >= 0, --timeout > 0")
     if args.cases is not None and args.cases < 1:
         parser.error(f"--cases must be >= 1, not {args.cases}")
     chosen = (args.datasets or ",".join(QUICK if args.quick else datasets.DATASETS)).split(",")
@@ -433,12 +469,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_dataset(dataset, cases, names, args, run_id, run_info, args.out)
         print(f"{dataset}: {time.perf_counter() - started:.0f} s", flush=True)
     run_info["load_average_end"] = round(os.getloadavg()[0], 2)
-    for dataset in args.plan:
-        record = load(dataset, args.out)
+
+    def finish(record: dict[str, Any]) -> None:
         if run_id in record["runs"]:
             record["runs"][run_id] = run_info
         prune_runs(record)
-        save(record, args.out)
+
+    for dataset in args.plan:
+        if (args.out / f"{dataset}.json").is_file():
+            update(dataset, args.out, finish)
     print("tables: .venv/bin/python benchmarks/tables.py", flush=True)
     return 0
 

@@ -239,6 +239,16 @@ def test_rows_merge_by_method_and_case(bench, tmp_path):
     assert sorted(stored["runs"]) == ["r1", "r2"]
 
 
+def test_updates_read_the_file_afresh(bench, tmp_path):
+    # two runs storing rows of one dataset: neither writes back the other's rows as it read them
+    def store(method):
+        return lambda record: bench.suite.merge_row(record, method, "c0", {"run": method})
+
+    bench.suite.update("rendered", tmp_path, store("greedy"))
+    bench.suite.update("rendered", tmp_path, store("elastix"))
+    assert set(bench.suite.load("rendered", tmp_path)["results"]) == {"greedy", "elastix"}
+
+
 def test_a_registration_runs_in_its_own_process(bench, tmp_path):
     rng = np.random.default_rng(1)
     array = np.zeros((32, 32), np.float32)
@@ -257,6 +267,33 @@ def test_a_registration_runs_in_its_own_process(bench, tmp_path):
     assert field.GetSize() == fixed.GetSize() and field.GetNumberOfComponentsPerPixel() == 2
 
 
+def test_a_field_with_nan_is_a_failure(bench, tmp_path, monkeypatch):
+    image = sitk.GetImageFromArray(np.zeros((8, 8), np.float32))
+    path = str(tmp_path / "image.nii.gz")
+    sitk.WriteImage(image, path)
+
+    def diverged(fixed, moving, context):
+        field = np.full((8, 8, 2), np.nan)
+        return sitk.DisplacementFieldTransform(sitk.GetImageFromArray(field, isVector=True))
+
+    method = bench.methods.Method("diverges", diverged, (2,), (), "returns NaN")
+    monkeypatch.setitem(bench.methods.METHODS, "diverges", method)
+    monkeypatch.setattr(bench.methods, "set_threads", lambda threads: None)
+    spec = {"method": "diverges", "fixed": path, "moving": path, "threads": 1,
+            "field": str(tmp_path / "field.nii.gz")}  # fmt: skip
+    with pytest.raises(RuntimeError, match="NaN or inf"):
+        bench.suite.worker(spec)
+
+
+def test_a_run_past_its_time_limit_is_stopped(bench, tmp_path):
+    spec = {
+        "method": "simpleitk", "fixed": "f.nii", "moving": "m.nii", "threads": 1,
+        "field": str(tmp_path / "f.nii.gz"), "result": str(tmp_path / "result.json"),
+    }  # fmt: skip
+    outcome = bench.suite.run_isolated(spec, tmp_path, timeout_s=0.01)
+    assert outcome == {"error": "stopped: no result within 0.01 s"}
+
+
 def test_a_failing_run_is_a_row_with_its_error(bench, tmp_path):
     spec = {
         "method": "simpleitk", "fixed": str(tmp_path / "missing.nii.gz"), "threads": 1,
@@ -269,7 +306,8 @@ def test_a_failing_run_is_a_row_with_its_error(bench, tmp_path):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [(["--datasets", "pelvis"], "unknown datasets"), (["--methods", "antz"], "unknown methods"),
-     (["--repeats", "0"], ">= 1"), (["--cases", "0"], "--cases")],
+     (["--repeats", "0"], ">= 1"), (["--cases", "0"], "--cases"),
+     (["--timeout", "0"], "--timeout > 0")],
 )  # fmt: skip
 def test_bad_arguments(bench, argv, message, capsys):
     with pytest.raises(SystemExit):
