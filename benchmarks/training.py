@@ -569,8 +569,19 @@ def main(argv: list[str] | None = None) -> None:
         results = runs_benchmark(args)
     else:
         results = throughput_benchmark(args)
+    import dataclasses
+    import subprocess
+
+    from intermodal.registration import preset_settings
+
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
     record = {
         "benchmark": args.what,
+        # the tree may hold uncommitted changes; the preset is what register ran with
+        "git_head": commit,
+        "preset": dataclasses.asdict(preset_settings("default", args.dim)),
         "dim": args.dim,
         "command": "python benchmarks/training.py " + " ".join(argv or sys.argv[1:]),
         "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M}Z",
