@@ -55,11 +55,13 @@ Case counts are small (the CPU is shared); each JSON says how many.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -560,6 +562,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     model = args.model or f"general{args.dim}d"
     args.model = model
+    from intermodal.registration import preset_settings
+
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    # at the start: the shared tree may change while this runs
+    preset = dataclasses.asdict(preset_settings("default", args.dim))
     started = time.perf_counter()
     if args.what == "network":
         results = network_benchmark(args)
@@ -569,19 +578,11 @@ def main(argv: list[str] | None = None) -> None:
         results = runs_benchmark(args)
     else:
         results = throughput_benchmark(args)
-    import dataclasses
-    import subprocess
-
-    from intermodal.registration import preset_settings
-
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
-    ).stdout.strip()
     record = {
         "benchmark": args.what,
         # the tree may hold uncommitted changes; the preset is what register ran with
         "git_head": commit,
-        "preset": dataclasses.asdict(preset_settings("default", args.dim)),
+        "preset": preset,
         "dim": args.dim,
         "command": "python benchmarks/training.py " + " ".join(argv or sys.argv[1:]),
         "date": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M}Z",
