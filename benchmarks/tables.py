@@ -159,6 +159,10 @@ def render_dataset(record: Mapping[str, Any]) -> list[str]:
             lines.append(
                 f"- {method_label(key)} on all its {s['scored']} cases: {figures} (runs {used})"
             )
+    for key in keys:
+        for case, row in sorted(results[key].items()):
+            if "error" in row:
+                lines.append(f"- failed: {method_label(key)} on {case}: {row['error']}")
     for run in runs_used:
         lines.append(f"- {marks[run]}: " + describe_run(record.get("runs", {}).get(run, {}), run))
     skipped = {k: v for k, v in record.get("skipped", {}).items() if k not in results}
