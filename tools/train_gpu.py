@@ -19,7 +19,7 @@ Every run starts at once in its own process on the one GPU:
 - intermodal, ``configs/pelvis3d.toml`` with each of :data:`VARIANTS`'s overrides, through
   ``python -m intermodal train`` (the command a user runs);
 - VoxelMorph ``VxmPairwise`` with the intra-modality loss and with MI, through
-  ``benchmarks/peers.py:train_voxelmorph`` (intermodal's data, pair sampling, augmentation and
+  ``tools/peers.py:train_voxelmorph`` (intermodal's data, pair sampling, augmentation and
   losses; the same steps and batch).
 
 Each run's files (weights, card, history) go into ``runs.tar.gz`` under ``--out``, with
@@ -69,7 +69,7 @@ def machine() -> dict:
 
 
 def vxm_worker(loss: str, steps: int, batch: int, out: Path, data: list[str]) -> None:
-    sys.path.insert(0, str(REPO / "benchmarks"))
+    sys.path.insert(0, str(REPO / "tools"))
     import peers
     import torch
 
@@ -80,7 +80,7 @@ def vxm_worker(loss: str, steps: int, batch: int, out: Path, data: list[str]) ->
 
 def render(paths: list[Path]) -> int:
     """Write stored ``summary.json`` files into ``benchmarks/RESULTS.md`` (gpu_training_3d)."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
+    sys.path.insert(0, str(REPO / "tools"))
     from results_file import write_section
 
     summaries = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
