@@ -13,6 +13,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from safetensors.torch import load_file
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from intermodal.checkpoint import load_model
 from intermodal.errors import IntermodalError, OutputExistsError
@@ -203,3 +204,41 @@ def test_tensorboard_is_used_when_installed_and_skipped_with_a_note_when_not(
     with caplog.at_level(logging.INFO, logger="intermodal.training.trainer"):
         train(tiny_config("train.steps=1"), overwrite=True)
     assert "tensorboard is not installed" in caplog.text
+
+
+def test_grad_clip_bounds_every_applied_gradient(tiny_config):
+    """train.grad_clip scales a larger gradient down to the bound before the optimiser uses it."""
+    bound = 1e-3
+    config = tiny_config(
+        "train.steps=4",
+        "train.validate_every=0",
+        "train.checkpoint_every=0",
+        f"train.grad_clip={bound}",
+    )
+    applied = []
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+        applied.append(
+            float(
+                torch.linalg.vector_norm(
+                    torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None])
+                )
+            )
+        )
+
+    hook = register_optimizer_step_pre_hook(record)
+    try:
+        reports = []
+        train(config, progress=reports.append)
+    finally:
+        hook.remove()
+    assert len(applied) == 4
+    assert all(norm <= bound * 1.0001 for norm in applied), applied
+    # the report keeps the norm before clipping: here every step was cut
+    assert all(r["grad_norm"] > bound for r in reports), [r["grad_norm"] for r in reports]
+
+
+def test_bad_grad_clip_is_refused(tiny_config):
+    with pytest.raises(IntermodalError, match="train.grad_clip must be a number >= 0"):
+        tiny_config("train.grad_clip=-1")

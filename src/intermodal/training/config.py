@@ -151,6 +151,9 @@ class TrainingConfig:
         steps: total optimiser steps (a resumed run continues up to this number).
         batch_size: pairs per step (per process under DDP).
         lr: Adam learning rate.
+        grad_clip: the largest global gradient norm a step may apply; a larger gradient is
+            scaled down to it (0: no clipping). A bound on the step stops one bad batch from
+            throwing the weights into a region where the loss explodes.
         seed: seeds the weights, the pair sampling and the augmentation.
         direction: ``both`` (the default: MR->CT and CT->MR, a fair coin per pair, so the
             model serves either input order), ``mr_to_ct`` (the paper's) or ``ct_to_mr``.
@@ -170,6 +173,7 @@ class TrainingConfig:
     steps: int = 10000
     batch_size: int = 1
     lr: float = 1e-4
+    grad_clip: float = 0.0
     seed: int = 0
     direction: str = "both"
     validate_every: int = 500
@@ -291,6 +295,12 @@ class TrainConfig:
         _check(t.steps >= 1, "train.steps", "an int >= 1", t.steps)
         _check(t.batch_size >= 1, "train.batch_size", "an int >= 1", t.batch_size)
         _check(math.isfinite(t.lr) and t.lr > 0, "train.lr", "a number > 0", t.lr)
+        _check(
+            math.isfinite(t.grad_clip) and t.grad_clip >= 0,
+            "train.grad_clip",
+            "a number >= 0",
+            t.grad_clip,
+        )
         _check(t.seed >= 0, "train.seed", "an int >= 0", t.seed)
         _check(t.direction in DIRECTIONS, "train.direction", f"one of {DIRECTIONS}", t.direction)
         for key in ("validate_every", "checkpoint_every"):

@@ -756,6 +756,11 @@ def _train(
             mean_loss = _mean_loss(loss, distributed, done, out, good_step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if config.train.grad_clip > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    model.parameters(), config.train.grad_clip
+                )
+                terms = {**terms, "grad_norm": float(grad_norm)}
             optimizer.step()
             finished = time.perf_counter()
             timing["steps"] += 1
