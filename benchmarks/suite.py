@@ -87,7 +87,11 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     import SimpleITK as sitk
 
     methods.set_threads(spec["threads"])
+    from intermodal.allocator import keep_freed_memory
     from intermodal.io import read_image
+
+    # as the intermodal command does; here for every method alike, so all share the allocator
+    keep_freed_memory()
 
     method = methods.METHODS[spec["method"]]
     with tempfile.TemporaryDirectory() as folder:

@@ -987,8 +987,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="intermodal: %(message)s",
         stream=sys.stderr,
     )
+    from intermodal.allocator import keep_freed_memory
     from intermodal.errors import IntermodalError
 
+    keep_freed_memory()  # a command registers and exits: reuse freed blocks (see allocator.py)
     try:
         return args.handler(args)
     except IntermodalError as error:

