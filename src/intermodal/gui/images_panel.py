@@ -63,9 +63,7 @@ class ImagesPanel(QGroupBox):
             grid.addWidget(open_button, 2 * row + 1, 0)
             if role != "labels":
                 dicom_button = QPushButton("DICOM folder…")
-                dicom_button.clicked.connect(
-                    lambda _=False, role=role: self.open_folder.emit(role)
-                )
+                dicom_button.clicked.connect(lambda _=False, role=role: self.open_folder.emit(role))
                 grid.addWidget(dicom_button, 2 * row + 1, 1)
 
     def describe(self, role: str, description: str = EMPTY, source: str | None = None) -> None:
