@@ -47,6 +47,8 @@ PYRAMID_MM = (8.0, 4.0)
 """Spacings (mm) of the optimisation's levels, coarse to fine: a global transform needs no
 finer detail (ITK's and ANTs' initialisers also stop at a shrink factor of a few voxels)."""
 STEPS_PER_LEVEL = (40, 20)
+LEARNING_RATES = (2.0, 0.5)
+"""Adam's step (mm of translation, or of arc at the image's radius) at each level."""
 START_ANGLES_DEG = {3: (-30.0, 0.0, 30.0), 2: (-60.0, -30.0, 0.0, 30.0, 60.0)}
 STARTS_KEPT = 3
 TRANSLATION_STEP_MM = 16.0
@@ -416,10 +418,11 @@ def _optimised(
         starts = _starts(levels[0], params, moments, _translation_offsets(
             _data_extent(fixed, fixed_mask), _data_extent(moving, moving_mask)
         ))  # fmt: skip
-    batch, mi = _optimise(levels[0], params, starts, STEPS_PER_LEVEL[0], 2.0)
-    # only the best start goes on to the finer level
-    best_start = batch[[int(torch.argmax(mi))]]
-    batch, mi = _optimise(levels[1], params, best_start, STEPS_PER_LEVEL[1], 0.5)
+    batch, mi = _optimise(levels[0], params, starts, STEPS_PER_LEVEL[0], LEARNING_RATES[0])
+    # only the best start goes on to the finer levels
+    batch, mi = batch[[int(torch.argmax(mi))]], mi[[int(torch.argmax(mi))]]
+    for level, steps, rate in zip(levels[1:], STEPS_PER_LEVEL[1:], LEARNING_RATES[1:], strict=True):
+        batch, mi = _optimise(level, params, batch, steps, rate)
     best = batch[0]
     rigid = params.transform(best)
     if not with_affine:
@@ -432,7 +435,7 @@ def _optimised(
     # the same pyramid and steps as the rigid search: Adam moves a parameter by at most about
     # its learning rate a step, so 20 steps of 0.5 at the fine level alone reach a scale of
     # only about 10 mm / radius (~ 1.1), short of another subject's size
-    for level, steps, rate in zip(levels, STEPS_PER_LEVEL, (2.0, 0.5), strict=True):
+    for level, steps, rate in zip(levels, STEPS_PER_LEVEL, LEARNING_RATES, strict=True):
         affine, affine_mi = _optimise(level, params, affine, steps, rate)
     # scaling and shear flatten MI's landscape; keep them only if they raise it
     if float(affine_mi[0]) > rigid_mi:
