@@ -8,12 +8,14 @@ peak RSS the largest; a method with more cases gets a line with all of them), th
 measured the rows with their command, commit, threads, machine and versions, and the methods
 that could not run with the reason. It also draws one plot per dataset of the main score
 against wall time (``benchmarks/measured/plots/<dataset>.png``), and fills the one sentence on
-the choice of the default from ``benchmarks/measured/default_candidates.json``.
+the choice of the default from ``benchmarks/measured/default_candidates.json``. README.md's
+short comparison (between ``<!-- compare:begin -->`` and ``<!-- compare:end -->``) is rendered
+from the same rows: per dataset, intermodal's default against the best peer on the main score.
 
 Usage::
 
     .venv/bin/python benchmarks/tables.py            # rewrite RESULTS.md and the plots
-    .venv/bin/python benchmarks/tables.py --check    # exit 1 when RESULTS.md is out of date
+    .venv/bin/python benchmarks/tables.py --check    # exit 1 when either file is out of date
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 MEASURED = HERE / "measured"
 PLOTS = MEASURED / "plots"
 RESULTS = HERE / "RESULTS.md"
+README = HERE.parent / "README.md"
 DEFAULT_CANDIDATES = MEASURED / "default_candidates.json"
 
 sys.path.insert(0, str(HERE))
@@ -52,6 +55,16 @@ COLUMNS = (
     ("peak_rss_mib", "peak RSS MiB", 0),
 )
 PLOT_SCORE = (("dice", "mean Dice"), ("error_median_mm", "median error (mm)"), ("nmi", "NMI"))
+LOWER_IS_BETTER = {"error_median_mm"}
+SHORT_TITLES = {
+    "synthetic_2d": "synthetic pelvis, 2D",
+    "synthetic_3d": "synthetic pelvis, 3D",
+    "real_motion": "real pair moved by a known motion",
+    "rendered": "MR rendered from real CT anatomy",
+    "robustness": "robustness cases",
+    "slices_2d": "real slices moved by a known 2D motion",
+    "real_pair": "the real pair (no truth)",
+}
 
 
 def method_order() -> list[str]:
@@ -287,9 +300,101 @@ def render(text: str, records: Mapping[str, Mapping[str, Any]], plots: Mapping[s
     text = replace_section(
         text, "<!-- suite:methods:begin -->", "<!-- suite:methods:end -->", method_lines()
     )
+    text = replace_section(
+        text, "<!-- training:begin -->", "<!-- training:end -->", training_lines()
+    )
     return replace_section(
         text, "<!-- suite:default:begin -->", "<!-- suite:default:end -->", [default_choice()]
     )
+
+
+def compare_lines(records: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """README's table: per dataset, the default's main score against the best peer's, on the
+    cases that every method of that dataset's table ran (as in RESULTS.md)."""
+    import datasets
+
+    lines = [
+        "| data (held out) | cases | score | intermodal | best peer | its score |",
+        "| --- | ---: | --- | ---: | --- | ---: |",
+    ]
+    for dataset in datasets.DATASETS:
+        results = records.get(dataset, {}).get("results", {})
+        if "intermodal" not in results:
+            continue
+        shared, _ = shared_cases(results)
+        summaries = {key: summarise(rows) for key, rows in shared.items()}
+        ours = summaries["intermodal"]
+        found = [(key, label) for key, label in PLOT_SCORE if key in ours]
+        if not found:
+            continue
+        score, label = found[0]
+        peers = {
+            key: s[score]
+            for key, s in summaries.items()
+            if not key.split("@")[0].startswith("intermodal") and s.get(score) is not None
+        }
+        digits = 4 if score == "nmi" else (2 if score in LOWER_IS_BETTER else 3)
+        if peers:
+            pick = min if score in LOWER_IS_BETTER else max
+            best = pick(peers, key=peers.__getitem__)
+            peer_cells = f"{method_label(best)} | {_cell(peers[best], digits)}"
+        else:
+            peer_cells = "- | -"
+        lines.append(
+            f"| {SHORT_TITLES.get(dataset, dataset)} | {ours['scored']} | {label} | "
+            f"{_cell(ours[score], digits)} | {peer_cells} |"
+        )
+    return lines
+
+
+def training_lines(folder: Path = MEASURED / "training") -> list[str]:
+    """The learned models' section: the network alone against the initial alignment, and the
+    whole ``register`` with the model against ``--model none`` (``benchmarks/training.py``)."""
+
+    def score(means: Mapping[str, Any]) -> tuple[str, float]:
+        key = "dice" if "dice" in means else "error_mm"
+        return ("Dice" if key == "dice" else "error mm"), means[key]
+
+    alone = [
+        "| model | set | cases | initial alignment | network alone | network kept by the guard |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    whole = [
+        "| model | set | cases | `--model none` | with the model | time ratio | "
+        "with the model, 40 steps | time ratio |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    sources = []
+    for path in sorted(folder.glob("network_*.json")) + sorted(folder.glob("register_*.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        model = Path(record.get("model", "?")).stem
+        sources.append(f"- `{record['command']}` ({record['date']}): `{path.name}`")
+        for name, result in record.get("sets", {}).items():
+            means = result.get("means")
+            if not means:
+                continue
+            if record["benchmark"] == "network":
+                label, before = score(means["initial alignment"])
+                _, after = score(means["network (no guard)"])
+                kept = means["network (register's guard)"].get("network_kept", "-")
+                alone.append(
+                    f"| {model} | {name} | {result['cases']} | {label} {before:.3f} | "
+                    f"{after:.3f} | {kept} |"
+                )
+            else:
+                label, before = score(means["model none"])
+                cells = []
+                for variant in ("with the model", "with the model, refine 40"):
+                    ratio = result["against_model_none"][variant]["time_ratio"]
+                    cells.append(f"{score(means[variant])[1]:.3f} | {ratio:.2f}")
+                whole.append(
+                    f"| {model} | {name} | {result['cases']} | {label} {before:.3f} | "
+                    + " | ".join(cells)
+                    + " |"
+                )
+    return ["The network alone, after `register`'s initial alignment (no guard):", "", *alone,
+            "", "The whole `register` with the model against `--model none` (time ratio: with "
+            "/ without, alternating runs):", "", *whole, "", *sources]  # fmt: skip
 
 
 def method_lines() -> list[str]:
@@ -326,12 +431,22 @@ def main(argv: list[str] | None = None) -> int:
             name: plot_dataset(record, PLOTS / f"{name}.png") for name, record in records.items()
         }
     rendered = render(text, records, plots)
+    readme = README.read_text(encoding="utf-8")
+    readme_rendered = replace_section(
+        readme, "<!-- compare:begin -->", "<!-- compare:end -->", compare_lines(records)
+    )
     if args.check:
-        if rendered != text:
-            print("benchmarks/RESULTS.md is out of date: run benchmarks/tables.py", file=sys.stderr)
+        stale = [
+            path.name
+            for path, old, new in ((RESULTS, text, rendered), (README, readme, readme_rendered))
+            if old != new
+        ]
+        if stale:
+            print(f"{' and '.join(stale)} out of date: run benchmarks/tables.py", file=sys.stderr)
             return 1
         return 0
     RESULTS.write_text(rendered, encoding="utf-8")
+    README.write_text(readme_rendered, encoding="utf-8")
     print(f"wrote {RESULTS.relative_to(HERE.parent)} ({len(rendered.splitlines())} lines)")
     return 0
 

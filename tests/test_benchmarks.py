@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -364,12 +365,85 @@ def test_table_compares_the_cases_every_method_ran(bench):
     assert any(line.startswith("- a: d, `c`") for line in lines)
 
 
+def test_readme_comparison_takes_the_best_peer_on_the_shared_cases(bench):
+    rendered = _record(
+        {"a": _row(0.8, 1.0), "b": _row(0.6, 1.0), "c": _row(1.0, 1.0)},
+        {"a": _row(0.4, 9.0), "b": _row(0.2, 9.0)},
+    )
+    rendered["results"]["convexadam"] = {"a": _row(0.9, 5.0), "b": _row(0.7, 5.0)}
+
+    def motion_row(error: float) -> dict:  # a known-motion set has no labels: no Dice
+        row = _row(error / 2, 1.0)
+        del row["scores"]["dice"]
+        return {"a": row}
+
+    motion = {"dataset": "real_motion", "runs": rendered["runs"], "results": {
+        "intermodal": motion_row(4.0),
+        "greedy": motion_row(3.0),  # the lower error is the better
+        "elastix": motion_row(3.6),
+    }}  # fmt: skip
+    lines = bench.tables.compare_lines({"rendered": rendered, "real_motion": motion})
+    row = next(line for line in lines if line.startswith("| MR rendered"))
+    # cases a and b: intermodal 0.700, ConvexAdam 0.800, Greedy 0.300
+    assert "| 2 | mean Dice | 0.700 | ConvexAdam after ANTs affine | 0.800 |" in row
+    row = next(line for line in lines if line.startswith("| real pair moved"))
+    assert "| 1 | median error (mm) | 4.00 | Greedy affine + deformable (NMI) | 3.00 |" in row
+    assert len(lines) == 4  # the header, its rule and the two datasets measured
+
+
+def test_training_section_renders_the_network_and_register_records(bench, tmp_path):
+    network = {
+        "benchmark": "network",
+        "command": "net",
+        "date": "d1",
+        "model": "m/g3.safetensors",
+        "sets": {
+            "synth": {
+                "cases": 2,
+                "means": {
+                    "initial alignment": {"dice": 0.5},
+                    "network (no guard)": {"dice": 0.625},
+                    "network (register's guard)": {"dice": 0.6, "network_kept": "1/2"},
+                },
+            }
+        },
+    }
+    register = {
+        "benchmark": "register",
+        "command": "reg",
+        "date": "d2",
+        "model": "g3.safetensors",
+        "sets": {
+            "real_motion": {
+                "cases": 3,
+                "means": {
+                    "model none": {"error_mm": 5.0},
+                    "with the model": {"error_mm": 4.5},
+                    "with the model, refine 40": {"error_mm": 4.75},
+                },
+                "against_model_none": {
+                    "with the model": {"time_ratio": 1.25},
+                    "with the model, refine 40": {"time_ratio": 0.5},
+                },
+            }
+        },
+    }
+    (tmp_path / "network_3d.json").write_text(json.dumps(network))
+    (tmp_path / "register_3d.json").write_text(json.dumps(register))
+    lines = bench.tables.training_lines(tmp_path)
+    assert "| g3 | synth | 2 | Dice 0.500 | 0.625 | 1/2 |" in lines
+    assert "| g3 | real_motion | 3 | error mm 5.000 | 4.500 | 1.25 | 4.750 | 0.50 |" in lines
+    assert "- `net` (d1): `network_3d.json`" in lines
+    assert "- `reg` (d2): `register_3d.json`" in lines
+    # fmt: skip
+
+
 def test_replace_section_keeps_the_rest(bench):
     text = "top\n<!-- s:begin -->\nold\n<!-- s:end -->\nbottom\n"
     out = bench.tables.replace_section(text, "<!-- s:begin -->", "<!-- s:end -->", ["new"])
     assert out == "top\n<!-- s:begin -->\nnew\n<!-- s:end -->\nbottom\n"
 
 
-def test_results_md_is_what_the_stored_measurements_render(bench):
+def test_results_md_and_readme_are_what_the_stored_measurements_render(bench):
     assert bench.tables.main(["--check"]) == 0
     assert len(bench.tables.RESULTS.read_text(encoding="utf-8").splitlines()) <= 300
