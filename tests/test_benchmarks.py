@@ -430,7 +430,15 @@ def test_training_section_renders_the_network_and_register_records(bench, tmp_pa
     }
     (tmp_path / "network_3d.json").write_text(json.dumps(network))
     (tmp_path / "register_3d.json").write_text(json.dumps(register))
+    runs = {"command": "runs", "date": "d3", "dim": 3, "runs": {"b/g3/run": {}, "b/x/g3_mi": {}},
+            "validation": [
+                {"step": 1, "b/g3/run": {"dice": 0.3, "held_out_dice": 0.2},
+                 "b/x/g3_mi": {"dice": 0.4, "held_out_dice": 0.1}},
+                {"step": 2, "b/g3/run": {"dice": 0.5, "held_out_dice": 0.3},
+                 "b/x/g3_mi": {"dice": 0.45, "held_out_dice": 0.25}}]}  # fmt: skip
+    (tmp_path / "runs_3d_intra_vs_mi.json").write_text(json.dumps(runs))
     lines = bench.tables.training_lines(tmp_path)
+    assert "| 3 | `g3/run`, `x/g3_mi` | 2 | 1 | 0.500 / 0.450 | 2 | 0.300 / 0.250 |" in lines
     assert "| g3 | synth | 2 | Dice 0.500 | 0.625 | 1/2 |" in lines
     assert "| g3 | real_motion | 3 | error mm 5.000 | 4.500 | 1.25 | 4.750 | 0.50 |" in lines
     assert "- `net` (d1): `network_3d.json`" in lines
