@@ -9,7 +9,9 @@ unmaps it when freed, so each new tensor page-faults its memory in again. On the
 0.1-0.3 s, at the same peak RSS (665 MiB).
 
 Blocks above 256 MiB (a full-resolution CT's copies) are still mapped and unmapped, so that
-they cannot fragment the heap and raise the peak. The setting belongs to a process that
+they cannot fragment the heap much. At full resolution (the same pair on its DICOM grids, CT
+512 x 512 x 409) the peak still rose, from 2537 to 2695 MiB, with no gain in time (22.0 and
+23.1 s, idle machine, two threads). The setting belongs to a process that
 registers and exits (the command line, the benchmark's worker); a library call does not change
 its host's allocator.
 """
