@@ -423,16 +423,16 @@ def test_level_and_integration_steps_options_reach_the_settings(capsys, small_pa
     out = tmp_path / "levels"
     code, _, _ = _run(
         capsys, "register", "--fixed", small_pair_files["ct"], "--moving",
-        small_pair_files["mr"], "--out", out, "--level-steps", "4,8", "--integration-steps",
+        small_pair_files["mr"], "--out", out, "--level-steps", "4,8,2", "--integration-steps",
         "2", *fast,
     )  # fmt: skip
     assert code == 0
     settings = json.loads((out / "report.json").read_text(encoding="utf-8"))["settings"]
-    assert (settings["level_steps"], settings["integration_steps"]) == ([4, 8], 2)
+    assert (settings["level_steps"], settings["integration_steps"]) == ([4, 8, 2], 2)
     for options, message in (
-        (("--level-steps", "4,4,8"), "level steps"),
+        (("--level-steps", "4,8"), "level steps"),  # 2 counts for the 3 default levels
         (("--integration-steps", "-1"), "integration steps"),
-        (("--level-steps", "4,8", "--refine", "30"), "not both"),
+        (("--level-steps", "4,8,2", "--refine", "30"), "not both"),
     ):
         out = tmp_path / f"bad{len(options)}"
         code, _, stderr = _run(

@@ -98,9 +98,10 @@ class Settings:
             same voxels; 0 leaves it out. Not used with ``"mi"``, which is that term alone.
         pyramid: refinement levels, as factors by which the working grid is subsampled, coarse
             to fine; the ``refine`` steps are shared equally between them. The default
-            ``(4, 2)`` optimises on 8 and 4 mm grids (3D) of MIND descriptors taken at the
-            working spacing and block-averaged, as ConvexAdam does; the field is still
-            output on the working grid. Add 1 to optimise at the working spacing itself.
+            ``(4, 2, 1)`` optimises on 8, 4 and 2 mm grids (3D) of MIND descriptors taken at
+            the working spacing and block-averaged for the coarser levels, as ConvexAdam
+            does. Without the working-spacing level (``(4, 2)``) it is about 3x faster and
+            less accurate on real images (see benchmarks/RESULTS.md, "The default").
         level_steps: steps at each level of ``pyramid``, coarse to fine, instead of ``refine``
             shared equally (as ANTs' ``--convergence [40x20x0]`` gives its iterations per
             level); ``None`` shares ``refine``. When given, its sum is the refinement's step
@@ -134,7 +135,7 @@ class Settings:
     volume_penalty: float = 0.4
     sampling: float = 0.25
     mi_weight: float = 0.0
-    pyramid: tuple[int, ...] = (4, 2)
+    pyramid: tuple[int, ...] = (4, 2, 1)
     level_steps: tuple[int, ...] | None = None
     coarse_level_velocity: bool = True
     integration_steps: int | None = None
