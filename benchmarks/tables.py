@@ -334,7 +334,7 @@ def compare_lines(records: Mapping[str, Mapping[str, Any]]) -> list[str]:
             for key, s in summaries.items()
             if not key.split("@")[0].startswith("intermodal") and s.get(score) is not None
         }
-        digits = 4 if score == "nmi" else (2 if score in LOWER_IS_BETTER else 3)
+        digits = next(d for key, _, d in COLUMNS if key == score)
         if peers:
             pick = min if score in LOWER_IS_BETTER else max
             best = pick(peers, key=peers.__getitem__)

@@ -420,7 +420,8 @@ def _optimised(
         ))  # fmt: skip
     batch, mi = _optimise(levels[0], params, starts, STEPS_PER_LEVEL[0], LEARNING_RATES[0])
     # only the best start goes on to the finer levels
-    batch, mi = batch[[int(torch.argmax(mi))]], mi[[int(torch.argmax(mi))]]
+    best_start = [int(torch.argmax(mi))]
+    batch, mi = batch[best_start], mi[best_start]
     for level, steps, rate in zip(levels[1:], STEPS_PER_LEVEL[1:], LEARNING_RATES[1:], strict=True):
         batch, mi = _optimise(level, params, batch, steps, rate)
     best = batch[0]
