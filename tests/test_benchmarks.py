@@ -335,9 +335,9 @@ def _record(rows_a: dict, rows_b: dict) -> dict:
     }
 
 
-def _row(dice: float, seconds: float) -> dict:
+def _row(dice: float, seconds: float, runs: int = 3) -> dict:
     return {
-        "run": "r1", "seconds": seconds, "peak_rss_mib": 500.0,
+        "run": "r1", "seconds": seconds, "seconds_runs": [seconds] * runs, "peak_rss_mib": 500.0,
         "scores": {"dice": dice, "sdlogj": 0.1, "folding_percent": 0.0,
                    "error_median_mm": 2 * dice, "error_p95_mm": 4 * dice,
                    "capture_failure": dice > 3},
@@ -350,6 +350,17 @@ def test_summary_means_and_medians(bench):
     assert summary["dice"] == pytest.approx(0.7)
     assert summary["error_median_mm"] == pytest.approx(1.4)
     assert summary["seconds"] == 2.0 and summary["capture_failures"] == 0
+
+
+def test_a_time_counts_only_as_the_median_of_three_runs(bench):
+    """A case timed fewer than 3 times gives no time; its peak RSS still counts."""
+    rows = {"a": _row(0.5, 1.0), "b": _row(0.7, 9.0, runs=1), "c": _row(0.9, 3.0)}
+    rows["b"]["peak_rss_mib"] = 900.0
+    summary = bench.tables.summarise(rows)
+    assert summary["seconds"] == 2.0 and summary["timed"] == 2
+    assert summary["peak_rss_mib"] == 900.0
+    once = bench.tables.summarise({"b": rows["b"]})
+    assert "seconds" not in once and once["peak_rss_mib"] == 900.0
 
 
 def test_table_compares_the_cases_every_method_ran(bench):

@@ -189,7 +189,8 @@ def test_parser_defaults_and_choices_are_the_librarys(command):
     # the help shows the library's defaults, whatever they are today
     text = " ".join(subparser.format_help().split())
     defaults = registration.Settings()
-    for name in ("smoothness", "volume_penalty", "sampling", "velocity_smoothing", "mi_weight"):
+    shown = ("smoothness", "volume_penalty", "sampling", "max_samples", "velocity_smoothing")
+    for name in (*shown, "mi_weight"):
         assert f"default {getattr(defaults, name):g})" in text, name
     assert f"default {defaults.refine})" in text and f"(default {defaults.similarity})" in text
     low, high = preprocess.DEFAULT_HU_WINDOW
@@ -401,13 +402,18 @@ def test_regularisation_options_reach_the_settings(capsys, small_pair_files, tmp
     code, _, _ = _run(
         capsys, "register", "--fixed", small_pair_files["ct"], "--moving",
         small_pair_files["mr"], "--out", out, "--smoothness", "2.5", "--velocity-smoothing",
-        "3", "--volume-penalty", "0.5", "--sampling", "0.3", *FAST,
+        "3", "--volume-penalty", "0.5", "--sampling", "0.3", "--max-samples", "500", *FAST,
     )  # fmt: skip
     assert code == 0
     settings = json.loads((out / "report.json").read_text(encoding="utf-8"))["settings"]
     assert (settings["smoothness"], settings["velocity_smoothing"]) == (2.5, 3.0)
     assert (settings["volume_penalty"], settings["sampling"]) == (0.5, 0.3)
-    bad = [("--velocity-smoothing", "20", "velocity smoothing"), ("--sampling", "0", "sampling")]
+    assert settings["max_samples"] == 500
+    bad = [
+        ("--velocity-smoothing", "20", "velocity smoothing"),
+        ("--sampling", "0", "sampling"),
+        ("--max-samples", "0", "max samples"),
+    ]
     for option, value, message in bad:
         out = tmp_path / f"bad{option}"
         code, _, stderr = _run(

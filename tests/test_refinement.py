@@ -85,6 +85,29 @@ def test_sampled_loss_estimates_the_full_one(similarity):
     assert abs(draws.mean() - full) < 0.05 * abs(full)
 
 
+def test_max_samples_caps_the_voxels_drawn_and_the_estimate_stays_unbiased(monkeypatch):
+    """``max_samples`` bounds each draw below ``sampling`` x voxels; the mean stays unbiased."""
+    fixed, moving = _pair()
+    zero = _zero_field(fixed)
+    sizes = []
+    randint = torch.randint
+
+    def counting(high, size, **kwargs):
+        sizes.append(size[0])
+        return randint(high, size, **kwargs)
+
+    monkeypatch.setattr(torch, "randint", counting)
+    full = _loss(_images(fixed, moving), Options(similarity="mind"), sampling=1.0)(zero)
+    capped = Options(similarity="mind", sampling=0.5, max_samples=200)
+    sampled = _loss(_images(fixed, moving), capped, torch.Generator().manual_seed(1))
+    draws = torch.stack([sampled(zero) for _ in range(40)])
+    assert sizes == [200] * 40  # 0.5 x 12^3 = 864 without the cap
+    uncapped = Options(similarity="mind", sampling=0.5, max_samples=10_000)
+    _loss(_images(fixed, moving), uncapped, torch.Generator().manual_seed(1))(zero)
+    assert sizes[-1] == 864
+    assert abs(draws.mean() - full) < 0.05 * abs(full)
+
+
 def test_gradient_of_the_mi_loss_reaches_the_field():
     fixed, moving = _pair()
     field = _zero_field(fixed).requires_grad_(True)

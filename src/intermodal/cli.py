@@ -196,6 +196,11 @@ def _add_registration_options(parser: argparse.ArgumentParser) -> None:
         help="fraction of voxels, drawn afresh each step, where the refinement evaluates "
         "MIND or MI (1: all; smaller is faster; default {sampling})",
     )  # fmt: skip
+    parser.add_argument(
+        "--max-samples", type=int, default=None, metavar="N",
+        help="at most N voxels a step for MIND or MI, whatever --sampling gives "
+        "(default {max_samples})",
+    )  # fmt: skip
     for side in ("fixed", "moving"):
         _add_library_choice(
             parser, f"--{side}-modality", _MODALITIES,
@@ -223,8 +228,8 @@ def _level_steps(text: str) -> tuple[int, ...]:
 # options that, when given, override the preset's value of the setting of the same name
 _PRESET_OVERRIDES = (
     "refine", "level_steps", "integration_steps", "init", "device", "spacing", "similarity",
-    "smoothness", "velocity_smoothing", "volume_penalty", "sampling", "mi_weight",
-    "fixed_modality", "moving_modality", "seed",
+    "smoothness", "velocity_smoothing", "volume_penalty", "sampling", "max_samples",
+    "mi_weight", "fixed_modality", "moving_modality", "seed",
 )  # fmt: skip
 
 

@@ -122,6 +122,7 @@ class Options:
     velocity_smoothing: float = 0.0
     volume_penalty: float = 0.0
     sampling: float = 1.0
+    max_samples: int | None = None
     mi_weight: float = 0.0
     seed: int = 0
 
@@ -232,6 +233,8 @@ def similarity_loss(
 
     candidates = torch.nonzero(features.fixed_mask.flatten() > 0).flatten()
     count = max(1, round(sampling * candidates.numel()))
+    if options.max_samples is not None:
+        count = min(count, options.max_samples)
     fixed_rows_t = fixed_rows.t().contiguous()  # (voxels, K): one row a voxel
     fixed_mask = features.fixed_mask.flatten()
 

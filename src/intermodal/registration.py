@@ -93,6 +93,9 @@ class Settings:
         sampling: fraction of the working grid's voxels, drawn afresh at every step, at which
             the MIND or MI similarity is evaluated (1: all of them; NGF always uses all);
             smaller is faster.
+        max_samples: at most this many voxels a step, whatever ``sampling`` gives (``None``:
+            no cap), like elastix's ``NumberOfSpatialSamples``; it bounds the cost of a
+            pyramid's finest level, whose voxels outnumber the velocity's unknowns many times.
         mi_weight: weight of a mutual-information term (Parzen histogram of the two images'
             intensities, nats) subtracted from the ``"mind"`` or ``"ngf"`` similarity at the
             same voxels; 0 leaves it out. Not used with ``"mi"``, which is that term alone.
@@ -100,8 +103,9 @@ class Settings:
             to fine; the ``refine`` steps are shared equally between them. The default
             ``(4, 2, 1)`` optimises on 8, 4 and 2 mm grids (3D) of MIND descriptors taken at
             the working spacing and block-averaged for the coarser levels, as ConvexAdam
-            does. Without the working-spacing level (``(4, 2)``) it is about 3x faster and
-            less accurate on real images (see benchmarks/RESULTS.md, "The default").
+            does. Without the working-spacing level (``(4, 2)``) it is less accurate on real
+            images (see benchmarks/RESULTS.md, "The default"); ``max_samples`` keeps that
+            level's cost near the 4 mm level's.
         level_steps: steps at each level of ``pyramid``, coarse to fine, instead of ``refine``
             shared equally (as ANTs' ``--convergence [40x20x0]`` gives its iterations per
             level); ``None`` shares ``refine``. When given, its sum is the refinement's step
@@ -134,6 +138,7 @@ class Settings:
     velocity_smoothing: float = 2.0
     volume_penalty: float = 0.4
     sampling: float = 0.25
+    max_samples: int | None = 32_000
     mi_weight: float = 0.0
     pyramid: tuple[int, ...] = (4, 2, 1)
     level_steps: tuple[int, ...] | None = None
@@ -173,6 +178,14 @@ class Settings:
         if not 0 < self.sampling <= 1:
             raise IntermodalError(
                 f"similarity sampling must be a fraction in (0, 1], not {self.sampling}"
+            )
+        if self.max_samples is not None and (
+            isinstance(self.max_samples, bool)
+            or not isinstance(self.max_samples, int)
+            or self.max_samples < 1
+        ):
+            raise IntermodalError(
+                f"max samples must be a whole number of 1 or more, not {self.max_samples}"
             )
         if self.velocity_stride not in (1, 2, 4):
             raise IntermodalError(f"velocity stride must be 1, 2 or 4, not {self.velocity_stride}")
