@@ -18,7 +18,7 @@ from intermodal.refinement import (
     similarity_loss,
     similarity_of,
 )
-from intermodal.spatial import identity_grid, resize_displacement
+from intermodal.spatial import identity_grid, integrate_velocity, resize_displacement
 
 
 def _pair(ndim: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,3 +222,27 @@ def test_similarity_of_is_lower_for_the_right_field():
     features = describe(images, options)
     assert similarity_of(features, right, options) < similarity_of(features, 0 * right, options)
     assert math.isfinite(similarity_of(features, right, options))
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_the_guards_mind_by_slabs_is_the_whole_grid_loss(monkeypatch, ndim):
+    """similarity_of sums MIND a slab at a time: the value of the whole-grid loss, masks and
+    voxels that map outside the moving image included."""
+    import intermodal.refinement as refinement
+
+    generator = torch.Generator().manual_seed(3)
+    shape = (14, 12, 10)[:ndim]
+    fixed = torch.rand((1, 1, *shape), generator=generator)
+    moving = torch.rand((1, 1, *shape), generator=generator)
+    fixed_mask = (torch.rand((1, 1, *shape), generator=generator) > 0.3).float()
+    moving_mask = (torch.rand((1, 1, *shape), generator=generator) > 0.2).float()
+    features = describe(_images(fixed, moving, fixed_mask, moving_mask), Options())
+    # large enough that some voxels leave the moving image
+    velocity = 3.0 * torch.randn((1, ndim, *(n // 2 for n in shape)), generator=generator)
+    options = Options(integration_steps=3)
+    whole = similarity_loss(features, options, sampling=1.0)(integrate_velocity(velocity, 3))
+    monkeypatch.setattr(refinement, "SLAB_VOXELS", 7)  # one row of voxels a slab
+    by_rows = similarity_of(features, velocity, options)
+    monkeypatch.setattr(refinement, "SLAB_VOXELS", 1 << 18)  # one slab
+    assert by_rows == pytest.approx(float(whole), rel=1e-5)
+    assert similarity_of(features, velocity, options) == pytest.approx(float(whole), rel=1e-5)
