@@ -111,7 +111,6 @@ def summarise(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         out["capture_failures"] = sum(bool(s.get("capture_failure")) for s in errors)
     if timed:
         out["seconds"] = float(statistics.median(row["seconds"] for row in timed))
-        out["timed"] = len(timed)
     if measured:
         out["peak_rss_mib"] = float(max(row["peak_rss_mib"] for row in measured))
     return out
