@@ -16,6 +16,7 @@ step. The velocity lives on a grid coarser than the similarity's
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from intermodal.losses import (
 )
 from intermodal.optim import Adam
 from intermodal.spatial import (
+    PointSampler,
     coarse_positions,
     downsample_image,
     gaussian_smooth,
@@ -87,6 +89,14 @@ class Features:
     fixed_mask: torch.Tensor
     moving_mask: torch.Tensor
     channels: int
+
+    @functools.cached_property
+    def moving_at(self) -> PointSampler:
+        """Samples the moving features and then the moving mask (its last channel) at points.
+
+        Made once a level: the similarity's steps and the guard share its channel-last copy.
+        """
+        return PointSampler(torch.cat([self.moving, self.moving_mask], 1))
 
     def level(self, factor: int) -> Features:
         """The features block-averaged by ``factor`` (a pyramid level)."""
@@ -178,11 +188,10 @@ def similarity_loss(
     shape = tuple(fixed.shape[2:])
     channels = features.channels
     mi_weight = 1.0 if options.similarity == "mi" else options.mi_weight
-    # the moving mask travels as one more channel of the moving features
-    stacked = torch.cat([features.moving, features.moving_mask], 1)
-
-    # voxel positions, for the weights of a whole-grid warp (the sampled path has its points)
+    # a whole-grid warp: the moving mask travels as one more channel of the moving features,
+    # and the voxel positions give the weights (the sampled path has its points and sampler)
     whole_grid = options.similarity == "ngf" or sampling >= 1
+    stacked = torch.cat([features.moving, features.moving_mask], 1) if whole_grid else None
     grid = identity_grid(shape, device=fixed.device, dtype=fixed.dtype) if whole_grid else None
 
     def overlap(displacement: torch.Tensor, warped_mask: torch.Tensor) -> torch.Tensor:
@@ -250,7 +259,7 @@ def similarity_loss(
         ).view(-1, 1)  # fmt: skip
         displacement = sample_points(coarse, coarse_positions(points, shape, coarse_shape))[0]
         positions = points + displacement * ratio
-        warped = sample_points(stacked, positions)[0]
+        warped = features.moving_at(positions)[0]
         weight = (fixed_mask[index] * warped[-1] * _inside(positions, shape)).detach()
         return score(fixed_rows_t.index_select(0, index).t(), warped, weight)
 
@@ -335,8 +344,8 @@ def _mind_by_slabs(features: Features, coarse: torch.Tensor) -> float:
         grid = identity_grid((stop - start, *shape[1:]), dtype=displacement.dtype)
         grid[0] += start
         positions = (grid + displacement[:, start:stop]).flatten(1)
-        warped = sample_points(features.moving[:, :channels], positions)[0]
-        inside = sample_points(features.moving_mask, positions)[0, 0]
+        warped = features.moving_at(positions)[0]
+        inside, warped = warped[-1], warped[:channels]
         weight = features.fixed_mask[0, 0, start:stop].flatten() * inside
         weight = weight * _inside(positions, shape)
         fixed = features.fixed[0, :channels, start:stop].flatten(1)

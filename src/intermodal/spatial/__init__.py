@@ -5,6 +5,7 @@ and warp backwards: ``warped(x) = moving(x + u(x))``. See ``docs/conventions.md`
 """
 
 from intermodal.spatial.functional import (
+    PointSampler,
     SpatialArgumentError,
     coarse_positions,
     downsample_image,
@@ -20,6 +21,7 @@ from intermodal.spatial.functional import (
 )
 
 __all__ = [
+    "PointSampler",
     "SpatialArgumentError",
     "coarse_positions",
     "downsample_image",
