@@ -246,3 +246,7 @@ def test_the_guards_mind_by_slabs_is_the_whole_grid_loss(monkeypatch, ndim):
     monkeypatch.setattr(refinement, "SLAB_VOXELS", 1 << 18)  # one slab
     assert by_rows == pytest.approx(float(whole), rel=1e-5)
     assert similarity_of(features, velocity, options) == pytest.approx(float(whole), rel=1e-5)
+    # no displacement: the moving features read as they are give the whole-grid loss too
+    still = torch.zeros_like(velocity)
+    whole_still = similarity_loss(features, options, sampling=1.0)(still)
+    assert similarity_of(features, still, options) == pytest.approx(float(whole_still), rel=1e-6)

@@ -337,17 +337,24 @@ def _mind_by_slabs(features: Features, coarse: torch.Tensor) -> float:
     shape = tuple(features.fixed.shape[2:])
     channels = features.channels
     displacement = resize_displacement(coarse, shape)[0]
+    # no displacement (the guard's score of the initial alignment): every voxel samples
+    # itself, so the moving features are read as they are, the same values
+    still = not bool(displacement.any())
     rows = max(1, SLAB_VOXELS // math.prod(shape[1:]))
     total = weights = 0.0
     for start in range(0, shape[0], rows):
         stop = min(start + rows, shape[0])
-        grid = identity_grid((stop - start, *shape[1:]), dtype=displacement.dtype)
-        grid[0] += start
-        positions = (grid + displacement[:, start:stop]).flatten(1)
-        warped = features.moving_at(positions)[0]
-        inside, warped = warped[-1], warped[:channels]
-        weight = features.fixed_mask[0, 0, start:stop].flatten() * inside
-        weight = weight * _inside(positions, shape)
+        if still:
+            warped = features.moving[0, :channels, start:stop].flatten(1)
+            weight = features.moving_mask[0, 0, start:stop].flatten()
+        else:
+            grid = identity_grid((stop - start, *shape[1:]), dtype=displacement.dtype)
+            grid[0] += start
+            positions = (grid + displacement[:, start:stop]).flatten(1)
+            warped = features.moving_at(positions)[0]
+            inside, warped = warped[-1], warped[:channels]
+            weight = inside * _inside(positions, shape)
+        weight = features.fixed_mask[0, 0, start:stop].flatten() * weight
         fixed = features.fixed[0, :channels, start:stop].flatten(1)
         squared = (fixed - warped).pow(2).mean(0)
         total += float((squared * weight).sum())
