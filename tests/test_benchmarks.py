@@ -158,6 +158,30 @@ def test_nmi_is_highest_when_aligned(bench):
     assert bench.datasets.nmi_score(ct, mr, aligned) < 1.5
 
 
+def test_nmi_of_pictures_takes_the_first_channel_and_the_given_body(bench):
+    rng = np.random.default_rng(1)
+    gray = rng.integers(0, 256, (64, 64)).astype(np.uint8)
+    half = gray.copy()
+    half[:, 32:] = rng.integers(0, 256, (64, 32))  # the same on the left half only
+    picture = sitk.GetImageFromArray(np.stack([gray] * 3, -1), isVector=True)
+    other = sitk.GetImageFromArray(np.stack([half] * 3, -1), isVector=True)
+    aligned = bench.methods.dense_field(_identity(2), picture)
+    left = np.zeros((64, 64), bool)
+    left[:, :32] = True
+    assert bench.datasets.nmi_score(picture, other, aligned, left) == pytest.approx(2.0)
+    assert bench.datasets.nmi_score(picture, other, aligned) < 1.8  # the whole picture
+
+
+def test_slices_are_scored_by_nmi_as_well_as_by_error(bench):
+    reason = bench.datasets.unavailable("slices_2d")
+    if reason:
+        pytest.skip(reason)
+    case = bench.datasets.make_case("slices_2d", 3)  # the RGB pictures without spacing
+    reference = bench.methods.dense_field(_identity(2), case.fixed)
+    scores = bench.datasets.score(case, reference, reference)
+    assert scores["error_median_mm"] > 0 and 1.0 < scores["nmi"] < 2.0
+
+
 def test_score_synthetic_case_perfect_mapping(bench):
     # a synthetic "case" whose moving labels are the fixed ones: identity scores Dice 1
     from intermodal.data.synth import generate_subject
