@@ -96,7 +96,7 @@ class Features:
 
         Made once a level: the similarity's steps and the guard share its channel-last copy.
         """
-        return PointSampler(torch.cat([self.moving, self.moving_mask], 1))
+        return PointSampler(self.moving, self.moving_mask)
 
     def level(self, factor: int) -> Features:
         """The features block-averaged by ``factor`` (a pyramid level)."""

@@ -702,9 +702,20 @@ def test_point_sampler_is_exact_where_the_stacked_slices_round_in_float32() -> N
     assert float((single.double() - exact).abs().max()) < 1e-5
 
 
+def test_point_sampler_of_several_images_samples_their_channels_in_turn() -> None:
+    generator = torch.Generator().manual_seed(5)
+    first = torch.rand(1, 3, 5, 6, 7, generator=generator)
+    second = torch.rand(1, 1, 5, 6, 7, generator=generator)
+    points = torch.rand(3, 50, generator=generator) * 4
+    together = PointSampler(torch.cat([first, second], 1))(points)
+    torch.testing.assert_close(PointSampler(first, second)(points), together, rtol=0, atol=0)
+
+
 def test_point_sampler_rejects_bad_shapes() -> None:
     with pytest.raises(SpatialArgumentError, match="image must be"):
         PointSampler(torch.zeros(2, 1, 4, 4))
+    with pytest.raises(SpatialArgumentError, match="one grid"):
+        PointSampler(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 5))
     with pytest.raises(SpatialArgumentError, match=r"points must be \(2, N\)"):
         PointSampler(torch.zeros(1, 1, 4, 4))(torch.zeros(3, 5))
 
