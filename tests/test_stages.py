@@ -102,6 +102,17 @@ def test_bad_masks_are_refused(small_pair):
         register(small_pair.ct, small_pair.mr, Settings(**FAST), moving_mask=empty)
 
 
+def test_a_picture_of_several_components_is_refused_with_the_way_to_read_it():
+    gray = np.zeros((20, 24), np.uint8)
+    gray[5:15, 6:18] = 200
+    scalar = sitk.GetImageFromArray(gray.astype(np.float32))
+    rgb = sitk.GetImageFromArray(np.stack([gray] * 3, -1), isVector=True)
+    with pytest.raises(IntermodalError, match="moving image has 3 components.*read_image"):
+        register(scalar, rgb, Settings(**FAST))
+    with pytest.raises(IntermodalError, match="fixed image has 3 components"):
+        register(rgb, scalar, Settings(**FAST))
+
+
 def test_a_mask_limits_what_the_similarity_counts(small_pair):
     """A fixed mask of half the image gives another result than none, and is recorded."""
     array = np.zeros(sitk.GetArrayViewFromImage(small_pair.ct).shape, np.uint8)

@@ -651,6 +651,14 @@ def _check_images(
             f"fixed image is {fixed.GetDimension()}D but moving image is "
             f"{moving.GetDimension()}D; both must be 2D or both 3D"
         )
+    for name, image in (("fixed", fixed), ("moving", moving)):
+        components = image.GetNumberOfComponentsPerPixel()
+        if components != 1:
+            raise IntermodalError(
+                f"the {name} image has {components} components per voxel; register takes "
+                "scalar images: read it with intermodal.io.read_image, which turns an RGB "
+                "picture into its luminance"
+            )
     for name, mask, image in (("fixed", fixed_mask, fixed), ("moving", moving_mask, moving)):
         if mask is None:
             continue
