@@ -76,6 +76,8 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "benchmarks" / "measured" / "training"
 SYNTH_SEED = 7
 """Dataset seed of the held-out synthetic subjects (the old pelvis models used seed 1)."""
+TUNING_SYNTH_SEED = 6
+"""Dataset seed of the synthetic subjects of ``--split tuning``, for choosing a default."""
 SYNTH_ORGANS = {"bone": 2, "bladder": 3, "prostate": 4, "rectum": 5}
 ERROR_POINTS = 4000
 """Body voxels sampled (fixed seed) to measure a mapping error."""
@@ -91,12 +93,13 @@ class Case(dict):
     the method's result on its unmoved pair), ``mm_per_unit``."""
 
 
-def synth_cases(dim: int, count: int) -> Iterator[Case]:
+def synth_cases(dim: int, count: int, split: str = "heldout") -> Iterator[Case]:
     from intermodal.data.synth import SEED_STRIDE, generate_subject
 
+    seed = SYNTH_SEED if split == "heldout" else TUNING_SYNTH_SEED
     for k in range(count):
-        fixed = generate_subject(SYNTH_SEED * SEED_STRIDE + 2 * k, dim=dim)
-        moving = generate_subject(SYNTH_SEED * SEED_STRIDE + 2 * k + 1, dim=dim)
+        fixed = generate_subject(seed * SEED_STRIDE + 2 * k, dim=dim)
+        moving = generate_subject(seed * SEED_STRIDE + 2 * k + 1, dim=dim)
         yield Case(
             name=f"synth{dim}d-{k}",
             fixed=fixed.ct,
@@ -107,11 +110,11 @@ def synth_cases(dim: int, count: int) -> Iterator[Case]:
         )
 
 
-def realistic_cases(set_name: str, count: int) -> Iterator[Case]:
+def realistic_cases(set_name: str, count: int, split: str = "heldout") -> Iterator[Case]:
     from intermodal.data import realistic
 
     for index in range(count):
-        case = realistic.make_case(set_name, "heldout", index)
+        case = realistic.make_case(set_name, split, index)
         if case.kind == "png":
             continue  # 8-bit pictures without spacing: not what the network's spacing means
         row = Case(name=case.name, fixed=case.fixed, moving=case.moving, body=case.body)
@@ -128,17 +131,19 @@ def realistic_cases(set_name: str, count: int) -> Iterator[Case]:
         yield row
 
 
-def cases_of(set_name: str, dim: int, count: int) -> tuple[list[Case], str | None]:
-    """The cases of a set, or ``([], reason)`` when they cannot be made here."""
+def cases_of(
+    set_name: str, dim: int, count: int, split: str = "heldout"
+) -> tuple[list[Case], str | None]:
+    """The cases of a set's ``split``, or ``([], reason)`` when they cannot be made here."""
     if set_name == "synth":
-        return list(synth_cases(dim, count)), None
+        return list(synth_cases(dim, count, split)), None
     from intermodal.data import realistic
 
     try:
         realistic.real_pair_dir()
     except realistic.RealPairMissing as error:
         return [], f"skipped: {error}"
-    return list(realistic_cases(set_name, count)), None
+    return list(realistic_cases(set_name, count, split)), None
 
 
 # --------------------------------------------------------------------------- scores
@@ -339,7 +344,7 @@ def network_benchmark(args: argparse.Namespace) -> dict:
     }
     results: dict[str, Any] = {"model": str(model_path), "sets": {}}
     for set_name in sets:
-        cases, reason = cases_of(set_name, args.dim, args.cases)
+        cases, reason = cases_of(set_name, args.dim, args.cases, args.split)
         if reason:
             results["sets"][set_name] = {"skipped": reason}
             continue
@@ -372,7 +377,7 @@ def register_benchmark(args: argparse.Namespace) -> dict:
     methods[fewer] = registered(model_path, refine=args.fewer_steps)
     results: dict[str, Any] = {"model": str(model_path), "default_refine": default, "sets": {}}
     for set_name in sets:
-        cases, reason = cases_of(set_name, args.dim, args.cases)
+        cases, reason = cases_of(set_name, args.dim, args.cases, args.split)
         if reason:
             results["sets"][set_name] = {"skipped": reason}
             continue
@@ -556,6 +561,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--blocks", type=int, default=3, help="throughput: alternating blocks")
     parser.add_argument("--steps", type=int, default=3, help="throughput: steps per block")
+    parser.add_argument(
+        "--split", choices=("heldout", "tuning"), default="heldout",
+        help="the cases: held out (reported), or tuning (for choosing a default)",
+    )  # fmt: skip
     parser.add_argument("--tag", default="", help="added to the output file's name")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -602,7 +611,9 @@ def main(argv: list[str] | None = None) -> None:
         **results,
     }
     OUT.mkdir(parents=True, exist_ok=True)
-    name = f"{args.what}_{args.dim}d{'_' + args.tag if args.tag else ''}.json"
+    # a tuning run is for choosing, never a reported row: its file is not one tables.py reads
+    prefix = "tuning_" if args.split == "tuning" else ""
+    name = f"{prefix}{args.what}_{args.dim}d{'_' + args.tag if args.tag else ''}.json"
     (OUT / name).write_text(json.dumps(record, indent=1, default=str) + "\n", encoding="utf-8")
     print(f"wrote {OUT / name}")
 

@@ -138,9 +138,10 @@ def _add_registration_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=None,
-        help="'none' (refinement alone, the default), 'auto' (the bundled model for the "
-        "images' dimension), a bundled model's name, or a .safetensors model path; a model's "
-        "field is kept only if it improves the similarity",
+        help="'default' (the bundled general2d for 2D images, none for 3D), 'none' "
+        "(refinement alone), 'auto' (the bundled model for the images' dimension), a bundled "
+        "model's name, or a .safetensors model path; a model's field is kept only if it "
+        "improves the similarity",
     )
     parser.add_argument(
         "--refine", type=int, default=None, metavar="N",

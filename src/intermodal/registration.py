@@ -61,10 +61,12 @@ class Settings:
     """Everything that decides a registration; recorded in ``report.json``.
 
     Attributes:
-        model: ``None`` (or ``"none"``: refinement alone, the default), ``"auto"`` (the
-            bundled model for the inputs' dimension), a bundled model's name or the path of
-            a ``.safetensors`` model; see :mod:`intermodal.models`. A model's field is kept
-            only if it improves the similarity over the initial alignment alone.
+        model: ``"default"`` (the bundled ``general2d`` for 2D images, none for 3D: where
+            each was measured to help, :data:`intermodal.models.DEFAULT_MODELS`), ``None`` or
+            ``"none"`` (refinement alone), ``"auto"`` (the bundled model for the inputs'
+            dimension), a bundled model's name or the path of a ``.safetensors`` model; see
+            :mod:`intermodal.models`. A model's field is kept only if it improves the
+            similarity over the initial alignment alone.
         refine: test-time optimisation steps on the velocity field (0: none; with no model
             the result is the initial alignment alone).
         init: initial alignment, one of :data:`intermodal.alignment.INIT_CHOICES`. Rigid
@@ -122,7 +124,7 @@ class Settings:
         seed: seed for every random choice (metric sampling, torch).
     """
 
-    model: str | None = None
+    model: str | None = "default"
     refine: int = 80
     init: str = "rigid"
     device: str = "auto"

@@ -557,11 +557,11 @@ def test_a_preset_fills_the_panel_for_the_fixed_image_and_options_override_it(
 ):
     window.set_registration_options({"preset": "default"})  # no image yet: the 3D values
     options = window.registration_options()
-    assert (options["preset"], options["model"], options["refine"]) == ("default", None, 80)
+    assert (options["preset"], options["model"], options["refine"]) == ("default", "default", 80)
     assert options["init"] == "rigid"
     _open_pair(window, pair_2d_files)  # a 2D fixed image: the panel takes the 2D values
     options = window.registration_options()
-    assert (options["model"], options["refine"], options["init"]) == (None, 80, "rigid")
+    assert (options["model"], options["refine"], options["init"]) == ("default", 80, "rigid")
     window.set_registration_options({"refine": 4})  # an edit beats the preset
     with qtbot.waitSignal(window.registration_finished, timeout=120_000) as finished:
         assert window.start_registration()

@@ -33,12 +33,12 @@ OPTION_NAMES = ("preset", "model", "refine", "init", "device")
 
 
 def model_choices() -> tuple[list[str], str]:
-    """The model choices offered, and the default (the library's: none)."""
+    """The model choices offered, and the default (the library's: ``"default"``)."""
     try:
         from intermodal.models import BUNDLED
     except ImportError:
-        return ["none"], "none"
-    return ["none", "auto", *BUNDLED], "none"
+        return ["default", "none"], "default"
+    return ["default", "none", "auto", *BUNDLED], "default"
 
 
 class RegistrationPanel(QGroupBox):
@@ -75,8 +75,9 @@ class RegistrationPanel(QGroupBox):
         self.model_edit.addItems(choices)
         self.model_edit.setCurrentText(default)
         self.model_edit.setToolTip(
-            "none: refinement alone (the default); auto: the bundled model for the images' "
-            "dimension, kept only if it improves the similarity; or a .safetensors model path"
+            "default: the bundled general2d for 2D images, none for 3D; none: refinement "
+            "alone; auto: the bundled model for the images' dimension; or a .safetensors "
+            "model path. A model's field is kept only if it improves the similarity"
         )
         self.model_edit.setMinimumContentsLength(8)
         self.model_edit.setSizeAdjustPolicy(
@@ -148,7 +149,7 @@ class RegistrationPanel(QGroupBox):
             self.preset_box.setCurrentText(options["preset"])
             self.fill_from_preset()
         if "model" in options:
-            self.model_edit.setCurrentText(options["model"] or "none")
+            self.model_edit.setCurrentText(options["model"] or "none")  # None: no model
         if "refine" in options:
             self.refine_spin.setValue(int(options["refine"]))
         if "init" in options:
@@ -160,7 +161,7 @@ class RegistrationPanel(QGroupBox):
         """Model, steps and alignment from the chosen preset, for the images' dimension."""
         self._preset_ndim = self.ndim
         values = PRESETS[self.preset_box.currentText()][self.ndim]
-        self.model_edit.setCurrentText(values.get("model") or "none")
+        self.model_edit.setCurrentText(values.get("model", "default") or "none")
         self.refine_spin.setValue(int(values.get("refine", DEFAULT_REFINE)))
         self.init_box.setCurrentText(values.get("init", DEFAULT_INIT))
 

@@ -8,15 +8,16 @@ random affine and two-scale deformations; no pelvis, so that anatomy stays unsee
 - ``general3d``: 3D, 6 mm; what ``"auto"`` picks for 3D inputs;
 - ``general2d``: 2D slices, 5 mm; what ``"auto"`` picks for 2D inputs.
 
-Neither is used unless asked for (``register``'s default is no model), and ``register`` keeps a
-model's field only where it improves the similarity. Each is ``NAME.safetensors`` with its card
-``NAME.json`` beside it; the card records the generator and its seeds, the training
-configuration, the steps, the wall time, the machine, the validation scores (with those of no
-registration) and the one command that retrains it (``make model-3d`` / ``make model-2d``, see
-``tools/train_bundled.py``).
+``register`` loads ``general2d`` by default for 2D images and no model for 3D ones
+(:data:`DEFAULT_MODELS`), and keeps a model's field only where it improves the similarity.
+Each is ``NAME.safetensors`` with its card ``NAME.json`` beside it; the card records the
+generator and its seeds, the training configuration, the steps, the wall time, the machine,
+the validation scores (with those of no registration) and the one command that retrains it
+(``make model-3d`` / ``make model-2d``, see ``tools/train_bundled.py``).
 
 A model *specification*, as ``register --model`` takes it, is one of:
 
+- ``"default"``: :data:`DEFAULT_MODELS`'s choice for the inputs' dimension;
 - ``"auto"``: the bundled model for the inputs' dimension;
 - ``"none"`` (or ``None``): no network, test-time refinement alone;
 - a bundled model's name (``"general3d"``, ``"general2d"``);
@@ -30,10 +31,22 @@ from pathlib import Path
 
 from intermodal.errors import IntermodalError
 
-__all__ = ["BUNDLED", "bundled_path", "resolve_model"]
+__all__ = ["BUNDLED", "DEFAULT_MODELS", "bundled_path", "resolve_model"]
 
 BUNDLED = {"general3d": 3, "general2d": 2}
 """Bundled model names and the dimension each is for."""
+
+DEFAULT_MODELS: dict[int, str | None] = {2: "general2d", 3: None}
+"""The model ``"default"`` loads for each dimension: one that helps the whole registration.
+
+Chosen on the *tuning* cases, never the held-out ones: ``python benchmarks/training.py
+register --dim 2 --model general2d --cases 8 --split tuning`` (2026-12-07,
+``benchmarks/measured/training/tuning_register_2d.json``) gave, for register with ``general2d``
+against none, Dice 0.728 against 0.697 on 8 synthetic pelvis slices (an anatomy the model never
+saw) at 1.12 times the time, and a median error of 5.08 against 6.44 mm on 6 real slices with
+a known motion at 1.05 times. In 3D ``general3d`` lowers the whole registration's Dice a little
+(benchmarks/RESULTS.md, "Learned models"), so 3D runs without one.
+"""
 
 
 def bundled_path(name: str) -> Path:
@@ -57,7 +70,8 @@ def resolve_model(spec: str | None, ndim: int) -> str | None:
     """Turn a model specification into a weights path, or ``None`` for no network.
 
     Args:
-        spec: ``"auto"``, ``"none"``/``None``, a bundled name, or a path (see the module).
+        spec: ``"default"``, ``"auto"``, ``"none"``/``None``, a bundled name, or a path
+            (see the module).
         ndim: the inputs' dimension, 2 or 3, which ``"auto"`` picks the model by.
 
     Returns:
@@ -67,6 +81,8 @@ def resolve_model(spec: str | None, ndim: int) -> str | None:
         >>> resolve_model("auto", 3).endswith("general3d.safetensors")
         True
     """
+    if spec == "default":
+        spec = DEFAULT_MODELS.get(ndim)
     if spec is None or spec.lower() == "none":
         return None
     if spec == "auto":
