@@ -218,10 +218,9 @@ def similarity_loss(
     def score(fixed_values: torch.Tensor, warped: torch.Tensor, weight: torch.Tensor):
         """``(K, N)`` fixed and ``(K + 1, N)`` warped samples, ``(N,)`` weights -> the loss."""
         loss = fixed_values.new_zeros(())
-        total = weight.sum().clamp_min(1e-8)
         if channels:
-            squared = (fixed_values[:channels] - warped[:channels]).pow(2).mean(0)
-            loss = (squared * weight).sum() / total
+            weighted, total = _mind_sums(fixed_values[:channels], warped[:channels], weight)
+            loss = weighted / total.clamp_min(1e-8)
         if mi_weight > 0:
             mi = parzen_mutual_information(
                 fixed_values[channels:], warped[channels:-1], MI_BINS,
@@ -356,10 +355,19 @@ def _mind_by_slabs(features: Features, coarse: torch.Tensor) -> float:
             weight = inside * _inside(positions, shape)
         weight = features.fixed_mask[0, 0, start:stop].flatten() * weight
         fixed = features.fixed[0, :channels, start:stop].flatten(1)
-        squared = (fixed - warped).pow(2).mean(0)
-        total += float((squared * weight).sum())
-        weights += float(weight.sum())
+        weighted, weight_sum = _mind_sums(fixed, warped, weight)
+        total += float(weighted)
+        weights += float(weight_sum)
     return total / max(weights, 1e-8)
+
+
+def _mind_sums(
+    fixed: torch.Tensor, warped: torch.Tensor, weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MIND loss's two sums over ``N`` voxels: the weighted squared descriptor difference
+    (a mean over the ``(K, N)`` channels) and the weight; the loss is their ratio."""
+    squared = (fixed - warped).pow(2).mean(0)
+    return (squared * weight).sum(), weight.sum()
 
 
 def level_schedule(
