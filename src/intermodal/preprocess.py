@@ -178,8 +178,9 @@ def normalize_intensity(
             high = low + 1.0
     else:
         raise IntermodalError(f"modality must be 'ct' or 'mr', not {modality!r}")
-    # in place on one float32 copy: on a 512x512x400 CT each temporary would be 400 MiB
-    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+    # in place on one float32 copy: on a 512x512x400 CT each temporary would be 400 MiB (read
+    # through a view, so that an integer image is copied once, straight to float32)
+    array = sitk.GetArrayViewFromImage(image).astype(np.float32)
     array -= np.float32(low)
     array /= np.float32(high - low)
     np.clip(array, 0.0, 1.0, out=array)
