@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from intermodal import __version__
-from intermodal.models import DEFAULT_MODELS
+from intermodal.models import default_models_in_words
 from intermodal.presets import INIT_CHOICES, PRESET_NAMES
 
 EXIT_USER_ERROR = 2
@@ -129,14 +129,6 @@ class _LibraryHelp(argparse.HelpFormatter):
         return re.sub(r"\{(\w+)\}", lambda field: values[field.group(1)], text)
 
 
-def _default_models() -> str:
-    """``models.DEFAULT_MODELS`` in words: ``"general2d for 2D images, none for 3D"``."""
-    return ", ".join(
-        f"{name or 'none'} for {ndim}D{' images' if ndim == 2 else ''}"
-        for ndim, name in sorted(DEFAULT_MODELS.items())
-    )
-
-
 def _add_registration_options(parser: argparse.ArgumentParser) -> None:
     # Every setting's option defaults to None, "not given": the preset's value, else the
     # Settings default, applies (_settings); the help shows those defaults (_LibraryHelp).
@@ -147,7 +139,7 @@ def _add_registration_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=None,
-        help=f"'default' ({_default_models()}), 'none' (refinement alone), 'auto' (the "
+        help=f"'default' ({default_models_in_words()}), 'none' (refinement alone), 'auto' (the "
         "bundled model for the images' dimension), a bundled model's name, or a .safetensors "
         "model path; a model's field is kept only if it improves the similarity",
     )

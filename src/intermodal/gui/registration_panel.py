@@ -32,6 +32,15 @@ OPTION_NAMES = ("preset", "model", "refine", "init", "device")
 """The keys of :meth:`RegistrationPanel.options`."""
 
 
+def model_default_in_words() -> str:
+    """What ``"default"`` loads, from the library (:data:`intermodal.models.DEFAULT_MODELS`)."""
+    try:
+        from intermodal.models import default_models_in_words
+    except ImportError:
+        return "the library's choice for the images' dimension"
+    return default_models_in_words()
+
+
 def model_choices() -> tuple[list[str], str]:
     """The model choices offered, and the default (the library's: ``"default"``)."""
     try:
@@ -75,9 +84,9 @@ class RegistrationPanel(QGroupBox):
         self.model_edit.addItems(choices)
         self.model_edit.setCurrentText(default)
         self.model_edit.setToolTip(
-            "default: the bundled general2d for 2D images, none for 3D; none: refinement "
-            "alone; auto: the bundled model for the images' dimension; or a .safetensors "
-            "model path. A model's field is kept only if it improves the similarity"
+            f"default: {model_default_in_words()}; none: refinement alone; auto: the bundled "
+            "model for the images' dimension; or a .safetensors model path. A model's field "
+            "is kept only if it improves the similarity"
         )
         self.model_edit.setMinimumContentsLength(8)
         self.model_edit.setSizeAdjustPolicy(

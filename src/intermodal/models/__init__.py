@@ -31,7 +31,7 @@ from pathlib import Path
 
 from intermodal.errors import IntermodalError
 
-__all__ = ["BUNDLED", "DEFAULT_MODELS", "bundled_path", "resolve_model"]
+__all__ = ["BUNDLED", "DEFAULT_MODELS", "bundled_path", "default_models_in_words", "resolve_model"]
 
 BUNDLED = {"general3d": 3, "general2d": 2}
 """Bundled model names and the dimension each is for."""
@@ -47,6 +47,14 @@ saw) at 1.12 times the time, and a median error of 5.08 against 6.44 mm on 6 rea
 a known motion at 1.05 times. In 3D ``general3d`` lowers the whole registration's Dice a little
 (benchmarks/RESULTS.md, "Learned models"), so 3D runs without one.
 """
+
+
+def default_models_in_words() -> str:
+    """:data:`DEFAULT_MODELS` for a help text: ``"general2d for 2D images, none for 3D"``."""
+    return ", ".join(
+        f"{name or 'none'} for {ndim}D{' images' if ndim == 2 else ''}"
+        for ndim, name in sorted(DEFAULT_MODELS.items())
+    )
 
 
 def bundled_path(name: str) -> Path:
