@@ -38,25 +38,23 @@ from intermodal.data.realistic import (
 from intermodal.registration import Settings, register
 
 
-def mapping(transform: sitk.Transform, grid: sitk.Image) -> np.ndarray:
-    """The mapping ``p -> transform(p)`` as displacements (mm) on ``grid``, ``(*shape, ndim)``."""
-    field = sitk.TransformToDisplacementField(
+def displacement_field(transform: sitk.Transform, grid: sitk.Image) -> sitk.Image:
+    """The mapping ``p -> transform(p)`` as a displacement image (mm) on ``grid``."""
+    return sitk.TransformToDisplacementField(
         transform, sitk.sitkVectorFloat64, grid.GetSize(), grid.GetOrigin(), grid.GetSpacing(),
         grid.GetDirection(),
     )  # fmt: skip
-    return sitk.GetArrayFromImage(field)
+
+
+def mapping(transform: sitk.Transform, grid: sitk.Image) -> np.ndarray:
+    """The mapping ``p -> transform(p)`` as displacements (mm) on ``grid``, ``(*shape, ndim)``."""
+    return sitk.GetArrayFromImage(displacement_field(transform, grid))
 
 
 def registered(fixed: sitk.Image, moving: sitk.Image, seed: int = 0) -> sitk.Transform:
     """The default registration's fixed -> moving mapping, as a dense displacement transform."""
     result = register(fixed, moving, Settings(seed=seed))
-    field = sitk.Image(
-        sitk.TransformToDisplacementField(
-            result.transform, sitk.sitkVectorFloat64, fixed.GetSize(), fixed.GetOrigin(),
-            fixed.GetSpacing(), fixed.GetDirection(),
-        )
-    )  # fmt: skip
-    return sitk.DisplacementFieldTransform(field)
+    return sitk.DisplacementFieldTransform(displacement_field(result.transform, fixed))
 
 
 def median_distance(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:

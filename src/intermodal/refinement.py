@@ -335,10 +335,10 @@ def _mind_by_slabs(features: Features, coarse: torch.Tensor) -> float:
     """The ``"mind"`` loss of :func:`similarity_loss` on every voxel, a slab of rows at a time."""
     shape = tuple(features.fixed.shape[2:])
     channels = features.channels
-    displacement = resize_displacement(coarse, shape)[0]
     # no displacement (the guard's score of the initial alignment): every voxel samples
     # itself, so the moving features are read as they are, the same values
-    still = not bool(displacement.any())
+    still = not bool(coarse.any())
+    displacement = None if still else resize_displacement(coarse, shape)[0]
     rows = max(1, SLAB_VOXELS // math.prod(shape[1:]))
     total = weights = 0.0
     for start in range(0, shape[0], rows):

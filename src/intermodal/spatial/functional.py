@@ -554,10 +554,9 @@ class PointSampler:
             shapes = [tuple(image.shape) for image in images]
             raise SpatialArgumentError(f"images must share one grid, not {shapes}")
         self.shape = tuple(images[0].shape[2:])
-        self.channels = sum(image.shape[1] for image in images)
-        first = images[0]
+        channels = sum(image.shape[1] for image in images)
         # one row of every image's channels a voxel
-        self.rows = first.new_empty((math.prod(self.shape), self.channels))
+        self.rows = images[0].new_empty((math.prod(self.shape), channels))
         column = 0
         for image in images:
             count = image.shape[1]
