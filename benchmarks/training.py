@@ -27,7 +27,9 @@ means, the command, the date, the machine and the model's card summary):
 
 ``register``
     The whole ``register`` with the model against ``--model none`` (the defaults otherwise):
-    Dice, mapping error and seconds per case, on the same cases, alternating the two.
+    Dice, mapping error and seconds per case, on the same cases, alternating the methods.
+    With the model it runs twice: as the default does (the refinement takes
+    ``steps_after_network`` of its steps after a kept field), and with every step.
 
 ``runs``
     Two or more training runs of one recipe that differ in one setting (e.g. ``loss.name``
@@ -363,6 +365,10 @@ def network_benchmark(args: argparse.Namespace) -> dict:
     return results
 
 
+EVERY_STEP = "with the model, every step"
+"""The ``register`` benchmark's model run followed by all of the refinement's steps."""
+
+
 def register_benchmark(args: argparse.Namespace) -> dict:
     from intermodal.models import resolve_model
 
@@ -371,10 +377,13 @@ def register_benchmark(args: argparse.Namespace) -> dict:
     from intermodal.registration import preset_settings
 
     default = preset_settings("default", args.dim).refine_steps
-    methods = {"model none": registered(None), "with the model": registered(model_path)}
-    # the model is meant to replace refinement steps: the same model with fewer of them
-    fewer = f"with the model, refine {args.fewer_steps}"
-    methods[fewer] = registered(model_path, refine=args.fewer_steps)
+    # the model replaces refinement steps (Settings.steps_after_network): the default, and the
+    # same model followed by every step
+    methods = {
+        "model none": registered(None),
+        "with the model": registered(model_path),
+        EVERY_STEP: registered(model_path, steps_after_network=1.0),
+    }
     results: dict[str, Any] = {"model": str(model_path), "default_refine": default, "sets": {}}
     for set_name in sets:
         cases, reason = cases_of(set_name, args.dim, args.cases, args.split)
@@ -556,9 +565,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=None, help="bundled name or .safetensors path")
     parser.add_argument("--cases", type=int, default=3, help="cases per set")
     parser.add_argument("--sets", nargs="*", help="synth, rendered, real_motion, slices_2d")
-    parser.add_argument(
-        "--fewer-steps", type=int, default=40, help="register: refinement steps with the model"
-    )
     parser.add_argument("--blocks", type=int, default=3, help="throughput: alternating blocks")
     parser.add_argument("--steps", type=int, default=3, help="throughput: steps per block")
     parser.add_argument(

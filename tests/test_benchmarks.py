@@ -453,12 +453,12 @@ def test_training_section_renders_the_network_and_register_records(bench, tmp_pa
                 "cases": 3,
                 "means": {
                     "model none": {"error_mm": 5.0},
-                    "with the model": {"error_mm": 4.5},
-                    "with the model, refine 40": {"error_mm": 4.75},
+                    "with the model": {"error_mm": 4.75},
+                    "with the model, every step": {"error_mm": 4.5},
                 },
                 "against_model_none": {
-                    "with the model": {"time_ratio": 1.25},
-                    "with the model, refine 40": {"time_ratio": 0.5},
+                    "with the model": {"time_ratio": 0.5},
+                    "with the model, every step": {"time_ratio": 1.25},
                 },
             }
         },
@@ -475,7 +475,7 @@ def test_training_section_renders_the_network_and_register_records(bench, tmp_pa
     lines = bench.tables.training_lines(tmp_path)
     assert "| 3 | `g3/run`, `x/g3_mi` | 2 | 1 | 0.500 / 0.450 | 2 | 0.300 / 0.250 |" in lines
     assert "| g3 | synth | 2 | Dice 0.500 | 0.625 | 1/2 |" in lines
-    assert "| g3 | real_motion | 3 | error mm 5.000 | 4.500 | 1.25 | 4.750 | 0.50 |" in lines
+    assert "| g3 | real_motion | 3 | error mm 5.000 | 4.750 | 0.50 | 4.500 | 1.25 |" in lines
     assert "- `net` (d1): `network_3d.json`" in lines
     assert "- `reg` (d2): `register_3d.json`" in lines
     # fmt: skip
@@ -490,3 +490,25 @@ def test_replace_section_keeps_the_rest(bench):
 def test_results_md_and_readme_are_what_the_stored_measurements_render(bench):
     assert bench.tables.main(["--check"]) == 0
     assert len(bench.tables.RESULTS.read_text(encoding="utf-8").splitlines()) <= 300
+
+
+def test_the_2d_default_sentence_gives_its_tuning_measurement(bench, tmp_path):
+    """The sentence is rendered from the tuning file: each figure, and the time ratios against
+    no network; a missing file is named."""
+    means = {
+        "synth": {"model none": {"dice": 0.5, "seconds": 2.0},
+                  "with the model": {"dice": 0.6, "seconds": 3.0},
+                  "with the model, refine 40": {"dice": 0.59, "seconds": 1.0}},
+        "slices_2d": {"model none": {"error_mm": 6.0, "seconds": 1.0},
+                      "with the model": {"error_mm": 5.0, "seconds": 1.5},
+                      "with the model, refine 40": {"error_mm": 4.0, "seconds": 0.5}},
+    }  # fmt: skip
+    record = {"command": "tune", "sets": {k: {"means": v} for k, v in means.items()}}
+    path = tmp_path / "tuning_register_2d.json"
+    path.write_text(json.dumps(record))
+    sentence = bench.tables.default_choice_2d(path)
+    assert "(`tune`" in sentence
+    assert "Dice 0.500 with no network, 0.600 with it and every step (1.50x the time)" in sentence
+    assert "0.590 with half the steps (0.50x)" in sentence
+    assert "error 6.00, 5.00 (1.50x) and 4.00 mm (0.50x)" in sentence
+    assert "is missing" in bench.tables.default_choice_2d(tmp_path / "absent.json")

@@ -186,6 +186,8 @@ def test_2d_pair_registers(small_pair_2d):
     ("settings", "message"),
     [
         (Settings(refine=-1), "--refine"),
+        (Settings(steps_after_network=1.5), "--steps-after-network"),
+        (Settings(steps_after_network=-0.1), "--steps-after-network"),
         (Settings(init="bspline"), "--init"),
         (Settings(device="tpu"), "--device"),
         (Settings(similarity="ssd"), "similarity"),

@@ -44,7 +44,42 @@ def test_the_guard_drops_a_harmful_model(tmp_path, small_pair, caplog):
         sitk.GetArrayFromImage(guarded.displacement) - sitk.GetArrayFromImage(plain.displacement)
     )
     assert guarded.report["stages"]["refine"]["similarity_start"] == network["similarity_initial"]
+    assert guarded.report["stages"]["refine"]["steps"] == FAST["refine"]  # no share taken
     assert np.median(difference) < 0.2  # mm
+
+
+@pytest.mark.parametrize("share", [0.5, 1.0, 0.0])
+def test_a_kept_network_field_takes_its_share_of_the_refinement_steps(
+    small_pair, monkeypatch, share
+):
+    """After a network's field that the guard kept, every level takes ``steps_after_network``
+    of its steps, rounded up; the report counts the steps taken."""
+    import intermodal.refinement as refinement
+    import intermodal.registration as registration
+
+    real_predict = registration._predict
+
+    def kept(*args, **kwargs):
+        velocity, record = real_predict(*args, **kwargs)
+        record = {**record, "similarity_network": record["similarity_initial"], "kept": True}
+        return velocity, record
+
+    schedules = []
+    real_schedule = refinement.level_schedule
+
+    def recorded(features, velocity, options, schedule, **kwargs):
+        schedules.append(list(schedule))
+        return velocity
+
+    monkeypatch.setattr(registration, "_predict", kept)
+    monkeypatch.setattr(refinement, "refine_on_pyramid", recorded)
+    settings = Settings(**{**FAST, "refine": 13}, steps_after_network=share)
+    result = register(small_pair.ct, small_pair.mr, settings)
+    working = result.report["working_grid"]["size"][::-1]
+    full = real_schedule(settings.pyramid, 13, None, working)
+    expected = [(factor, int(np.ceil(steps * share))) for factor, steps in full]
+    assert schedules == ([expected] if share > 0 else [])
+    assert result.report["stages"]["refine"]["steps"] == sum(n for _, n in expected)
 
 
 def test_the_guard_drops_a_refinement_that_lowers_the_similarity(small_pair, monkeypatch):

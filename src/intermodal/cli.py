@@ -149,6 +149,11 @@ def _add_registration_options(parser: argparse.ArgumentParser) -> None:
         "alone; default {refine})",
     )  # fmt: skip
     parser.add_argument(
+        "--steps-after-network", type=float, default=None, metavar="SHARE",
+        help="the share of the refinement's steps taken when the network's field is kept "
+        "(1: every step; default {steps_after_network})",
+    )  # fmt: skip
+    parser.add_argument(
         "--level-steps", type=_level_steps, default=None, metavar="N,N,N",
         help="steps at each refinement level, coarse to fine (default levels: {pyramid}), "
         "instead of --refine shared equally; e.g. 6,6",
@@ -228,9 +233,9 @@ def _level_steps(text: str) -> tuple[int, ...]:
 
 # options that, when given, override the preset's value of the setting of the same name
 _PRESET_OVERRIDES = (
-    "refine", "level_steps", "integration_steps", "init", "device", "spacing", "similarity",
-    "smoothness", "velocity_smoothing", "volume_penalty", "sampling", "max_samples",
-    "mi_weight", "fixed_modality", "moving_modality", "seed",
+    "refine", "steps_after_network", "level_steps", "integration_steps", "init", "device",
+    "spacing", "similarity", "smoothness", "velocity_smoothing", "volume_penalty", "sampling",
+    "max_samples", "mi_weight", "fixed_modality", "moving_modality", "seed",
 )  # fmt: skip
 
 

@@ -69,6 +69,11 @@ class Settings:
             similarity over the initial alignment alone.
         refine: test-time optimisation steps on the velocity field (0: none; with no model
             the result is the initial alignment alone).
+        steps_after_network: the share of the refinement's steps (at every level, rounded
+            up) taken when the guard keeps the network's field: the network gives the start
+            and the large-scale part of the motion, so the refinement has less to do (1:
+            every step). The default, half, was measured on the 2D tuning cases with the
+            bundled ``general2d`` (benchmarks/RESULTS.md, "The default").
         init: initial alignment, one of :data:`intermodal.alignment.INIT_CHOICES`. Rigid
             by default: the same body on another day does not change size. ``"auto"`` (for
             pairs of different subjects) keeps an affine where the refinement's similarity
@@ -126,6 +131,7 @@ class Settings:
 
     model: str | None = "default"
     refine: int = 80
+    steps_after_network: float = 0.5
     init: str = "rigid"
     device: str = "auto"
     spacing: float | None = None
@@ -157,6 +163,10 @@ class Settings:
         """Raise :class:`IntermodalError` for any setting out of range."""
         if self.refine < 0:
             raise IntermodalError(f"--refine must be 0 or more steps, not {self.refine}")
+        if not 0 <= self.steps_after_network <= 1:
+            raise IntermodalError(
+                f"--steps-after-network must be a share from 0 to 1, not {self.steps_after_network}"
+            )
         if self.init not in alignment.INIT_CHOICES:
             raise IntermodalError(
                 f"--init must be one of {alignment.INIT_CHOICES}, not {self.init!r}"
@@ -942,7 +952,14 @@ def _refine(
     options: refinement.Options,
     progress: Progress | None,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Stage 5: instance optimisation on the pyramid, kept only if it improves the similarity."""
+    """Stage 5: instance optimisation on the pyramid, kept only if it improves the similarity.
+
+    After a network's field that the guard kept, each level takes ``steps_after_network`` of
+    its steps.
+    """
+    if network.get("kept"):
+        share = settings.steps_after_network
+        schedule = [(factor, math.ceil(steps * share)) for factor, steps in schedule]
     record: dict[str, Any] = {"steps": sum(steps for _, steps in schedule)}
     if record["steps"] == 0:
         return start, record
