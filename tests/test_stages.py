@@ -148,6 +148,21 @@ def test_a_picture_of_several_components_is_refused_with_the_way_to_read_it():
         register(rgb, scalar, Settings(**FAST))
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_an_image_with_values_that_are_not_finite_is_refused(value):
+    """read_image refuses such a file; an image made in Python gets the same clear refusal
+    from register instead of a failure deep in the initial alignment."""
+    array = np.zeros((20, 24), np.float32)
+    array[5:15, 6:18] = 200
+    clean = sitk.GetImageFromArray(array)
+    array[:, :3] = value
+    broken = sitk.GetImageFromArray(array)
+    with pytest.raises(IntermodalError, match="moving image has 60 voxels that are not finite"):
+        register(clean, broken, Settings(**FAST))
+    with pytest.raises(IntermodalError, match="fixed image has 60 voxels"):
+        register(broken, clean, Settings(**FAST))
+
+
 def test_a_mask_limits_what_the_similarity_counts(small_pair):
     """A fixed mask of half the image gives another result than none, and is recorded."""
     array = np.zeros(sitk.GetArrayViewFromImage(small_pair.ct).shape, np.uint8)

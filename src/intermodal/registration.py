@@ -671,6 +671,12 @@ def _check_images(
                 "scalar images: read it with intermodal.io.read_image, which turns an RGB "
                 "picture into its luminance"
             )
+        bad = int(np.count_nonzero(~np.isfinite(sitk.GetArrayViewFromImage(image))))
+        if bad:
+            raise IntermodalError(
+                f"the {name} image has {bad} voxels that are not finite (NaN or infinite); "
+                "replace them (e.g. by 0 outside the scanned data) before registering"
+            )
     for name, mask, image in (("fixed", fixed_mask, fixed), ("moving", moving_mask, moving)):
         if mask is None:
             continue
