@@ -163,6 +163,14 @@ def test_an_image_with_values_that_are_not_finite_is_refused(value):
         register(broken, clean, Settings(**FAST))
 
 
+def test_an_image_of_one_value_is_refused():
+    array = np.zeros((20, 24), np.float32)
+    array[5:15, 6:18] = 200
+    blank = sitk.GetImageFromArray(np.zeros_like(array))
+    with pytest.raises(IntermodalError, match="every voxel of the moving image has the value 0"):
+        register(sitk.GetImageFromArray(array), blank, Settings(**FAST))
+
+
 def test_a_mask_limits_what_the_similarity_counts(small_pair):
     """A fixed mask of half the image gives another result than none, and is recorded."""
     array = np.zeros(sitk.GetArrayViewFromImage(small_pair.ct).shape, np.uint8)

@@ -671,11 +671,17 @@ def _check_images(
                 "scalar images: read it with intermodal.io.read_image, which turns an RGB "
                 "picture into its luminance"
             )
-        bad = int(np.count_nonzero(~np.isfinite(sitk.GetArrayViewFromImage(image))))
+        values = sitk.GetArrayViewFromImage(image)
+        bad = int(np.count_nonzero(~np.isfinite(values)))
         if bad:
             raise IntermodalError(
                 f"the {name} image has {bad} voxels that are not finite (NaN or infinite); "
                 "replace them (e.g. by 0 outside the scanned data) before registering"
+            )
+        if values.min() == values.max():
+            raise IntermodalError(
+                f"every voxel of the {name} image has the value {values.min():g}: it shows "
+                "nothing to register"
             )
     for name, mask, image in (("fixed", fixed_mask, fixed), ("moving", moving_mask, moving)):
         if mask is None:
