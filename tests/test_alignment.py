@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from intermodal import alignment, preprocess
 from intermodal.data.phantom import LABELS, ORGANS, make_phantom_pair
@@ -52,6 +53,29 @@ def test_the_alignment_is_deterministic(rotated_pair):
     first = alignment.initial_alignment(fixed, moving, "rigid")
     second = alignment.initial_alignment(fixed, moving, "rigid")
     assert first.GetParameters() == second.GetParameters()
+
+
+def test_the_starts_are_distinct_and_begin_with_the_centre_of_mass(rotated_pair, monkeypatch):
+    """The multi-start's starts are different transforms: the centre-of-mass start, always
+    first, is not tried twice when MI also ranks it among the best."""
+    fixed, moving = _scaled(rotated_pair)
+    seen = []
+    real = alignment._starts
+
+    def recorded(level, params, moments, offsets):
+        starts = real(level, params, moments, offsets)
+        seen.append((starts, moments))
+        return starts
+
+    monkeypatch.setattr(alignment, "_starts", recorded)
+    # the unmoved pair: the centre-of-mass start scores best, and was kept twice before
+    alignment.initial_alignment(fixed, fixed, "rigid")
+    alignment.initial_alignment(fixed, moving, "rigid")
+    # the unmoved pair's centre-of-mass start is among MI's best; the rotated one's is not
+    assert [len(starts) for starts, _ in seen] == [2, 3] == [alignment.STARTS_KEPT - 1, 3]
+    for starts, moments in seen:
+        assert torch.equal(starts[0], moments[0])
+        assert len(torch.unique(starts, dim=0)) == len(starts)
 
 
 def test_a_moving_slab_of_a_third_is_placed_where_the_whole_image_is():

@@ -256,7 +256,8 @@ def _starts(
     Every rotation of :data:`START_ANGLES_DEG` is scored by MI at the centre-of-mass
     translation; the unrotated start and the best :data:`STARTS_KEPT` go on, each tried at
     every translation offset. The :data:`STARTS_KEPT` best starts by MI are returned, and
-    the plain centre-of-mass start is always among them.
+    the plain centre-of-mass start is always among them (first, and once: when it is also
+    among the best, one start fewer is returned).
     """
     n_angles, ndim = params.angles, params.ndim
     angles = np.radians(START_ANGLES_DEG[ndim])
@@ -271,6 +272,8 @@ def _starts(
     moved[:, n_angles:] += torch.from_numpy(offsets).repeat(len(kept), 1)
     scores = _scored(level, params, moved)
     best = [int(i) for i in torch.argsort(scores, descending=True)[: STARTS_KEPT - 1]]
+    # the centre-of-mass start (no rotation, no offset) is among them already: once is enough
+    best = [i for i in best if not torch.equal(moved[i], moments[0])]
     return torch.cat([moments, moved[best]])
 
 
