@@ -57,3 +57,16 @@ def test_known_motion_check_measures_a_shift_as_its_length():
     assert shift.shape == (6, 8, 10, 3)
     mask = np.ones(shift.shape[:3], bool)
     assert check.median_distance(shift, still, mask) == pytest.approx(5.0)
+
+
+def test_the_mirrored_copy_holds_every_voxel_where_it_was():
+    check = _tool("known_motion_check")
+    image = _ramp()
+    copy = check.mirrored(image)
+    assert copy.GetSize() == image.GetSize()
+    assert not np.array_equal(sitk.GetArrayFromImage(copy), sitk.GetArrayFromImage(image))
+    for index in [(0, 0, 0), (9, 7, 5), (3, 2, 1)]:
+        point = image.TransformIndexToPhysicalPoint(index)
+        mirror_index = copy.TransformPhysicalPointToIndex(point)
+        assert copy[mirror_index] == image[index]
+        assert mirror_index[0] == image.GetSize()[0] - 1 - index[0]
