@@ -161,3 +161,29 @@ def test_page_renders_in_headless_chromium(tmp_path: Path) -> None:
     pixels = sitk.GetArrayFromImage(sitk.ReadImage(str(shot)))
     assert pixels.shape[0] == 1400
     assert pixels.std() > 10  # something is drawn: not a blank page
+
+
+def test_inverse_consistency_counts_the_voxels_that_land_on_the_inverse_grid() -> None:
+    """Which ``p + d(p)`` fall within the inverse's grid, against ITK's own point-to-index
+    mapping, with a random field on a rotated, anisotropic grid and an inverse grid that is
+    rotated, shifted and coarser."""
+    from intermodal.qa_report import _lands_inside
+
+    rng = np.random.default_rng(3)
+    forward = sitk.GetImageFromArray(rng.normal(0.0, 4.0, (6, 7, 8, 3)), isVector=True)
+    forward.SetSpacing((1.5, 2.0, 2.5))
+    forward.SetOrigin((3.0, -4.0, 1.0))
+    forward.SetDirection(sitk.VersorTransform((0.2, 1.0, 0.3), 0.4).GetMatrix())
+    grid = sitk.Image([5, 6, 4], sitk.sitkVectorFloat64, 3)
+    grid.SetSpacing((2.5, 2.0, 3.0))
+    grid.SetOrigin((1.0, -3.0, -2.0))
+    grid.SetDirection(sitk.VersorTransform((1.0, 0.1, 0.0), -0.3).GetMatrix())
+    vectors = sitk.GetArrayFromImage(forward)
+    expected = np.zeros(vectors.shape[:-1], bool)
+    for z, y, x in np.ndindex(*expected.shape):
+        point = np.add(forward.TransformIndexToPhysicalPoint((x, y, z)), vectors[z, y, x])
+        index = np.array(grid.TransformPhysicalPointToContinuousIndex(point.tolist()))
+        expected[z, y, x] = np.all((index >= -1e-6) & (index <= np.array(grid.GetSize()) - 1))
+    inside = _lands_inside(forward, grid)
+    assert 0 < expected.sum() < expected.size  # some land inside, some outside
+    np.testing.assert_array_equal(inside, expected)

@@ -93,18 +93,7 @@ def inverse_consistency(field: sitk.Image, inverse_field: sitk.Image) -> dict[st
     pulled = sitk.Resample(inverse, forward, transform, sitk.sitkLinear, 0.0)
     vectors = sitk.GetArrayViewFromImage(forward)
     error = np.linalg.norm(vectors + sitk.GetArrayViewFromImage(pulled), axis=-1)
-    # where p + d(p) falls: continuous indices of the inverse's grid, (z, y, x, 3) as x y z
-    ndim = forward.GetDimension()
-    index = np.stack(np.meshgrid(*[np.arange(n) for n in forward.GetSize()[::-1]],
-                                 indexing="ij")[::-1], axis=-1).astype(np.float64)  # fmt: skip
-    to_mm = np.array(forward.GetDirection()).reshape(ndim, ndim) * np.array(forward.GetSpacing())
-    mapped = np.array(forward.GetOrigin()) + index @ to_mm.T + vectors
-    to_index = np.linalg.inv(
-        np.array(inverse.GetDirection()).reshape(ndim, ndim) * np.array(inverse.GetSpacing())
-    )
-    landed = (mapped - np.array(inverse.GetOrigin())) @ to_index.T
-    inside = np.all((landed >= -1e-6) & (landed <= np.array(inverse.GetSize()) - 1 + 1e-6), -1)
-    error = error[inside]
+    error = error[_lands_inside(forward, inverse)]
     if error.size == 0:
         raise IntermodalError("inverse consistency: the forward field leaves the inverse's grid")
     return {
@@ -113,6 +102,34 @@ def inverse_consistency(field: sitk.Image, inverse_field: sitk.Image) -> dict[st
         "max_mm": float(error.max()),
         "voxels": int(error.size),
     }
+
+
+def _lands_inside(forward: sitk.Image, grid: sitk.Image) -> np.ndarray:
+    """Where ``p + d(p)`` lies within ``grid``'s outer voxel centres (1e-6 voxel leeway), for
+    every voxel ``p`` of the displacement image ``forward``, in array order.
+
+    The continuous index of ``p + d(p)`` along each axis of ``grid`` is the sum of a constant,
+    one term per axis of ``forward`` (its index, broadcast) and the displacement's components:
+    one axis at a time, without a table of every voxel's index and position (two ``(N, 3)``
+    float64 arrays, 90 MB on a 2 mm pelvis grid).
+    """
+    ndim = forward.GetDimension()
+    vectors = sitk.GetArrayViewFromImage(forward)  # (*array shape, ndim), x y z components
+    to_mm = np.array(forward.GetDirection()).reshape(ndim, ndim) * np.array(forward.GetSpacing())
+    to_index = np.linalg.inv(
+        np.array(grid.GetDirection()).reshape(ndim, ndim) * np.array(grid.GetSpacing())
+    )
+    index_to_index = to_index @ to_mm
+    offset = to_index @ (np.array(forward.GetOrigin()) - np.array(grid.GetOrigin()))
+    shape = vectors.shape[:-1]
+    inside = np.ones(shape, dtype=bool)
+    for axis in range(ndim):  # axis of the grid, in x y z order
+        landed = vectors @ to_index[axis] + offset[axis]
+        for k in range(ndim):  # x y z index of forward: array axis ndim - 1 - k
+            line = np.arange(shape[ndim - 1 - k], dtype=np.float64) * index_to_index[axis, k]
+            landed += line.reshape([-1 if a == ndim - 1 - k else 1 for a in range(ndim)])
+        inside &= (landed >= -1e-6) & (landed <= grid.GetSize()[axis] - 1 + 1e-6)
+    return inside
 
 
 def landmark_measures(
