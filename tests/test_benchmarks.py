@@ -172,10 +172,7 @@ def test_nmi_of_pictures_takes_the_first_channel_and_the_given_body(bench):
     assert bench.datasets.nmi_score(picture, other, aligned) < 1.8  # the whole picture
 
 
-def test_slices_are_scored_by_nmi_as_well_as_by_error(bench):
-    reason = bench.datasets.unavailable("slices_2d")
-    if reason:
-        pytest.skip(reason)
+def test_slices_are_scored_by_nmi_as_well_as_by_error(bench, real_pair):
     case = bench.datasets.make_case("slices_2d", 3)  # the RGB pictures without spacing
     reference = bench.methods.dense_field(_identity(2), case.fixed)
     scores = bench.datasets.score(case, reference, reference)

@@ -67,16 +67,12 @@ def median_distance(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
 
 def mirrored(image: sitk.Image) -> sitk.Image:
     """``image`` stored mirrored along its first index axis: every voxel keeps its value and its
-    physical position (the first direction column is negated and the origin moved to the far
-    end)."""
-    flipped = sitk.Flip(image, [True] + [False] * (image.GetDimension() - 1))
-    ndim = image.GetDimension()
-    direction = np.asarray(image.GetDirection()).reshape(ndim, ndim)
-    direction[:, 0] *= -1
-    far_end = [image.GetSize()[0] - 1] + [0] * (ndim - 1)
-    flipped.SetOrigin(image.TransformIndexToPhysicalPoint(far_end))
-    flipped.SetDirection(direction.ravel().tolist())
-    return flipped
+    physical position (ITK's DICOM reorientation to the opposite first direction)."""
+    orientation = sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines(
+        image.GetDirection()
+    )
+    opposite = {"L": "R", "R": "L", "P": "A", "A": "P", "S": "I", "I": "S"}
+    return sitk.DICOMOrient(image, opposite[orientation[0]] + orientation[1:])
 
 
 def main() -> None:

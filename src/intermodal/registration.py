@@ -672,16 +672,17 @@ def _check_images(
                 "picture into its luminance"
             )
         values = sitk.GetArrayViewFromImage(image)
-        bad = int(np.count_nonzero(~np.isfinite(values)))
-        if bad:
+        low, high = values.min(), values.max()  # a NaN or infinite voxel shows in one of them
+        if not (np.isfinite(low) and np.isfinite(high)):
+            bad = int(np.count_nonzero(~np.isfinite(values)))
             raise IntermodalError(
                 f"the {name} image has {bad} voxels that are not finite (NaN or infinite); "
                 "replace them (e.g. by 0 outside the scanned data) before registering"
             )
-        if values.min() == values.max():
+        if low == high:
             raise IntermodalError(
-                f"every voxel of the {name} image has the value {values.min():g}: it shows "
-                "nothing to register"
+                f"every voxel of the {name} image has the value {low:g}: it shows nothing to "
+                "register"
             )
     for name, mask, image in (("fixed", fixed_mask, fixed), ("moving", moving_mask, moving)):
         if mask is None:
