@@ -16,7 +16,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -25,6 +27,7 @@ import torch
 from intermodal.data.realistic import load_real_pair
 from intermodal.registration import register
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 CT_GRID = ((512, 512, 409), (200 / 512, 200 / 512, 0.625))
 MR_GRID = ((512, 512, 94), (0.5, 0.5, 2.5))
 """Size and spacing (mm) of each scanner's series, from the pair's NOTICE.md."""
@@ -46,18 +49,13 @@ def on_grid(image: sitk.Image, size: tuple[int, ...], spacing: tuple[float, ...]
     return sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, lowest)
 
 
-def peak_rss_mib() -> float:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    sys.path.insert(0, str(BENCHMARKS))
+    from suite import peak_rss_mib  # the benchmark suite's reading of VmHWM
+
     torch.set_num_threads(args.threads)
     ct, mr = load_real_pair()
     ct_full, mr_full = on_grid(ct, *CT_GRID), on_grid(mr, *MR_GRID)
