@@ -72,7 +72,7 @@ def test_the_starts_are_distinct_and_begin_with_the_centre_of_mass(rotated_pair,
     alignment.initial_alignment(fixed, fixed, "rigid")
     alignment.initial_alignment(fixed, moving, "rigid")
     # the unmoved pair's centre-of-mass start is among MI's best; the rotated one's is not
-    assert [len(starts) for starts, _ in seen] == [2, 3] == [alignment.STARTS_KEPT - 1, 3]
+    assert [len(starts) for starts, _ in seen] == [alignment.STARTS_KEPT - 1, alignment.STARTS_KEPT]
     for starts, moments in seen:
         assert torch.equal(starts[0], moments[0])
         assert len(torch.unique(starts, dim=0)) == len(starts)
