@@ -62,8 +62,8 @@ def test_the_starts_are_distinct_and_begin_with_the_centre_of_mass(rotated_pair,
     seen = []
     real = alignment._starts
 
-    def recorded(level, params, moments, offsets):
-        starts = real(level, params, moments, offsets)
+    def recorded(level, params, moments, offsets, turns):
+        starts = real(level, params, moments, offsets, turns)
         seen.append((starts, moments))
         return starts
 
@@ -71,11 +71,118 @@ def test_the_starts_are_distinct_and_begin_with_the_centre_of_mass(rotated_pair,
     # the unmoved pair: the centre-of-mass start scores best, and was kept twice before
     alignment.initial_alignment(fixed, fixed, "rigid")
     alignment.initial_alignment(fixed, moving, "rigid")
-    # the unmoved pair's centre-of-mass start is among MI's best; the rotated one's is not
-    assert [len(starts) for starts, _ in seen] == [alignment.STARTS_KEPT - 1, alignment.STARTS_KEPT]
+    alignment.initial_alignment(fixed, moving, "rigid", turns=False)
+    # the unmoved pair's centre-of-mass start is among MI's best; the rotated one's is not;
+    # each half-turn adds its best start
+    turns = len(alignment.TURNS_DEG[3])
+    assert [len(starts) for starts, _ in seen] == [
+        alignment.STARTS_KEPT - 1 + turns, alignment.STARTS_KEPT + turns, alignment.STARTS_KEPT
+    ]  # fmt: skip
     for starts, moments in seen:
         assert torch.equal(starts[0], moments[0])
         assert len(torch.unique(starts, dim=0)) == len(starts)
+
+
+def _turned_about_y(image: sitk.Image) -> sitk.Image:
+    """``image``'s voxels in reversed x and z order on the same grid: its content turned 180
+    degrees about y (about the grid's centre), as a scan feet first shows a head-first one."""
+    turned = sitk.GetImageFromArray(sitk.GetArrayViewFromImage(image)[::-1, :, ::-1].copy())
+    turned.CopyInformation(image)
+    return turned
+
+
+def _asymmetric_pair(shape=(40, 48, 48), spacing=4.0):
+    """A CT-like and an MR-like image of one body that looks different turned: an ellipsoid
+    with a rod (bright on CT, dark on MR) and a ball (dark on CT, bright on MR) off its
+    centre, and the label map (body 1, rod 2, ball 3)."""
+    z, y, x = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * spacing for n in shape], indexing="ij")
+    body = (x / 80) ** 2 + (y / 70) ** 2 + (z / 70) ** 2 < 1
+    rod = ((x - 35) ** 2 + (y + 10) ** 2 < 12**2) & (z > -10) & (z < 60)
+    ball = (x + 30) ** 2 + (y - 25) ** 2 + (z + 35) ** 2 < 18**2
+    labels = body.astype(np.uint8)
+    labels[rod & body] = 2
+    labels[ball & body] = 3
+    images = []
+    for array in (
+        np.choose(labels, [0.0, 0.45, 1.0, 0.3]).astype(np.float32),
+        np.choose(labels, [0.0, 0.6, 0.1, 0.95]).astype(np.float32),
+        labels,
+    ):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing([spacing] * 3)
+        image.SetOrigin([-(n - 1) / 2 * spacing for n in shape[::-1]])
+        images.append(image)
+    return images
+
+
+def test_a_scan_stored_turned_half_way_round_is_found():
+    """The MR stored turned 180 degrees about y: the multi-start around the half-turns finds
+    it (the labels overlap again); trusting the stored orientation cannot."""
+    ct, mr, labels = _asymmetric_pair()
+    turned, turned_labels = _turned_about_y(mr), _turned_about_y(labels)
+
+    def dice(transform) -> float:
+        warped = sitk.Resample(turned_labels, ct, transform, sitk.sitkNearestNeighbor, 0)
+        return float(np.mean(list(dice_per_label(labels, warped, {"rod": 2, "ball": 3}).values())))
+
+    found = alignment.initial_alignment(ct, turned, "rigid")
+    trusted = alignment.initial_alignment(ct, turned, "rigid", turns=False)
+    assert alignment.half_turn(found) == (0.0, 180.0, 0.0)
+    assert alignment.half_turn(trusted) is None
+    assert dice(found) > 0.8
+    assert dice(trusted) < 0.2
+    # the unturned pair keeps its orientation, the same result as without the search
+    plain = alignment.initial_alignment(ct, mr, "rigid")
+    assert alignment.half_turn(plain) is None
+    assert (
+        plain.GetParameters()
+        == alignment.initial_alignment(ct, mr, "rigid", turns=False).GetParameters()
+    )
+
+
+def test_a_turn_that_wins_mi_at_the_coarsest_level_alone_is_not_taken(grown_pair, monkeypatch):
+    """The phantom with a 25 % larger MR looks alike turned 180 degrees about z: a turned
+    start comes first by MI after the coarsest level. It goes through the pyramid beside the
+    best stored start, which wins there, and the orientation is kept."""
+    pair, mr, _ = grown_pair
+    fixed = preprocess.normalize_intensity(pair.ct, "ct")
+    moving = preprocess.normalize_intensity(mr, "mr")
+    first_level = []
+    real = alignment._optimise
+
+    def recorded(level, params, start, steps, rate):
+        best, mi = real(level, params, start, steps, rate)
+        if not first_level:
+            first_level.append([alignment.half_turn(params.transform(row)) for row in best])
+            first_level.append(mi)
+        return best, mi
+
+    monkeypatch.setattr(alignment, "_optimise", recorded)
+    rigid = alignment.initial_alignment(fixed, moving, "rigid")
+    turns, mi = first_level
+    assert turns[int(mi.argmax())] is not None
+    assert alignment.half_turn(rigid) is None
+
+
+@pytest.mark.parametrize(
+    ("matrix", "expected"),
+    [
+        (np.eye(3), None),
+        (np.diag([1.0, -1.0, -1.0]), (180.0, 0.0, 0.0)),
+        (np.diag([-1.0, 1.0, -1.0]), (0.0, 180.0, 0.0)),
+        (np.diag([-1.0, -1.0, 1.0]), (0.0, 0.0, 180.0)),
+        (np.eye(2), None),
+        (-np.eye(2), (180.0,)),
+    ],
+)
+def test_half_turn_names_the_nearest_orientation(matrix, expected):
+    ndim = len(matrix)
+    small = 0.2  # radians: a rotation of about 11 degrees on top does not change the answer
+    tilt = np.eye(ndim)
+    tilt[:2, :2] = [[np.cos(small), -np.sin(small)], [np.sin(small), np.cos(small)]]
+    transform = sitk.AffineTransform(ndim)
+    transform.SetMatrix((tilt @ matrix).ravel().tolist())
+    assert alignment.half_turn(transform) == expected
 
 
 def test_a_moving_slab_of_a_third_is_placed_where_the_whole_image_is():
@@ -161,3 +268,22 @@ def test_the_affine_recovers_a_change_of_size(grown_pair):
         return float(np.nanmean(list(scores.values())))
 
     assert dice(affine) > dice(rigid) + 0.05
+
+
+def test_register_reports_and_warns_about_a_turn_it_takes():
+    """``register`` says in report.json which half-turn its initial alignment took, and
+    warns; with ``search_orientation=False`` it trusts the stored orientations."""
+    from intermodal.registration import Settings, register
+
+    ct, mr, _ = _asymmetric_pair()
+    ct_hu = sitk.Cast(ct * 1400.0 - 1000.0, sitk.sitkFloat32)  # air -1000, rod 400 HU
+    turned = _turned_about_y(sitk.Cast(mr * 1000.0, sitk.sitkFloat32))
+    found = register(ct_hu, turned, Settings(model=None, refine=0))
+    align = found.report["stages"]["align"]
+    assert align["half_turn_deg"] == [0.0, 180.0, 0.0]
+    assert align["warning"] in found.report["warnings"]
+    assert "180 degrees about y" in align["warning"]
+    assert "--trust-orientation" in align["warning"]
+    trusted = register(ct_hu, turned, Settings(model=None, refine=0, search_orientation=False))
+    assert trusted.report["stages"]["align"]["half_turn_deg"] is None
+    assert not any("turned" in warning for warning in trusted.report["warnings"])

@@ -473,3 +473,14 @@ def test_mutual_information_options_reach_the_settings(capsys, small_pair_files,
     )  # fmt: skip
     assert code != 0 and "MI weight" in stderr and len(stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_trust_orientation_turns_the_orientation_search_off():
+    from intermodal.cli import _settings, build_parser
+
+    parser = build_parser()
+    argv = ["register", "--fixed", "f", "--moving", "m", "--out", "o"]
+    assert _settings(parser.parse_args(argv), 3).search_orientation is True
+    trusted = parser.parse_args([*argv, "--trust-orientation"])
+    assert _settings(trusted, 3).search_orientation is False
+    assert _settings(trusted, 2).search_orientation is False

@@ -294,7 +294,7 @@ def test_auto_init_keeps_the_affine_only_where_the_similarity_prefers_it(small_p
 
 def test_a_named_init_is_used_as_it_is(small_pair):
     result = register(small_pair.ct, small_pair.mr, Settings(refine=0, spacing=5.0))  # rigid
-    assert result.report["stages"]["align"] == {"method": "rigid"}
+    assert result.report["stages"]["align"] == {"method": "rigid", "half_turn_deg": None}
     assert result.report["initial_transform"]["kept"] == "rigid"
     matrix = np.asarray(result.affine.GetMatrix()).reshape(3, 3)
     np.testing.assert_allclose(matrix @ matrix.T, np.eye(3), atol=1e-6)

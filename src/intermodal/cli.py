@@ -167,6 +167,13 @@ def _add_registration_options(parser: argparse.ArgumentParser) -> None:
         "--init", default=None, choices=INIT_CHOICES,
         help="initial alignment (default {init}; rigid and affine start from several rotations)",
     )  # fmt: skip
+    parser.add_argument(
+        "--trust-orientation", dest="search_orientation", action="store_const", const=False,
+        default=None,
+        help="do not try the moving image turned 180 degrees about each axis (by default a "
+        "turn that fits better is kept, with a warning: scans stored head first against feet "
+        "first)",
+    )  # fmt: skip
     _add_library_choice(parser, "--device", _DEVICES, "where to compute (default {device})")
     parser.add_argument(
         "--spacing", type=float, default=None,
@@ -233,7 +240,8 @@ def _level_steps(text: str) -> tuple[int, ...]:
 
 # options that, when given, override the preset's value of the setting of the same name
 _PRESET_OVERRIDES = (
-    "refine", "steps_after_network", "level_steps", "integration_steps", "init", "device",
+    "refine", "steps_after_network", "level_steps", "integration_steps", "init",
+    "search_orientation", "device",
     "spacing", "similarity", "smoothness", "velocity_smoothing", "volume_penalty", "sampling",
     "max_samples", "mi_weight", "fixed_modality", "moving_modality", "seed",
 )  # fmt: skip

@@ -78,6 +78,11 @@ class Settings:
             by default: the same body on another day does not change size. ``"auto"`` (for
             pairs of different subjects) keeps an affine where the refinement's similarity
             also prefers it (see :func:`_align`).
+        search_orientation: the initial alignment also tries the moving image turned 180
+            degrees about each axis (:data:`intermodal.alignment.TURNS_DEG`) and keeps a turn
+            that fits better by MI, with a warning: a scan stored head first against one
+            feet first (or prone against supine) is otherwise aligned by its outline with its
+            anatomy the wrong way round. ``False`` trusts the stored orientations.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         spacing: working spacing in mm for the refinement and the outputs (``None``: 2 mm in
             3D, native in 2D); a model's network always runs at its own trained spacing.
@@ -133,6 +138,7 @@ class Settings:
     refine: int = 80
     steps_after_network: float = 0.5
     init: str = "rigid"
+    search_orientation: bool = True
     device: str = "auto"
     spacing: float | None = None
     fixed_modality: str = "auto"
@@ -812,13 +818,16 @@ def _align(
     needs it, the same body on another day seldom does.
     """
     masks = {"fixed_mask": inputs.fixed_mask, "moving_mask": inputs.moving_mask}
+    turns = settings.search_orientation
     if settings.init != "auto":
         chosen = alignment.initial_alignment(
-            inputs.fixed_n, inputs.moving_n, settings.init, **masks
+            inputs.fixed_n, inputs.moving_n, settings.init, **masks, turns=turns
         )
-        return chosen, {"method": settings.init}
-    rigid, affine = alignment.rigid_and_affine(inputs.fixed_n, inputs.moving_n, **masks)
-    record: dict[str, Any] = {"method": "auto", "kept": "rigid"}
+        return chosen, _turn_record({"method": settings.init}, chosen)
+    rigid, affine = alignment.rigid_and_affine(
+        inputs.fixed_n, inputs.moving_n, **masks, turns=turns
+    )
+    record: dict[str, Any] = _turn_record({"method": "auto", "kept": "rigid"}, rigid)
     if affine is None:
         record["affine"] = "scaling and shear did not raise MI"
         return rigid, record
@@ -830,6 +839,25 @@ def _align(
         record["kept"] = "affine"
         return affine, record
     return rigid, record
+
+
+def _turn_record(record: dict[str, Any], transform: sitk.Transform) -> dict[str, Any]:
+    """``record`` with the half-turn the alignment found (``None``: the stored orientation),
+    and a warning when it found one."""
+    turn = alignment.half_turn(transform)
+    record["half_turn_deg"] = None if turn is None else list(turn)
+    if turn is not None:
+        axes = " and ".join(
+            f"180 degrees about {axis}" for axis, angle in zip("xyz", turn) if angle
+        ) if len(turn) > 1 else "180 degrees in its plane"  # fmt: skip
+        _warn(
+            record,
+            f"the moving image fits the fixed one best turned {axes}: the body lies the "
+            "other way round in one scan (placed feet first against head first, or prone "
+            "against supine, or a header that lost the position); check, or pass "
+            "--trust-orientation to keep the stored orientations",
+        )
+    return record
 
 
 def _coarse_similarity(
@@ -1051,8 +1079,8 @@ def _report(
     images = working.images
     mask = images.fixed_mask
     trained_spacing = (inputs.card or {}).get("preprocessing", {}).get("spacing")
-    warnings = [w for w in (working.memory["warning"], network.get("warning"),
-                            refined.get("warning")) if w]  # fmt: skip
+    warnings = [w for w in (aligned.get("warning"), working.memory["warning"],
+                            network.get("warning"), refined.get("warning")) if w]  # fmt: skip
 
     def modality(decision: preprocess.ModalityDecision) -> dict[str, Any]:
         return {

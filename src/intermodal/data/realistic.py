@@ -19,7 +19,8 @@ never copied into the repository, and everything that needs them raises
   (:data:`ROBUSTNESS_KINDS`): an MR covering a third of the CT along z; a CT with a couch; a
   30 degree initial rotation; 5 mm MR slices; a strong bias field; a CT stored as unsigned
   ``HU + 1024`` (0..4095) with no metadata saying CT.
-- ``"slices_2d"`` (d): one axial CT slice and one axial MR slice of the real pair, the MR moved
+- ``"slices_2d"`` (d): one axial CT slice and one axial MR slice of the real pair (the MR's from
+  the MR turned to the CT's orientation, :func:`turned_mr`), the MR moved
   by a known 2D rigid (up to 30 degrees, 30 mm) + smooth (up to 10 mm) motion; in turn
   (:data:`SLICE_KINDS`) plain, with a CT couch, with the MR cut to a smaller field of view, and
   as 8-bit RGB pictures without spacing (1 unit per pixel; errors are converted back to mm). The
@@ -58,6 +59,7 @@ __all__ = [
     "Case",
     "real_pair_dir",
     "load_real_pair",
+    "turned_mr",
     "make_case",
     "reference_pair",
     "expected_mapping",
@@ -519,11 +521,27 @@ def reference_pair(key: str, data_dir: str | Path | None = None) -> tuple[sitk.I
     raise ValueError(f"unknown reference key {key!r}; expected 'real_motion' or 'slices_2d/<kind>'")
 
 
+def turned_mr(mr: sitk.Image) -> sitk.Image:
+    """The pair's MR turned 180 degrees about y, about its grid's centre: the CT's orientation.
+
+    The MRI-DIR files store the phantom turned 180 degrees about y (anterior-posterior) in the
+    MR against the CT, as a scan head first against one feet first would be: the bone runs
+    the other way, and each axial MR slice is the mirror image of the CT's. ``register``
+    finds that turn itself (its orientation search); a 2D registration cannot, because in
+    one slice the turn is a mirror. The 2D slices therefore take the MR's slice from this
+    image, the same voxels on the same grid in reversed x and z order.
+    """
+    turned = sitk.GetImageFromArray(sitk.GetArrayViewFromImage(mr)[::-1, :, ::-1].copy())
+    turned.CopyInformation(mr)
+    return turned
+
+
 def _slice_pair(
     kind: str, data_dir: str | Path | None
 ) -> tuple[sitk.Image, sitk.Image, dict[str, Any]]:
     """The unmoved 2D pair of ``kind``: the same for every case of that kind."""
     ct, mr = load_real_pair(data_dir)
+    mr = turned_mr(mr)
     ct_slice = _axial_slice(ct, _centre_slice_index(ct, BODY_HU))
     mr_slice = _axial_slice(mr, _centre_slice_index(mr, _mr_threshold(mr)))
     info: dict[str, Any] = {}
