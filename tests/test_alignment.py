@@ -172,7 +172,7 @@ def test_a_turn_that_wins_mi_at_the_coarsest_level_alone_is_not_taken(grown_pair
         (np.diag([-1.0, 1.0, -1.0]), (0.0, 180.0, 0.0)),
         (np.diag([-1.0, -1.0, 1.0]), (0.0, 0.0, 180.0)),
         (np.eye(2), None),
-        (-np.eye(2), (180.0,)),
+        (-np.eye(2), None),  # 2D: no half-turn is searched
     ],
 )
 def test_half_turn_names_the_nearest_orientation(matrix, expected):
@@ -287,3 +287,21 @@ def test_register_reports_and_warns_about_a_turn_it_takes():
     trusted = register(ct_hu, turned, Settings(model=None, refine=0, search_orientation=False))
     assert trusted.report["stages"]["align"]["half_turn_deg"] is None
     assert not any("turned" in warning for warning in trusted.report["warnings"])
+
+
+def test_a_2d_alignment_searches_no_half_turn(monkeypatch):
+    """In 2D the multi-start keeps to the stored orientation (see ``TURNS_DEG``)."""
+    pair = make_phantom_pair(shape=(48, 48), spacing=5.0, rotation_deg=20.0, shift_mm=(5.0, 0.0))
+    fixed, moving = _scaled(pair)
+    seen = []
+    real = alignment._starts
+
+    def recorded(level, params, moments, offsets, turns):
+        seen.append(real(level, params, moments, offsets, turns))
+        return seen[-1]
+
+    monkeypatch.setattr(alignment, "_starts", recorded)
+    transform = alignment.initial_alignment(fixed, moving, "rigid")
+    assert alignment.TURNS_DEG[2] == ()
+    assert 1 <= len(seen[0]) <= alignment.STARTS_KEPT
+    assert alignment.half_turn(transform) is None

@@ -170,7 +170,7 @@ def _add_registration_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--trust-orientation", dest="search_orientation", action="store_const", const=False,
         default=None,
-        help="do not try the moving image turned 180 degrees about each axis (by default a "
+        help="do not try a 3D moving image turned 180 degrees about each axis (by default a "
         "turn that fits better is kept, with a warning: scans stored head first against feet "
         "first)",
     )  # fmt: skip

@@ -78,8 +78,9 @@ class Settings:
             by default: the same body on another day does not change size. ``"auto"`` (for
             pairs of different subjects) keeps an affine where the refinement's similarity
             also prefers it (see :func:`_align`).
-        search_orientation: the initial alignment also tries the moving image turned 180
-            degrees about each axis (:data:`intermodal.alignment.TURNS_DEG`) and keeps a turn
+        search_orientation: the initial alignment of 3D images also tries the moving image
+            turned 180 degrees about each axis (:data:`intermodal.alignment.TURNS_DEG`; none
+            in 2D) and keeps a turn
             that fits better by MI, with a warning: a scan stored head first against one
             feet first (or prone against supine) is otherwise aligned by its outline with its
             anatomy the wrong way round. ``False`` trusts the stored orientations.
@@ -847,9 +848,7 @@ def _turn_record(record: dict[str, Any], transform: sitk.Transform) -> dict[str,
     turn = alignment.half_turn(transform)
     record["half_turn_deg"] = None if turn is None else list(turn)
     if turn is not None:
-        axes = " and ".join(
-            f"180 degrees about {axis}" for axis, angle in zip("xyz", turn) if angle
-        ) if len(turn) > 1 else "180 degrees in its plane"  # fmt: skip
+        axes = " and ".join(f"180 degrees about {axis}" for axis, a in zip("xyz", turn) if a)
         _warn(
             record,
             f"the moving image fits the fixed one best turned {axes}: the body lies the "
