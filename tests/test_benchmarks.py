@@ -490,22 +490,21 @@ def test_results_md_and_readme_are_what_the_stored_measurements_render(bench):
 
 
 def test_the_2d_default_sentence_gives_its_tuning_measurement(bench, tmp_path):
-    """The sentence is rendered from the tuning file: each figure, and the time ratios against
+    """The sentence is rendered from the tuning file: each figure, and the time ratio against
     no network; a missing file is named."""
     means = {
         "synth": {"model none": {"dice": 0.5, "seconds": 2.0},
                   "with the model": {"dice": 0.6, "seconds": 3.0},
-                  "with the model, refine 40": {"dice": 0.59, "seconds": 1.0}},
-        "slices_2d": {"model none": {"error_mm": 6.0, "seconds": 1.0},
+                  "with the model, every step": {"dice": 0.59, "seconds": 1.0}},
+        "slices_2d": {"model none": {"error_mm": 3.0, "seconds": 1.0},
                       "with the model": {"error_mm": 5.0, "seconds": 1.5},
-                      "with the model, refine 40": {"error_mm": 4.0, "seconds": 0.5}},
+                      "with the model, every step": {"error_mm": 4.0, "seconds": 0.5}},
     }  # fmt: skip
     record = {"command": "tune", "sets": {k: {"means": v} for k, v in means.items()}}
     path = tmp_path / "tuning_register_2d.json"
     path.write_text(json.dumps(record))
     sentence = bench.tables.default_choice_2d(path)
-    assert "(`tune`" in sentence
-    assert "Dice 0.500 with no network, 0.600 with it and every step (1.50x the time)" in sentence
-    assert "0.590 with half the steps (0.50x)" in sentence
-    assert "error 6.00, 5.00 (1.50x) and 4.00 mm (0.50x)" in sentence
+    assert "(`tune`)" in sentence
+    assert "Dice from 0.500 to 0.600 (1.50x the time)" in sentence
+    assert "mean error from 3.00 to 5.00 mm (4.00 with every step)" in sentence
     assert "is missing" in bench.tables.default_choice_2d(tmp_path / "absent.json")

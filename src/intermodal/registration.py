@@ -61,8 +61,8 @@ class Settings:
     """Everything that decides a registration; recorded in ``report.json``.
 
     Attributes:
-        model: ``"default"`` (the bundled ``general2d`` for 2D images, none for 3D: where
-            each was measured to help, :data:`intermodal.models.DEFAULT_MODELS`), ``None`` or
+        model: ``"default"`` (a bundled model where one was measured to help on the realistic
+            sets, :data:`intermodal.models.DEFAULT_MODELS`: none today), ``None`` or
             ``"none"`` (refinement alone), ``"auto"`` (the bundled model for the inputs'
             dimension), a bundled model's name or the path of a ``.safetensors`` model; see
             :mod:`intermodal.models`. A model's field is kept only if it improves the
@@ -73,7 +73,7 @@ class Settings:
             up) taken when the guard keeps the network's field: the network gives the start
             and the large-scale part of the motion, so the refinement has less to do (1:
             every step). The default, half, was measured on the 2D tuning cases with the
-            bundled ``general2d`` (benchmarks/RESULTS.md, "The default").
+            bundled ``general2d``, on synthetic pelvis slices.
         init: initial alignment, one of :data:`intermodal.alignment.INIT_CHOICES`. Rigid
             by default: the same body on another day does not change size. ``"auto"`` (for
             pairs of different subjects) keeps an affine where the refinement's similarity

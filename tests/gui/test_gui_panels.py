@@ -37,7 +37,7 @@ def test_registration_panel_options_round_trip_and_lock_while_busy(qtbot):
     qtbot.addWidget(panel)
     assert panel.options() == {
         "preset": "default",
-        "model": "default",  # the library's: general2d for 2D images, none for 3D
+        "model": "default",  # the library's (DEFAULT_MODELS): none today
         "refine": DEFAULT_REFINE,
         "init": "rigid",
         "device": "auto",

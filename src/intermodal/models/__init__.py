@@ -8,8 +8,9 @@ random affine and two-scale deformations; no pelvis, so that anatomy stays unsee
 - ``general3d``: 3D, 6 mm; what ``"auto"`` picks for 3D inputs;
 - ``general2d``: 2D slices, 5 mm; what ``"auto"`` picks for 2D inputs.
 
-``register`` loads ``general2d`` by default for 2D images and no model for 3D ones
-(:data:`DEFAULT_MODELS`), and keeps a model's field only where it improves the similarity.
+``register`` loads no model by default (:data:`DEFAULT_MODELS`): neither has been measured to
+help the whole registration on realistic data. With ``--model``, it keeps a model's field only
+where it improves the similarity.
 Each is ``NAME.safetensors`` with its card ``NAME.json`` beside it; the card records the
 generator and its seeds, the training configuration, the steps, the wall time, the machine,
 the validation scores (with those of no registration) and the one command that retrains it
@@ -36,21 +37,27 @@ __all__ = ["BUNDLED", "DEFAULT_MODELS", "bundled_path", "default_models_in_words
 BUNDLED = {"general3d": 3, "general2d": 2}
 """Bundled model names and the dimension each is for."""
 
-DEFAULT_MODELS: dict[int, str | None] = {2: "general2d", 3: None}
-"""The model ``"default"`` loads for each dimension: one that helps the whole registration.
+DEFAULT_MODELS: dict[int, str | None] = {2: None, 3: None}
+"""The model ``"default"`` loads for each dimension: one that helps the whole registration on
+the realistic sets, else none.
 
 Chosen on the *tuning* cases, never the held-out ones: ``python benchmarks/training.py
 register --dim 2 --model general2d --cases 8 --split tuning`` (2026-12-07,
 ``benchmarks/measured/training/tuning_register_2d.json``) gave, for register with ``general2d``
-against none, Dice 0.728 against 0.697 on 8 synthetic pelvis slices (an anatomy the model never
-saw) at 1.12 times the time, and a median error of 5.08 against 6.44 mm on 6 real slices with
-a known motion at 1.05 times. In 3D ``general3d`` lowers the whole registration's Dice a little
-(benchmarks/RESULTS.md, "Learned models"), so 3D runs without one.
+against none, Dice 0.727 against 0.697 on 8 synthetic pelvis slices (an anatomy the model never
+saw) but a mean error of 4.32 against 2.78 mm on 6 real slices with a known motion (3.69 with
+every refinement step): on the realistic set it hurts, so 2D runs without one. (An earlier
+choice of ``general2d`` was measured on real slices whose MR was the mirror image of the CT's,
+:func:`intermodal.data.realistic.turned_mr`.) In 3D ``general3d`` lowers the whole
+registration's Dice a little (benchmarks/RESULTS.md, "Learned models").
 """
 
 
 def default_models_in_words() -> str:
-    """:data:`DEFAULT_MODELS` for a help text: ``"general2d for 2D images, none for 3D"``."""
+    """:data:`DEFAULT_MODELS` for a help text: ``"none"`` when no dimension has a model, else
+    e.g. ``"general2d for 2D images, none for 3D"``."""
+    if not any(DEFAULT_MODELS.values()):
+        return "none"
     return ", ".join(
         f"{name or 'none'} for {ndim}D{' images' if ndim == 2 else ''}"
         for ndim, name in sorted(DEFAULT_MODELS.items())
