@@ -196,10 +196,10 @@ def test_parser_defaults_and_choices_are_the_librarys(command):
     low, high = preprocess.DEFAULT_HU_WINDOW
     assert f"else {low:g} {high:g})" in text
     assert f"else {registration.DEFAULT_INTEGRATION_STEPS})" in text
-    from intermodal.models import DEFAULT_MODELS
+    from intermodal.models import default_models_in_words
 
     assert defaults.model == "default"
-    assert f"'default' ({DEFAULT_MODELS[2]} for 2D images, none for 3D)" in text
+    assert f"'default' ({default_models_in_words()})" in text
 
 
 def test_demo_and_prepare_defaults_are_the_librarys():
