@@ -280,7 +280,24 @@ def default_choice() -> str:
         f"{old_error:.2f} mm, {old_seconds:.1f} s and C3 (no 2 mm level) {first_dice:.3f}, "
         f"{first_error:.2f} mm, {first_seconds:.1f} s "
         "(benchmarks/measured/default_candidates.json, which also holds the earlier candidates "
-        "and a second seed of C5 and C6)."
+        "and a second seed of C5 and C6)." + _known_motion_recheck(record)
+    )
+
+
+def _known_motion_recheck(record: Mapping[str, Any]) -> str:
+    """The three candidates again on the known-motion tuning cases after the initial alignment
+    learnt the half-turns (those cases' correspondence had been wrong), if measured."""
+    names = [f"{c}_known_motion_after_half_turn_search" for c in ("C6", "C5", "C3")]
+    if not all(name in record for name in names):
+        return ""
+    error, seconds = (
+        [float(np.mean([r[key] for r in record[name]])) for name in names]
+        for key in ("median_mm", "wall_s_1_thread")
+    )
+    return (
+        " Rerun on those known-motion cases once the initial alignment found the real pair's "
+        f"half-turn: C6 {error[0]:.2f} mm ({seconds[0]:.1f} s), C5 {error[1]:.2f} mm "
+        f"({seconds[1]:.1f} s), C3 {error[2]:.2f} mm ({seconds[2]:.1f} s): the same order."
     )
 
 

@@ -508,3 +508,17 @@ def test_the_2d_default_sentence_gives_its_tuning_measurement(bench, tmp_path):
     assert "Dice from 0.500 to 0.600 (1.50x the time)" in sentence
     assert "mean error from 3.00 to 5.00 mm (4.00 with every step)" in sentence
     assert "is missing" in bench.tables.default_choice_2d(tmp_path / "absent.json")
+
+
+def test_the_known_motion_recheck_is_rendered_only_when_measured(bench):
+    rows = {
+        f"{name}_known_motion_after_half_turn_search": [
+            {"median_mm": error, "wall_s_1_thread": seconds},
+            {"median_mm": error + 0.2, "wall_s_1_thread": seconds + 2.0},
+        ]
+        for name, error, seconds in (("C6", 1.0, 6.0), ("C5", 0.9, 12.0), ("C3", 1.5, 4.0))
+    }
+    sentence = bench.tables._known_motion_recheck(rows)
+    assert "C6 1.10 mm (7.0 s), C5 1.00 mm (13.0 s), C3 1.60 mm (5.0 s)" in sentence
+    rows.pop("C3_known_motion_after_half_turn_search")
+    assert bench.tables._known_motion_recheck(rows) == ""
