@@ -49,11 +49,13 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
+from intermodal import refinement
 from intermodal.classical import downsample
 from intermodal.errors import IntermodalError
-from intermodal.losses import mind_ssc, parzen_mutual_information
+from intermodal.io.tensors import image_to_tensor
+from intermodal.losses import parzen_mutual_information
 from intermodal.optim import Adam
-from intermodal.preprocess import nonzero_box
+from intermodal.preprocess import nonzero_box, resample
 from intermodal.presets import ALIGNMENT_METHODS, INIT_CHOICES
 
 PYRAMID_MM = (8.0, 4.0)
@@ -530,29 +532,33 @@ def _structure_distances(
     moving_mask: sitk.Image | None,
     transforms: list[sitk.AffineTransform],
 ) -> list[float]:
-    """The mean squared MIND-SSC difference of the fixed image and the moving image through
-    each transform, at :data:`STRUCTURE_MM`, over the fixed mask where the moving image (and
-    its mask) has data: lower is more alike."""
+    """The refinement's own similarity (MIND-SSC, :func:`intermodal.refinement.similarity_of`)
+    of the fixed image and the moving image through each transform, at :data:`STRUCTURE_MM`,
+    over the fixed mask where the moving image (and its mask) has data: lower is more alike."""
     grid = downsample(sitk.Cast(fixed, sitk.sitkFloat32), STRUCTURE_MM)
-    weight = np.ones(grid.GetSize()[::-1], dtype=np.float32)
-    if fixed_mask is not None:
-        weight *= sitk.GetArrayFromImage(sitk.Resample(
-            sitk.Cast(fixed_mask > 0, sitk.sitkFloat32), grid, sitk.Transform(),
-            sitk.sitkNearestNeighbor, 0.0,
-        ))  # fmt: skip
-    inside = sitk.Cast(moving_mask > 0, sitk.sitkFloat32) if moving_mask is not None else (
-        sitk.Cast(moving * 0 + 1, sitk.sitkFloat32)
-    )  # fmt: skip
-    with torch.no_grad():
-        fixed_mind = mind_ssc(torch.from_numpy(sitk.GetArrayFromImage(grid))[None, None])
-        distances = []
-        for transform in transforms:
-            moved = sitk.Resample(moving, grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-            covered = sitk.Resample(inside, grid, transform, sitk.sitkNearestNeighbor, 0.0)
-            mask = torch.from_numpy(weight * sitk.GetArrayFromImage(covered))
-            moving_mind = mind_ssc(torch.from_numpy(sitk.GetArrayFromImage(moved))[None, None])
-            squared = (fixed_mind - moving_mind).pow(2).mean(1)[0]
-            distances.append(float((squared * mask).sum() / mask.sum().clamp_min(1.0)))
+    ones = sitk.Image(grid.GetSize(), sitk.sitkFloat32) + 1.0
+    ones.CopyInformation(grid)
+    counted = ones if fixed_mask is None else sitk.Cast(fixed_mask > 0, sitk.sitkFloat32)
+    inside = sitk.Cast(moving_mask > 0 if moving_mask is not None else moving * 0 + 1,
+                       sitk.sitkFloat32)  # fmt: skip
+    options = refinement.Options()
+    still = torch.zeros((1, grid.GetDimension(), *grid.GetSize()[::-1]))
+
+    def on_grid(image: sitk.Image, transform: sitk.Transform | None, linear: bool) -> torch.Tensor:
+        interpolator = sitk.sitkLinear if linear else sitk.sitkNearestNeighbor
+        return image_to_tensor(resample(image, grid, transform, interpolator=interpolator))
+
+    fixed_weight = on_grid(counted, None, linear=False)
+    distances = []
+    for transform in transforms:
+        images = refinement.Images(
+            fixed=image_to_tensor(grid),
+            moving=on_grid(sitk.Cast(moving, sitk.sitkFloat32), transform, linear=True),
+            fixed_mask=fixed_weight,
+            moving_mask=on_grid(inside, transform, linear=False),
+        )
+        features = refinement.describe(images, options)
+        distances.append(refinement.similarity_of(features, still, options))
     return distances
 
 

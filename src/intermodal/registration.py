@@ -80,10 +80,10 @@ class Settings:
             also prefers it (see :func:`_align`).
         search_orientation: the initial alignment of 3D images also tries the moving image
             turned 180 degrees about each axis (:data:`intermodal.alignment.TURNS_DEG`; none
-            in 2D) and keeps a turn
-            that fits better by MI, with a warning: a scan stored head first against one
-            feet first (or prone against supine) is otherwise aligned by its outline with its
-            anatomy the wrong way round. ``False`` trusts the stored orientations.
+            in 2D) and keeps a turn that MI and MIND-SSC both prefer, with a warning: a scan
+            stored head first against one feet first (or prone against supine) is otherwise
+            aligned by its outline with its anatomy the wrong way round. ``False`` trusts the
+            stored orientations.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         spacing: working spacing in mm for the refinement and the outputs (``None``: 2 mm in
             3D, native in 2D); a model's network always runs at its own trained spacing.

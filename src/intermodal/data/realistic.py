@@ -524,6 +524,8 @@ def reference_pair(key: str, data_dir: str | Path | None = None) -> tuple[sitk.I
 def turned_mr(mr: sitk.Image) -> sitk.Image:
     """The pair's MR turned 180 degrees about y, about its grid's centre: the CT's orientation.
 
+    (Any 3D image turns so: its voxels in reversed x and z order on the same grid.)
+
     The MRI-DIR files store the phantom turned 180 degrees about y (anterior-posterior) in the
     MR against the CT, as a scan head first against one feet first would be: the bone runs
     the other way, and each axial MR slice is the mirror image of the CT's. ``register``
