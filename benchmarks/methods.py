@@ -62,6 +62,7 @@ class Method:
         dims: the image dimensions it handles.
         needs: Python modules or programs (``"bin:NAME"``) it needs.
         settings: one line: what runs, and the document that recommends it.
+        datasets: the datasets it is meant for (``None``: every one).
     """
 
     label: str
@@ -69,6 +70,7 @@ class Method:
     dims: tuple[int, ...]
     needs: tuple[str, ...]
     settings: str
+    datasets: tuple[str, ...] | None = None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -195,6 +197,37 @@ def ants_rigid(fixed: sitk.Image, moving: sitk.Image, context: Context) -> sitk.
 
 def ants_synra(fixed: sitk.Image, moving: sitk.Image, context: Context) -> sitk.Transform:
     return _antspyx(fixed, moving, context, "SyNRA")
+
+
+def voxel_reversal(image: sitk.Image) -> sitk.AffineTransform:
+    """The map from a point of ``turned_mr(image)`` to the point of ``image`` that holds the
+    same voxel (x and z indices reversed on the same grid): a 180-degree turn about y through
+    the grid's centre when the direction is the identity."""
+    ndim = image.GetDimension()
+    to_point = np.asarray(image.GetDirection()).reshape(ndim, ndim) @ np.diag(image.GetSpacing())
+    reversal = np.diag([-1.0, 1.0, -1.0])
+    offset = np.array([image.GetSize()[0] - 1, 0, image.GetSize()[2] - 1], dtype=float)
+    origin = np.asarray(image.GetOrigin())
+    matrix = to_point @ reversal @ np.linalg.inv(to_point)
+    affine = sitk.AffineTransform(ndim)
+    affine.SetMatrix(matrix.ravel().tolist())
+    affine.SetTranslation((origin + to_point @ offset - matrix @ origin).tolist())
+    return affine
+
+
+def ants_synra_turned(fixed: sitk.Image, moving: sitk.Image, context: Context) -> sitk.Transform:
+    """ANTs SyNRA given the MR turned as the CT lies (the MRI-DIR pair's MR is stored turned
+    180 degrees about y, which intermodal's initial alignment finds and ANTs' does not): the
+    orientation a user would fix by hand, handed to the peer, for a fair second row."""
+    from intermodal.data.realistic import turned_mr
+
+    registered = _antspyx(fixed, turned_mr(moving), context, "SyNRA")
+    # fixed -> turned MR (ANTs), then turned MR -> the stored MR: the transform added last
+    # is applied first
+    composite = sitk.CompositeTransform(fixed.GetDimension())
+    composite.AddTransform(voxel_reversal(moving))
+    composite.AddTransform(registered)
+    return composite
 
 
 def ants_syn_script_arguments(fixed: str, moving: str, prefix: str, ndim: int) -> list[str]:
@@ -543,6 +576,11 @@ METHODS: dict[str, Method] = {
         "ANTs SyNRA (Mattes MI)", ants_synra, (2, 3), ("ants",),
         'antspyx ants.registration(type_of_transform="SyNRA"), Mattes MI in every stage',
     ),
+    "ants_synra_turned": Method(
+        "ANTs SyNRA (Mattes MI), MR turned first", ants_synra_turned, (3,), ("ants",),
+        "as ANTs SyNRA, on the MR turned 180 degrees about y (the pair's true orientation, "
+        "given to it; intermodal finds it)", ("real_pair", "known_motion"),
+    ),
     "ants_syn_mi": Method(
         "ANTs antsRegistrationSyN.sh -t s, MI", ants_syn_mi, (2, 3), ("ants",),
         "antsRegistrationSyN.sh's stages (full-resolution iterations), MI in every stage",
@@ -579,11 +617,14 @@ METHODS: dict[str, Method] = {
 }  # fmt: skip
 
 
-def unavailable(name: str, ndim: int) -> str | None:
-    """Why method ``name`` cannot run on ``ndim``-D images here, or None when it can."""
+def unavailable(name: str, ndim: int, dataset: str | None = None) -> str | None:
+    """Why method ``name`` cannot run on ``ndim``-D images (of ``dataset``) here, or None when
+    it can."""
     if name not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, not {name!r}")
     method = METHODS[name]
+    if dataset is not None and method.datasets is not None and dataset not in method.datasets:
+        return f"{name} is meant for {' and '.join(method.datasets)} only"
     if ndim not in method.dims:
         return f"{name} registers {' and '.join(f'{d}D' for d in method.dims)} images only"
     for need in method.needs:

@@ -298,7 +298,7 @@ def run_dataset(
             case = datasets.make_case(dataset, index)
             active = []
             for name in method_names:
-                why = methods.unavailable(name, case.ndim)
+                why = methods.unavailable(name, case.ndim, dataset)
                 if why is None:
                     active.append(name)
                 else:

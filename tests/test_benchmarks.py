@@ -224,6 +224,28 @@ def test_unavailable_says_why(bench, monkeypatch):
     assert bench.methods.unavailable("simpleitk", 2) is None
     with pytest.raises(ValueError, match="method must be one of"):
         bench.methods.unavailable("antz", 3)
+    # the turned-MR row belongs to the sets made from the MRI-DIR pair
+    assert "meant for real_pair and known_motion" in bench.methods.unavailable(
+        "ants_synra_turned", 3, "rendered"
+    )
+
+
+@pytest.mark.parametrize("direction", [None, ROTATED])
+def test_voxel_reversal_maps_a_turned_image_onto_the_stored_one(bench, direction):
+    from intermodal.data.realistic import turned_mr
+
+    grid = _grid(direction=direction)
+    rng = np.random.default_rng(3)
+    image = sitk.GetImageFromArray(rng.random(sitk.GetArrayViewFromImage(grid).shape))
+    image.CopyInformation(grid)
+    turned = turned_mr(image)
+    reversal = bench.methods.voxel_reversal(image)
+    # every voxel centre of the turned image, mapped, lands on the voxel that holds its value
+    for index in [(0, 0, 0), (11, 9, 7), (3, 4, 5), (7, 0, 2)]:
+        point = turned.TransformIndexToPhysicalPoint(index)
+        source = image.TransformPhysicalPointToContinuousIndex(reversal.TransformPoint(point))
+        np.testing.assert_allclose(source, (11 - index[0], index[1], 7 - index[2]), atol=1e-9)
+        assert turned.GetPixel(index) == image.GetPixel([round(v) for v in source])
 
 
 def test_ants_syn_arguments_are_the_scripts_with_mi(bench):
