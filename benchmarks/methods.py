@@ -579,7 +579,7 @@ METHODS: dict[str, Method] = {
     "ants_synra_turned": Method(
         "ANTs SyNRA (Mattes MI), MR turned first", ants_synra_turned, (3,), ("ants",),
         "as ANTs SyNRA, on the MR turned 180 degrees about y (the pair's true orientation, "
-        "given to it; intermodal finds it)", ("real_pair", "known_motion"),
+        "given to it; intermodal finds it)", ("real_pair", "real_motion"),
     ),
     "ants_syn_mi": Method(
         "ANTs antsRegistrationSyN.sh -t s, MI", ants_syn_mi, (2, 3), ("ants",),

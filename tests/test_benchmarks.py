@@ -225,7 +225,7 @@ def test_unavailable_says_why(bench, monkeypatch):
     with pytest.raises(ValueError, match="method must be one of"):
         bench.methods.unavailable("antz", 3)
     # the turned-MR row belongs to the sets made from the MRI-DIR pair
-    assert "meant for real_pair and known_motion" in bench.methods.unavailable(
+    assert "meant for real_pair and real_motion" in bench.methods.unavailable(
         "ants_synra_turned", 3, "rendered"
     )
 
