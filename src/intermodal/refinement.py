@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from intermodal.losses import (
     diffusion,
@@ -260,7 +261,7 @@ def similarity_loss(
         positions = points + displacement * ratio
         warped = features.moving_at(positions)[0]
         weight = (fixed_mask[index] * warped[-1] * _inside(positions, shape)).detach()
-        return score(fixed_rows_t.index_select(0, index).t(), warped, weight)
+        return score(F.embedding(index, fixed_rows_t).t(), warped, weight)
 
     return sampled
 

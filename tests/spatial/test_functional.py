@@ -723,23 +723,25 @@ def test_point_sampler_rejects_bad_shapes() -> None:
 # --------------------------------------------------------------------------- 3D sampling by slices
 
 
-def test_trilinear_by_slices_matches_grid_sample_in_value_and_both_gradients() -> None:
+# one image is sampled as a batch of two (its lower and upper slices), several as they are
+@pytest.mark.parametrize("batch", [1, 2])
+def test_trilinear_by_slices_matches_grid_sample_in_value_and_both_gradients(batch) -> None:
     from intermodal.spatial.functional import _sampling_grid, _trilinear_by_slices
 
     generator = torch.Generator().manual_seed(7)
     shape = (5, 6, 7)
-    image = torch.randn(2, 3, *shape, generator=generator, dtype=torch.float64)
+    image = torch.randn(batch, 3, *shape, generator=generator, dtype=torch.float64)
     # points inside, between voxels, and beyond every face (border padding)
     points = torch.rand(3, 4, 9, generator=generator, dtype=torch.float64)
     points = points * (torch.tensor(shape, dtype=torch.float64) + 4).view(3, 1, 1) - 2
     image.requires_grad_(True)
     points.requires_grad_(True)
     sampled = _trilinear_by_slices(image, points[0:1], points[1:2], points[2:3])
-    grid = _sampling_grid(points.view(1, 3, 1, 4, 9), shape).expand(2, -1, -1, -1, -1)
+    grid = _sampling_grid(points.view(1, 3, 1, 4, 9), shape).expand(batch, -1, -1, -1, -1)
     expected = torch.nn.functional.grid_sample(
         image, grid, padding_mode="border", align_corners=True
     )[:, :, 0]
-    assert sampled.shape == (2, 3, 4, 9)
+    assert sampled.shape == (batch, 3, 4, 9)
     torch.testing.assert_close(sampled, expected, rtol=0, atol=1e-12)
     weights = torch.randn(sampled.shape, generator=generator, dtype=torch.float64)
     got = torch.autograd.grad((sampled * weights).sum(), (image, points))
@@ -748,11 +750,12 @@ def test_trilinear_by_slices_matches_grid_sample_in_value_and_both_gradients() -
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
-def test_integrate_velocity_by_slices_is_the_warp_squarings() -> None:
+@pytest.mark.parametrize("batch", [1, 2])
+def test_integrate_velocity_by_slices_is_the_warp_squarings(batch) -> None:
     from intermodal.spatial.functional import _by_slices
 
     generator = torch.Generator().manual_seed(2)
-    velocity = torch.randn(2, 3, 6, 7, 8, generator=generator, dtype=torch.float64)
+    velocity = torch.randn(batch, 3, 6, 7, 8, generator=generator, dtype=torch.float64)
     velocity = (3 * torch.nn.functional.avg_pool3d(velocity, 3, 1, 1)).requires_grad_(True)
     assert _by_slices(velocity)
     result = integrate_velocity(velocity, 4)
