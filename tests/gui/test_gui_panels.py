@@ -40,14 +40,21 @@ def test_registration_panel_options_round_trip_and_lock_while_busy(qtbot):
         "model": "default",  # the library's (DEFAULT_MODELS): none today
         "refine": DEFAULT_REFINE,
         "init": "rigid",
+        "search_orientation": True,
         "device": "auto",
     }
-    chosen = {"model": "weights.safetensors", "refine": 12, "init": "affine", "device": "cpu"}
+    chosen = {
+        "model": "weights.safetensors",
+        "refine": 12,
+        "init": "affine",
+        "search_orientation": False,
+        "device": "cpu",
+    }
     panel.set_options(chosen)
     assert panel.options() == {"preset": "default", **chosen}
     panel.set_state(ready=True, busy=True)
     assert not panel.register_button.isEnabled() and panel.cancel_button.isEnabled()
-    assert not panel.refine_spin.isEnabled()
+    assert not panel.refine_spin.isEnabled() and not panel.turns_box.isEnabled()
     panel.set_state(ready=True, busy=False)
     assert panel.register_button.isEnabled() and not panel.cancel_button.isEnabled()
     panel.show_progress("refine", 3, 12)
@@ -104,8 +111,18 @@ def test_metrics_panel_and_headline_show_a_report(qtbot):
     panel.show_report(report)
     rows = panel.rows()
     assert rows and all(isinstance(value, str) for value in rows.values())
+    assert "warning" not in rows and "moving image turned" not in rows
     panel.show_report(None)
     assert panel.rows() == {}
+    # a turn the alignment kept is shown, with its warning, not only written to the file
+    turned = {
+        **report,
+        "warnings": ["turned: check"],
+        "stages": {"align": {"half_turn_deg": [0, 180, 0]}},
+    }
+    panel.show_report(turned)
+    rows = panel.rows()
+    assert rows["warning"] == "turned: check" and rows["moving image turned"] == "180° about y"
     assert headline(report) == [
         ("NMI", "1.100 → 1.200"),
         ("folding (det ≤ 0)", "0.000 %"),

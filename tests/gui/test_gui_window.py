@@ -70,6 +70,7 @@ def test_defaults_match_the_library():
     settings = registration.Settings()
     assert panel.DEFAULT_REFINE == settings.refine
     assert panel.DEFAULT_INIT == settings.init
+    assert panel.DEFAULT_SEARCH_ORIENTATION == settings.search_orientation
     default_model = panel.model_choices()[1]
     assert (None if default_model == "none" else default_model) == settings.model
     assert panel.DEVICE_CHOICES == registration.DEVICE_CHOICES
@@ -324,6 +325,16 @@ def test_every_view_mode_on_every_plane(window, small_pair, small_pair_files, di
     assert dialogs == []
 
 
+def test_a_result_with_a_warning_says_so_on_the_window(window, pair_2d_files, registered_2d):
+    _open_pair(window, pair_2d_files)
+    layers = result_layers(registered_2d)
+    layers.report = {**layers.report, "warnings": ["the moving image fits turned: check"]}
+    window._on_succeeded(layers)
+    assert window.registration_panel.stage_label.text().endswith("1 warning(s): see Metrics")
+    assert window.statusBar().currentMessage() == "the moving image fits turned: check"
+    assert window.metrics()["warning"] == "the moving image fits turned: check"
+
+
 def test_view_settings_change_the_picture(window, pair_2d_files, registered_2d):
     _open_pair(window, pair_2d_files)
     window.show_result(result_layers(registered_2d))
@@ -428,6 +439,7 @@ def test_export_writes_what_register_writes_and_open_result_reads_it(
         **FAST,
         "preset": "default",
         "init": "rigid",
+        "search_orientation": True,
         "device": "auto",
     }
     np.testing.assert_allclose(

@@ -7,6 +7,7 @@ from typing import Any
 
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFormLayout,
     QGroupBox,
@@ -28,7 +29,9 @@ DEFAULT_REFINE = 80
 """The default of :attr:`intermodal.registration.Settings.refine`."""
 DEFAULT_INIT = "rigid"
 """The default of :attr:`intermodal.registration.Settings.init`."""
-OPTION_NAMES = ("preset", "model", "refine", "init", "device")
+DEFAULT_SEARCH_ORIENTATION = True
+"""The default of :attr:`intermodal.registration.Settings.search_orientation`."""
+OPTION_NAMES = ("preset", "model", "refine", "init", "search_orientation", "device")
 """The keys of :meth:`RegistrationPanel.options`."""
 
 
@@ -107,6 +110,14 @@ class RegistrationPanel(QGroupBox):
         self.init_box.addItems(list(INIT_CHOICES))
         self.init_box.setCurrentText(DEFAULT_INIT)
         form.addRow("Initial alignment", self.init_box)
+        self.turns_box = QCheckBox("also try the moving image turned 180°")
+        self.turns_box.setChecked(DEFAULT_SEARCH_ORIENTATION)
+        self.turns_box.setToolTip(
+            "3D: also try the moving image turned 180 degrees about each axis, as a scan "
+            "placed feet first against head first lies; a turn that fits better is kept, "
+            "with a warning. Off: trust the stored orientations (--trust-orientation)"
+        )
+        form.addRow("Orientation", self.turns_box)
         self.device_box = QComboBox()
         self.device_box.addItems(list(DEVICE_CHOICES))
         form.addRow("Device", self.device_box)
@@ -136,6 +147,7 @@ class RegistrationPanel(QGroupBox):
             "model": None if model.lower() in ("", "none") else model,
             "refine": int(self.refine_spin.value()),
             "init": self.init_box.currentText(),
+            "search_orientation": self.turns_box.isChecked(),
             "device": self.device_box.currentText(),
         }
 
@@ -163,6 +175,8 @@ class RegistrationPanel(QGroupBox):
             self.refine_spin.setValue(int(options["refine"]))
         if "init" in options:
             self.init_box.setCurrentText(options["init"])
+        if "search_orientation" in options:
+            self.turns_box.setChecked(bool(options["search_orientation"]))
         if "device" in options:
             self.device_box.setCurrentText(options["device"])
 
@@ -194,6 +208,7 @@ class RegistrationPanel(QGroupBox):
             self.model_edit,
             self.refine_spin,
             self.init_box,
+            self.turns_box,
             self.device_box,
         ):
             widget.setEnabled(not busy)

@@ -428,11 +428,16 @@ def _value(value: float) -> str:
 def metrics_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     """The figures of a ``report.json`` for the metrics panel, as ``(name, value)`` rows.
 
-    Times (s) per stage and in total, NMI before, after the initial alignment and after, and
-    the Jacobian statistics (non-positive fraction in %, SDlogJ, min, max, mean). Absent
-    entries are left out.
+    The warnings first (e.g. a moving image found turned), then the times (s) per stage and
+    in total, NMI before, after the initial alignment and after, and the Jacobian statistics
+    (non-positive fraction in %, SDlogJ, min, max, mean). Absent entries are left out.
     """
-    rows: list[tuple[str, str]] = []
+    rows: list[tuple[str, str]] = [("warning", text) for text in report.get("warnings") or []]
+    turn = ((report.get("stages") or {}).get("align") or {}).get("half_turn_deg")
+    if turn:
+        turned = [axis for axis, angle in zip("xyz", turn, strict=False) if angle]
+        axes = " and ".join(f"180° about {axis}" for axis in turned)
+        rows.append(("moving image turned", axes))
     nmi = report.get("nmi") or {}
     for key, name in (
         ("before", "NMI before"),

@@ -45,7 +45,7 @@ from intermodal.gui.display import VIEW_MODES, RenderOptions, SliceLayers
 from intermodal.gui.display_panel import MOVING_STATE_TITLES, DisplayPanel
 from intermodal.gui.images_panel import ROLES, ImagesPanel
 from intermodal.gui.metrics_panel import MetricsPanel, headline
-from intermodal.gui.registration_panel import RegistrationPanel
+from intermodal.gui.registration_panel import OPTION_NAMES, RegistrationPanel
 from intermodal.gui.scene import (
     Layer,
     ResultLayers,
@@ -622,7 +622,13 @@ class MainWindow(QMainWindow):
     def _on_succeeded(self, layers: ResultLayers) -> None:
         self.show_result(layers)
         seconds = layers.report.get("timings_s", {}).get("total", float("nan"))
-        self.registration_panel.stage_label.setText(f"registered in {seconds:.1f} s")
+        warnings = layers.report.get("warnings") or []
+        text = f"registered in {seconds:.1f} s"
+        if warnings:
+            # e.g. the moving image was found turned: the user should see it, not only the file
+            text += f", {len(warnings)} warning(s): see Metrics"
+            self.statusBar().showMessage(warnings[0], 30000)
+        self.registration_panel.stage_label.setText(text)
         self._outcome = "succeeded"
 
     def _on_failed(self, message: str) -> None:
@@ -719,7 +725,7 @@ class MainWindow(QMainWindow):
         self.show_result(layers)
         recorded = layers.report.get("settings") or {}
         self.set_registration_options(
-            {k: recorded[k] for k in ("model", "refine", "init", "device") if k in recorded}
+            {k: recorded[k] for k in OPTION_NAMES if k != "preset" and k in recorded}
         )
         self.statusBar().showMessage(f"opened result {folder}", 10000)
         return True
