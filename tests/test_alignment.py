@@ -64,9 +64,9 @@ def test_the_starts_are_distinct_and_begin_with_the_centre_of_mass(rotated_pair,
     real = alignment._starts
 
     def recorded(level, params, moments, offsets, turns):
-        starts = real(level, params, moments, offsets, turns)
-        seen.append((starts, moments))
-        return starts
+        starts, stored = real(level, params, moments, offsets, turns)
+        seen.append((starts, moments, stored))
+        return starts, stored
 
     monkeypatch.setattr(alignment, "_starts", recorded)
     # the unmoved pair: the centre-of-mass start scores best, and was kept twice before
@@ -76,10 +76,14 @@ def test_the_starts_are_distinct_and_begin_with_the_centre_of_mass(rotated_pair,
     # the unmoved pair's centre-of-mass start is among MI's best; the rotated one's is not;
     # each half-turn adds its best start
     turns = len(alignment.TURNS_DEG[3])
-    assert [len(starts) for starts, _ in seen] == [
+    assert [len(starts) for starts, _, _ in seen] == [
         alignment.STARTS_KEPT - 1 + turns, alignment.STARTS_KEPT + turns, alignment.STARTS_KEPT
     ]  # fmt: skip
-    for starts, moments in seen:
+    # the stored orientation's starts come first, the half-turns' after them
+    assert [stored for _, _, stored in seen] == [
+        alignment.STARTS_KEPT - 1, alignment.STARTS_KEPT, alignment.STARTS_KEPT
+    ]  # fmt: skip
+    for starts, moments, _ in seen:
         assert torch.equal(starts[0], moments[0])
         assert len(torch.unique(starts, dim=0)) == len(starts)
 

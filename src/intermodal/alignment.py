@@ -282,7 +282,7 @@ def _starts(
     moments: torch.Tensor,
     offsets: np.ndarray,
     turns: bool = True,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, int]:
     """The multi-start: rotations on a grid, then translations around the best rotations.
 
     In the stored orientation every rotation of :data:`START_ANGLES_DEG` is scored by MI at
@@ -292,16 +292,21 @@ def _starts(
     is also among the best, one start fewer is returned). With ``turns`` the best start of
     the rotations around each half-turn of :data:`TURNS_DEG` follows, at the centre-of-mass
     translation.
+
+    Returns:
+        ``(starts, stored)``: the packed starts, the first ``stored`` of them in the stored
+        orientation and the rest one per half-turn.
     """
     stored = _best_starts(level, params, moments, offsets, None, STARTS_KEPT - 1)
     # the centre-of-mass start (no rotation, no offset) is among them already: once is enough
     starts = [moments] + [row[None] for row in stored if not torch.equal(row, moments[0])]
+    count = len(starts)
     if turns:
         starts += [
             _best_starts(level, params, moments, offsets, turn, 1)
             for turn in TURNS_DEG[params.ndim]
         ]
-    return torch.cat(starts)
+    return torch.cat(starts), count
 
 
 def _best_starts(
@@ -486,12 +491,11 @@ def _optimised(
     if progress:
         progress("rigid")
     with torch.no_grad():
-        starts = _starts(levels[0], params, moments, _translation_offsets(
+        starts, stored = _starts(levels[0], params, moments, _translation_offsets(
             _data_extent(fixed, fixed_mask), _data_extent(moving, moving_mask)
         ), turns)  # fmt: skip
     batch, mi = _optimise(levels[0], params, starts, STEPS_PER_LEVEL[0], LEARNING_RATES[0])
     # the best start goes on to the finer levels, with the best turned one if MI prefers it
-    stored = len(starts) - (len(TURNS_DEG[ndim]) if turns else 0)
     best_start = [int(torch.argmax(mi[:stored]))]
     if stored < len(starts):
         turned = stored + int(torch.argmax(mi[stored:]))
