@@ -112,6 +112,29 @@ def _asymmetric_pair(shape=(40, 48, 48), spacing=4.0):
     return images
 
 
+def test_structure_distances_count_only_the_masks():
+    ct, mr, _ = _asymmetric_pair()
+    grid = alignment.downsample(ct, alignment.STRUCTURE_MM)
+    candidates = [sitk.AffineTransform(3)]
+
+    def distance(fixed_mask=None, moving_mask=None):
+        return alignment._structure_distances(grid, mr, fixed_mask, moving_mask, candidates)[0]
+
+    def mask(image, keep):
+        array = np.zeros(sitk.GetArrayViewFromImage(image).shape, np.uint8)
+        array[keep] = 3  # any non-zero value counts
+        out = sitk.GetImageFromArray(array)
+        out.CopyInformation(image)
+        return out
+
+    everything = (slice(None),) * 3
+    # masks that hold every voxel change nothing; half a mask changes what is counted
+    assert distance(mask(ct, everything), mask(mr, everything)) == distance()
+    half = (slice(None), slice(None), slice(0, 24))
+    assert distance(fixed_mask=mask(ct, half)) != distance()
+    assert distance(moving_mask=mask(mr, half)) != distance()
+
+
 def test_a_scan_stored_turned_half_way_round_is_found():
     """The MR stored turned 180 degrees about y: the multi-start around the half-turns finds
     it (the labels overlap again); trusting the stored orientation cannot."""

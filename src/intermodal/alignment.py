@@ -104,6 +104,7 @@ class _Level:
     to_index: torch.Tensor  # (ndim, ndim) physical offset -> moving continuous index (x, y, z)
     origin: torch.Tensor  # (ndim,)
     size: torch.Tensor  # (ndim,) moving size, x y z order
+    fixed_image: sitk.Image  # the fixed image at the level's spacing
 
 
 def _as_level(
@@ -151,6 +152,7 @@ def _as_level(
         to_index=torch.from_numpy(to_index),
         origin=torch.tensor(moving_small.GetOrigin(), dtype=torch.float64),
         size=torch.tensor(moving_small.GetSize(), dtype=torch.float64),
+        fixed_image=fixed_small,
     )
 
 
@@ -507,7 +509,9 @@ def _optimised(
     best = batch[0]
     if len(batch) > 1 and mi[1] > mi[0]:
         candidates = [params.transform(row) for row in batch]
-        distances = _structure_distances(fixed, moving, fixed_mask, moving_mask, candidates)
+        # STRUCTURE_MM is the last level's spacing: its fixed image is the grid
+        grid = levels[PYRAMID_MM.index(STRUCTURE_MM)].fixed_image
+        distances = _structure_distances(grid, moving, fixed_mask, moving_mask, candidates)
         if distances[1] < distances[0]:
             best = batch[1]
     rigid = params.transform(best)
@@ -530,7 +534,7 @@ def _optimised(
 
 
 def _structure_distances(
-    fixed: sitk.Image,
+    grid: sitk.Image,
     moving: sitk.Image,
     fixed_mask: sitk.Image | None,
     moving_mask: sitk.Image | None,
@@ -538,13 +542,12 @@ def _structure_distances(
 ) -> list[float]:
     """The refinement's own similarity (MIND-SSC, :func:`intermodal.refinement.similarity_of`)
     of the fixed image and the moving image through each transform, at :data:`STRUCTURE_MM`,
-    over the fixed mask where the moving image (and its mask) has data: lower is more alike."""
-    grid = downsample(sitk.Cast(fixed, sitk.sitkFloat32), STRUCTURE_MM)
-    ones = sitk.Image(grid.GetSize(), sitk.sitkFloat32) + 1.0
-    ones.CopyInformation(grid)
-    counted = ones if fixed_mask is None else sitk.Cast(fixed_mask > 0, sitk.sitkFloat32)
-    inside = sitk.Cast(moving_mask > 0 if moving_mask is not None else moving * 0 + 1,
-                       sitk.sitkFloat32)  # fmt: skip
+    over the fixed mask where the moving image (and its mask) has data: lower is more alike.
+
+    ``grid`` is the fixed image downsampled to :data:`STRUCTURE_MM` (a pyramid level's). The
+    masks are thresholded after their nearest-neighbour resampling onto it, which gives the
+    same values as before it, without a pass over a full-resolution image.
+    """
     options = refinement.Options()
     still = torch.zeros((1, grid.GetDimension(), *grid.GetSize()[::-1]))
 
@@ -552,14 +555,24 @@ def _structure_distances(
         interpolator = sitk.sitkLinear if linear else sitk.sitkNearestNeighbor
         return image_to_tensor(resample(image, grid, transform, interpolator=interpolator))
 
-    fixed_weight = on_grid(counted, None, linear=False)
+    def inside(mask: sitk.Image, transform: sitk.Transform | None) -> torch.Tensor:
+        return (on_grid(mask, transform, linear=False) > 0).float()
+
+    if fixed_mask is None:
+        fixed_weight = torch.ones((1, 1, *grid.GetSize()[::-1]))
+    else:
+        fixed_weight = inside(fixed_mask, None)
+    if moving_mask is None:  # the moving image's extent
+        moving_mask = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
+        moving_mask.CopyInformation(moving)
+    moving_values = sitk.Cast(moving, sitk.sitkFloat32)
     distances = []
     for transform in transforms:
         images = refinement.Images(
             fixed=image_to_tensor(grid),
-            moving=on_grid(sitk.Cast(moving, sitk.sitkFloat32), transform, linear=True),
+            moving=on_grid(moving_values, transform, linear=True),
             fixed_mask=fixed_weight,
-            moving_mask=on_grid(inside, transform, linear=False),
+            moving_mask=inside(moving_mask, transform),
         )
         features = refinement.describe(images, options)
         distances.append(refinement.similarity_of(features, still, options))
