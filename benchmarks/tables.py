@@ -404,8 +404,9 @@ def compare_lines(records: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 def training_lines(folder: Path = MEASURED / "training") -> list[str]:
-    """The learned models' section: the network alone against the initial alignment, and the
-    whole ``register`` with the model against ``--model none`` (``benchmarks/training.py``)."""
+    """The learned models' section: the network alone against the initial alignment, the
+    whole ``register`` with the model against ``--model none``, the intra-against-MI runs, and
+    the training throughput against VoxelMorph (``benchmarks/training.py``)."""
 
     def score(means: Mapping[str, Any]) -> tuple[str, float]:
         key = "dice" if "dice" in means else "error_mm"
@@ -467,6 +468,16 @@ def training_lines(folder: Path = MEASURED / "training") -> list[str]:
             f"| {record['dim']} | `{'/'.join(Path(intra).parts[-2:])}`, "
             f"`{'/'.join(Path(mi).parts[-2:])}` | "
             f"{len(record['validation'])} | " + " | ".join(cells) + " |"
+        )
+    for path in sorted(folder.glob("throughput_*.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        rates = record["steps_per_s"]
+        sources.append(
+            f"- `{record['command']}` ({record['date']}): `{path.name}`: training steps a second "
+            f"at {'x'.join(map(str, record['shape']))}, batch {record['batch']}: "
+            f"{rates['intermodal']:.3g} against VoxelMorph VxmPairwise's "
+            f"{rates['voxelmorph']:.3g} ({record['ratio_median']:.2f}x, the median of "
+            f"{len(record['steps_per_s_blocks']['intermodal'])} alternating blocks)"
         )
     return ["The network alone, after `register`'s initial alignment (no guard):", "", *alone,
             "", "The whole `register` with the model against `--model none` (time ratio: with "

@@ -491,7 +491,21 @@ def test_training_section_renders_the_network_and_register_records(bench, tmp_pa
                 {"step": 2, "b/g3/run": {"dice": 0.5, "held_out_dice": 0.3},
                  "b/x/g3_mi": {"dice": 0.45, "held_out_dice": 0.25}}]}  # fmt: skip
     (tmp_path / "runs_3d_intra_vs_mi.json").write_text(json.dumps(runs))
+    throughput = {
+        "command": "tp",
+        "date": "d4",
+        "shape": [64, 64],
+        "batch": 4,
+        "steps_per_s": {"intermodal": 2.0, "voxelmorph": 2.5},
+        "ratio_median": 0.75,
+        "steps_per_s_blocks": {"intermodal": [2.0, 1.5, 2.5], "voxelmorph": []},
+    }
+    (tmp_path / "throughput_2d.json").write_text(json.dumps(throughput))
     lines = bench.tables.training_lines(tmp_path)
+    assert (
+        "- `tp` (d4): `throughput_2d.json`: training steps a second at 64x64, batch 4: 2 against "
+        "VoxelMorph VxmPairwise's 2.5 (0.75x, the median of 3 alternating blocks)"
+    ) in lines
     assert "| 3 | `g3/run`, `x/g3_mi` | 2 | 1 | 0.500 / 0.450 | 2 | 0.300 / 0.250 |" in lines
     assert "| g3 | synth | 2 | Dice 0.500 | 0.625 | 1/2 |" in lines
     assert "| g3 | real_motion | 3 | error mm 5.000 | 4.750 | 0.50 | 4.500 | 1.25 |" in lines
