@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from intermodal.checkpoint import load_model
 from intermodal.cli import main
 
@@ -40,3 +42,29 @@ def test_print_config_prints_the_overrides_and_trains_nothing(capsys, tmp_path):
     assert code == 0
     assert "lr = 0.0003" in stdout and "instance_norm = true" in stdout
     assert not out.exists()
+
+
+@pytest.mark.parametrize("kind", ["folder", "file"])
+def test_bad_output_is_refused_in_one_line_before_writing(
+    capsys, prepared_manifest, tmp_path, kind
+):
+    out = tmp_path / "mine"
+    if kind == "folder":
+        out.mkdir()
+        (out / "history.json").write_text("my notes\n")
+        expected = "not empty and holds no training run"
+    else:
+        out.write_text("my notes\n")
+        expected = "exists and is not a folder"
+    code = main(["train", "--set", f"data.manifest={json.dumps(str(prepared_manifest))}",
+                 "--set", "data.dim=2", "--set", f"out={json.dumps(str(out))}",
+                 "--set", "train.steps=1", "--set", "device='cpu'", "--quiet"])  # fmt: skip
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert "error: " in stderr and str(out) in stderr and expected in stderr
+    if kind == "folder":
+        assert [p.name for p in out.iterdir()] == ["history.json"]
+        assert (out / "history.json").read_text() == "my notes\n"
+    else:
+        assert out.read_text() == "my notes\n"

@@ -8,6 +8,7 @@ import math
 import shutil
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
@@ -153,6 +154,63 @@ def test_bad_output_folder_and_resume(tiny_config):
     other_network = tiny_config("train.steps=4", "model.features=[8, 8, 8]")
     with pytest.raises(IntermodalError, match="network"):
         train(other_network, resume=True)
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"history.json": "my notes\n", "config.json": '{"mine": true}\n'},  # the trainer's names
+        {"report.json": "{}\n", "warped.nii.gz": "image"},  # a `register` output folder
+        {"notes/todo.txt": "keep\n"},
+    ],
+    ids=["own-history-and-config", "register-output", "subfolder"],
+)
+def test_bad_output_folder_with_other_files_is_refused_before_writing(tiny_config, files):
+    config = tiny_config("train.steps=1")
+    out = Path(config.out)
+    for name, text in files.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(OutputExistsError, match="not empty and holds no training run") as err:
+        train(config)
+    assert str(out) in str(err.value) and "\n" not in str(err.value)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert all((out / name).read_text() == text for name, text in files.items())
+    with pytest.raises(IntermodalError, match="nothing to resume"):
+        train(config, resume=True)
+    train(config, overwrite=True)
+    assert (out / "model.safetensors").is_file()
+
+
+def test_output_folder_with_hidden_files_only_is_used(tiny_config):
+    config = tiny_config("train.steps=1")
+    out = Path(config.out)
+    out.mkdir()
+    (out / ".DS_Store").write_text("finder")
+    train(config)
+    assert (out / "model.safetensors").is_file() and (out / ".DS_Store").read_text() == "finder"
+
+
+@pytest.mark.parametrize("resume", [False, True])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_bad_output_that_is_a_file(tiny_config, tmp_path, resume, overwrite):
+    path = tmp_path / "run"  # the config's out
+    path.write_text("not a folder\n")
+    config = tiny_config("train.steps=1")
+    with pytest.raises(IntermodalError, match="exists and is not a folder") as err:
+        train(config, resume=resume, overwrite=overwrite)
+    assert str(path) in str(err.value)
+    assert path.read_text() == "not a folder\n"
+
+
+def test_bad_output_under_a_file(tiny_config, tmp_path):
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "run"
+    config = tiny_config("train.steps=1", f"out={json.dumps(str(out))}")
+    with pytest.raises(IntermodalError, match="is not a folder") as err:
+        train(config)
+    assert str(out) in str(err.value) and str(tmp_path / "file") in str(err.value)
 
 
 def test_bad_prepared_grid_names_the_subject(prepared_manifest, tiny_config, tmp_path):

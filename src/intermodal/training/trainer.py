@@ -472,14 +472,36 @@ class _Logger:
 
 
 def _check_output(out: Path, resume: bool, overwrite: bool) -> None:
-    existing = [name for name in (STATE_FILE, MODEL_FILE) if (out / name).exists()]
+    """Refuse ``out`` before anything is written unless it is new, empty, or a run to resume.
+
+    A training run is recognised by the files only the trainer writes, its trainer state and
+    its last weights. Any other visible entry (a hidden one is never written over) may be the
+    user's own file of the same name as one the trainer writes (``history.json``,
+    ``config.json``), so a folder that holds one needs ``overwrite``.
+    """
+    if out.exists() and not out.is_dir():
+        raise IntermodalError(
+            f"{out}: exists and is not a folder; out must name a folder for the training run"
+        )
+    nearest = next((p for p in out.parents if p.exists()), None)
+    if nearest is not None and not nearest.is_dir():
+        raise IntermodalError(f"{out}: cannot create the folder, {nearest} is not a folder")
     if resume:
         if not (out / STATE_FILE).is_file():
             raise IntermodalError(f"{out}: nothing to resume from ({STATE_FILE} not found)")
-    elif existing and not overwrite:
+        return
+    if overwrite or not out.is_dir():
+        return
+    existing = [name for name in (STATE_FILE, MODEL_FILE) if (out / name).exists()]
+    if existing:
         raise OutputExistsError(
             f"{out}: already holds a training run ({existing[0]}); resume it, choose another "
             f"output folder, or overwrite it"
+        )
+    if any(not entry.name.startswith(".") for entry in out.iterdir()):
+        raise OutputExistsError(
+            f"{out}: folder is not empty and holds no training run ({STATE_FILE}); choose "
+            f"another output folder, or pass --overwrite to write into it"
         )
 
 
@@ -529,7 +551,8 @@ def train(
         resume: continue the run in ``config.out`` from its last checkpoint, up to
             ``config.train.steps``. With the same configuration the result equals that of an
             uninterrupted run (on the CPU bit for bit).
-        overwrite: start afresh even if ``config.out`` already holds a run.
+        overwrite: start afresh even if ``config.out`` already holds a run or other files
+            (those named like the run's files are replaced).
         progress: called after every step (on rank 0) with ``step`` (completed steps),
             ``steps``, ``loss``, the loss terms, ``steps_per_s``, ``lr``, ``wait_s`` (time
             the step waited for its data), ``generation_s`` (mean time to generate one of its
@@ -543,10 +566,11 @@ def train(
 
     Raises:
         IntermodalError: a bad manifest or prepared data (naming the subject), fewer than 2
-            training subjects, nothing to resume, a resumed run whose network differs, or a
-            non-finite loss (naming the step; the last good checkpoint stays in place).
-        OutputExistsError: ``config.out`` holds a run and neither ``resume`` nor
-            ``overwrite`` is set.
+            training subjects, ``config.out`` that is (or lies under) a file, nothing to
+            resume, a resumed run whose network differs, or a non-finite loss (naming the
+            step; the last good checkpoint stays in place).
+        OutputExistsError: ``config.out`` holds a run, or is a folder that is not empty,
+            and neither ``resume`` nor ``overwrite`` is set.
     """
     config.validate()
     if config.data.source == "manifest" and not config.data.manifest:
@@ -596,6 +620,8 @@ def _train(
     device = distributed.device
     out = Path(config.out)
     _check_output(out, resume, overwrite)
+    # Every rank checks before rank 0 writes config.json, which would read as a foreign file.
+    distributed.barrier()
     amp = _use_amp(config, device)
     if config.data.source == "generator":
         data: _ManifestData | _GeneratedData = _GeneratedData(config, distributed)
@@ -650,7 +676,10 @@ def _train(
 
     main = distributed.is_main
     if main:
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise IntermodalError(f"{out}: cannot create the folder: {err.strerror}") from err
         write_json(out / "config.json", config.resolved())
     log = _Logger(out, main, history)
     if distributed.enabled:
