@@ -49,8 +49,8 @@ def make_result(
 ) -> Case:
     """CT on an axial grid; MR oblique with anisotropic slices and one slice missing; a
     registration result with a known affine and a smooth displacement written as ``register``
-    writes it."""
-    from intermodal.io import read_image
+    writes it (``report.json`` records the inputs' paths and grids)."""
+    from intermodal.io import geometry, read_image
 
     ct_dir, mr_dir = root / "ct", root / "mr"
     ct = write_series(phantom(modality="CT"), ct_dir, skip_slices=(4,) if ct_missing_slice else ())
@@ -81,6 +81,7 @@ def make_result(
     report = {
         "intermodal_version": "test",
         "nmi": {"before": 1.0, "after": 1.2},
+        "inputs": {"fixed": geometry(fixed), "moving": geometry(moving)},
         "inputs_paths": {"fixed": str(ct_dir), "moving": str(mr_dir)},
     }
     (result / "report.json").write_text(json.dumps(report), encoding="utf-8")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,12 @@ def test_register_dicom_writes_every_object(capsys, dicom_pair, tmp_path: Path) 
     )  # fmt: skip
     assert code == 0, stderr
     assert "DICOM in" in stdout and "a deformable spatial registration" in stdout
+    # the series read are recorded, so that export-dicom can refuse another one of their grid
+    recorded = json.loads((out / "report.json").read_text(encoding="utf-8"))["inputs_series"]
+    assert recorded == {
+        "fixed": dicom_pair["ct"]["series_uid"],
+        "moving": dicom_pair["mr"]["series_uid"],
+    }
     registration = pydicom.dcmread(out / "dicom" / "registration.dcm")
     assert registration.SOPClassUID == DEFORMABLE_SPATIAL_REGISTRATION
     # the object reproduces warped.nii.gz (within interpolation)
@@ -115,3 +122,19 @@ def test_bad_dicom_with_nifti_inputs(capsys, small_pair_files, tmp_path) -> None
     )  # fmt: skip
     assert code == 2 and "--dicom needs a DICOM series folder" in stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_bad_register_dicom_mr_without_scanning_sequence(capsys, small_pair, tmp_path) -> None:
+    """Refused before registering: one line, exit 2, no output folder."""
+    root = tmp_path / "in"
+    write_series(small_pair.ct, root / "ct")
+    write_series(small_pair.mr, root / "mr", modality="MR", drop=("ScanningSequence",))
+    out = tmp_path / "out"
+    code, _, stderr = _run(
+        capsys, "register", "--fixed", root / "ct", "--moving", root / "mr", "--out", out,
+        "--dicom", *FAST,
+    )  # fmt: skip
+    assert code == 2
+    assert "the MR series lacks ScanningSequence" in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert not out.exists()

@@ -278,3 +278,89 @@ def test_bad_moving_modality_refused_before_writing(case, tmp_path: Path) -> Non
     with pytest.raises(DicomError, match="Modality 'PT'; a warped series can be written"):
         export_dicom(case.result, moving=other)
     assert not (case.result / "dicom").exists()
+
+
+def _registered_mr_but(case, folder: Path, **changes) -> dict:
+    """An MR series of the case's patient on the case MR's grid but for ``changes``."""
+    from dicom_helpers import phantom, rotation
+
+    grid = {
+        "shape": (8, 22, 18),
+        "spacing": (2.2, 2.2, 5.0),
+        "direction": rotation(np.array([1.0, 2.0, 3.0]), 0.25),
+        "origin": (-20.0, -24.0, -18.0),
+    }
+    grid.update(changes)
+    return write_series(phantom(grid.pop("shape"), modality="MR", **grid), folder, modality="MR")
+
+
+def _nothing_written(case) -> bool:
+    return not (case.result / "dicom").exists() and not [
+        p for p in case.result.iterdir() if p.name.startswith(".dicom")
+    ]
+
+
+def test_bad_moving_series_not_the_registered_one(tmp_path: Path, case) -> None:
+    """A folder of two series, the other one chosen: refused before writing, naming both."""
+    two = tmp_path / "two"
+    two.mkdir()
+    other = _registered_mr_but(case, tmp_path / "other", shape=(5, 22, 18))
+    for folder, prefix in ((case.mr_dir, "a"), (tmp_path / "other", "b")):
+        for path in folder.glob("*.dcm"):
+            shutil.copy(path, two / f"{prefix}_{path.name}")
+    with pytest.raises(DicomError) as err:
+        export_dicom(case.result, moving=two, moving_series=other["series_uid"])
+    message = str(err.value)
+    assert message.startswith(f"{two}: series {other['series_uid']} is not the moving series")
+    grid = "differs from report.json's inputs.moving (size; 18x22x5 voxels against 18x22x8)"
+    assert grid in message
+    assert f"registered, from {case.mr_dir}" in message and "\n" not in message
+    assert _nothing_written(case)
+    summary = export_dicom(case.result, moving=two, moving_series=case.mr["series_uid"])
+    item = pydicom.dcmread(summary.registration).DeformableRegistrationSequence[0]
+    assert item.SourceFrameOfReferenceUID == case.mr["frame_uid"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"origin": (-10.0, -24.0, -18.0)}, "origin"),
+        ({"spacing": (2.0, 2.0, 5.0)}, "spacing"),
+        ({"direction": None}, "direction"),
+    ],
+)
+def test_bad_moving_folder_of_another_grid(tmp_path: Path, case, changes, problem) -> None:
+    other = tmp_path / "other"
+    _registered_mr_but(case, other, **changes)
+    with pytest.raises(DicomError, match=rf"not the moving series .* \({problem}; 18x22x8 voxels"):
+        export_dicom(case.result, moving=other)
+    assert _nothing_written(case)
+
+
+def test_bad_moving_series_uid_differs_from_the_recorded_one(tmp_path: Path, case) -> None:
+    """Where report.json records the series UIDs, a copy on the same grid is refused too."""
+    import json
+
+    report_path = case.result / "report.json"
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    report["inputs_series"] = {"fixed": case.ct["series_uid"], "moving": case.mr["series_uid"]}
+    report_path.write_text(json.dumps(report), encoding="utf-8")
+    same_grid = tmp_path / "same_grid"
+    copy = write_series(case.moving, same_grid, modality="MR")
+    with pytest.raises(DicomError, match=rf"report.json names series {case.mr['series_uid']}\)"):
+        export_dicom(case.result, moving=same_grid)
+    assert _nothing_written(case)
+    assert copy["series_uid"] != case.mr["series_uid"]
+    export_dicom(case.result)  # the recorded series themselves
+
+
+@pytest.mark.parametrize("keyword", ["ScanningSequence", "SequenceVariant"])
+def test_bad_mr_without_iod_attributes_refused_up_front(tmp_path: Path, case, keyword) -> None:
+    """check_dicom_inputs (run before registering) refuses what the MR export would."""
+    from intermodal.dicom import check_dicom_inputs
+
+    broken = tmp_path / "mr_broken"
+    write_series(case.moving, broken, modality="MR", drop=(keyword,))
+    with pytest.raises(DicomError, match=rf"{broken}: the MR series lacks {keyword}, which"):
+        check_dicom_inputs(case.ct_dir, broken)
+    check_dicom_inputs(case.ct_dir, case.mr_dir)

@@ -224,3 +224,80 @@ def test_contours_on_a_slice_the_ct_lacks_reference_no_image(tmp_path: Path) -> 
             with_image, without = with_image + (not on_missing), without + on_missing
     assert with_image and without
     assert dciodvfy_errors(summary.structure_sets[0]) == []
+
+
+def _segment(image: sitk.Image, k: int, columns: list[float]) -> np.ndarray:
+    """Points ``(N, 3)`` LPS mm along row 10 of slice ``k``: a contour that encloses nothing."""
+    return np.array([image.TransformContinuousIndexToPhysicalPoint((c, 10.0, float(k)))
+                     for c in columns])  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DS")  # the NaN written on purpose
+@pytest.mark.parametrize(
+    ("values", "problem"),
+    [
+        (np.arange(11.0), "ContourData has 11 values, not a multiple of 3"),
+        (np.array([1.0, 2.0, np.nan]), "ContourData holds a value that is not finite"),
+    ],
+)
+def test_bad_contour_data(case, values: np.ndarray, problem: str) -> None:
+    """Refused up front, naming the file, the ROI and the contour; nothing written."""
+    from intermodal.dicom import check_dicom_inputs
+
+    good = slice_contours(case.moving, _ball(case.moving, (0, 0, 0), 9.0))
+    rois = {
+        "Bladder": (3, (255, 255, 0), good),
+        "Bad": (5, (0, 0, 255), [good[0], (good[0][0], values)]),
+    }
+    path = write_rtstruct(case.root / "malformed.dcm", case.moving, case.mr, rois)
+    expected = rf"malformed.dcm: ROI 5 'Bad', contour 2: {problem}"
+    with pytest.raises(DicomError, match=expected) as err:
+        read_structure_set(path)
+    assert "\n" not in str(err.value)
+    with pytest.raises(DicomError, match=expected):
+        check_dicom_inputs(case.ct_dir, case.mr_dir, structures=(path,))
+    with pytest.raises(DicomError, match=expected):
+        export_dicom(case.result, structures=(path,))
+    assert not (case.result / "dicom").exists()
+
+
+@pytest.mark.parametrize("columns", [[5.0, 9.0], [5.0], [5.0, 7.0, 9.0]])
+def test_roi_of_degenerate_contours_is_skipped_with_a_warning(case, caplog, columns) -> None:
+    """2 points, 1 point, 3 collinear points: reported as skipped, as an ROI without contour."""
+    from intermodal.dicom import check_dicom_inputs
+
+    ball = slice_contours(case.moving, _ball(case.moving, (0, 0, 0), 9.0))
+    k = ball[0][0]
+    rois = {
+        "Bladder": (3, (255, 255, 0), ball + [(k, _segment(case.moving, k, [2.0, 4.0]))]),
+        "Line": (4, (0, 0, 255), [(k, _segment(case.moving, k, columns))]),
+    }
+    path = write_rtstruct(case.root / "degenerate.dcm", case.moving, case.mr, rois)
+    with caplog.at_level(logging.WARNING):
+        check_dicom_inputs(case.ct_dir, case.mr_dir, structures=(path,),
+                           images={"fixed": case.fixed, "moving": case.moving})  # fmt: skip
+    assert caplog.text == ""  # the check alone warns of nothing: the export does, once
+    with caplog.at_level(logging.WARNING):
+        summary = export_dicom(case.result, structures=(path,))
+    assert f"ROI 4 'Line' has only degenerate contours ({len(columns)} points" in caplog.text
+    assert "ROI 3 'Bladder': 1 degenerate contour(s)" in caplog.text
+    assert summary.skipped_rois == ["degenerate.dcm: Line"]
+    ds = pydicom.dcmread(summary.structure_sets[0])
+    assert [r.ROIName for r in ds.StructureSetROISequence] == ["Bladder"]
+    assert len(ds.ROIContourSequence[0].ContourSequence) > 0
+
+
+def test_structure_set_with_every_roi_skipped_is_not_written(case, caplog) -> None:
+    """An RT Structure Set needs one ROI or more: none is written, the ROIs are reported."""
+    k = slice_contours(case.moving, _ball(case.moving, (0, 0, 0), 9.0))[0][0]
+    rois = {
+        "Line": (4, (0, 0, 255), [(k, _segment(case.moving, k, [5.0, 9.0]))]),
+        "Empty": (6, (0, 255, 0), []),
+    }
+    path = write_rtstruct(case.root / "nothing.dcm", case.moving, case.mr, rois)
+    with caplog.at_level(logging.WARNING):
+        summary = export_dicom(case.result, structures=(path,))
+    assert "nothing.dcm: every ROI is skipped; no structure set is written" in caplog.text
+    assert summary.skipped_rois == ["nothing.dcm: Line", "nothing.dcm: Empty"]
+    assert summary.structure_sets == []
+    assert not list(summary.folder.glob("structures_*"))

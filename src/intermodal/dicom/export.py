@@ -28,7 +28,7 @@ from intermodal.dicom._common import (
     check_same_patient,
     read_series_info,
 )
-from intermodal.dicom.series import write_image_series
+from intermodal.dicom.series import check_source_series, write_image_series
 from intermodal.dicom.spatial_registration import (
     write_deformable_registration,
     write_matrix_registration,
@@ -98,18 +98,17 @@ def check_dicom_inputs(
 
     Raises:
         DicomError: an input is not a DICOM series or lacks a tag the output needs; the
-            moving series is neither MR nor CT; the two series are of different patients
-            (unless ``allow_different_patients``); a structure set references neither series
-            or is of another patient; with ``images``, a contour lies outside its image.
+            moving series is neither MR nor CT, or is MR without the attributes the MR Image
+            IOD of the warped series needs (ScanningSequence, SequenceVariant); the two
+            series are of different patients (unless ``allow_different_patients``); a
+            structure set is malformed (e.g. ContourData not in x, y, z triples), references
+            neither series or is of another patient; with ``images``, a contour lies outside
+            its image.
     """
     fixed_info = read_series_info(fixed, fixed_series)
     moving_info = read_series_info(moving, moving_series)
     check_same_patient(fixed_info, moving_info, allow=allow_different_patients)
-    if moving_info.modality not in ("MR", "CT"):
-        raise DicomError(
-            f"{moving_info.directory}: Modality {moving_info.modality!r}; a warped series can be "
-            f"written for MR or CT only"
-        )
+    check_source_series(moving_info)
     sets = []
     for path in structures:
         structure_set = read_structure_set(path)
@@ -128,8 +127,7 @@ def check_dicom_inputs(
             on_moving = moving_info.series_uid in structure_set.series_uids
             grid = images["moving" if on_moving else "fixed"]
             for roi in structure_set.rois:
-                if roi.contours:
-                    rasterise(roi, grid, structure_set.path)
+                rasterise(roi, grid, structure_set.path, warn=False)  # warned when exported
         sets.append(structure_set)
     return fixed_info, moving_info, sets
 
@@ -147,6 +145,71 @@ def _read_result(result_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError) as err:
         raise IntermodalError(f"{result_dir / 'report.json'}: not readable JSON ({err})") from err
     return report
+
+
+def _check_registered_series(
+    result_dir: Path,
+    report: dict[str, Any],
+    role: str,
+    info: SeriesInfo,
+    image: sitk.Image | None,
+) -> None:
+    """Refuse a series that is not the ``role`` input the result in ``result_dir`` came from.
+
+    ``report.json`` records the grid of each input as it was read (``inputs.<role>``: size in
+    voxels, spacing and origin in mm, direction) and may record its SeriesInstanceUID
+    (``inputs_series.<role>``). Whatever it records must match; a result written without
+    them is not checked here.
+
+    Args:
+        result_dir: the output folder of ``intermodal register``.
+        report: its ``report.json``.
+        role: ``"fixed"`` or ``"moving"``.
+        info: the headers of the series chosen for ``role``.
+        image: that series as read by :func:`intermodal.io.read_image`, or ``None`` to
+            compare the SeriesInstanceUID alone.
+
+    Raises:
+        DicomError: the series' UID or grid differs from what ``report.json`` records.
+        IntermodalError: ``report.json`` records a grid that is not a grid.
+    """
+    registered_from = (report.get("inputs_paths") or {}).get(role)
+    hint = (
+        f"; pass the {role} series registered, from {registered_from} (--{role}, "
+        f"--{role}-series)" if registered_from else f"; pass the {role} series registered"
+    )  # fmt: skip
+    where = f"{info.directory}: series {info.series_uid} is not the {role} series {result_dir}"
+    uid = (report.get("inputs_series") or {}).get(role)
+    if uid and str(uid) != info.series_uid:
+        raise DicomError(f"{where} was registered from (report.json names series {uid}){hint}")
+    recorded = (report.get("inputs") or {}).get(role)
+    if image is None or not isinstance(recorded, dict):
+        return
+    problems = []
+    try:
+        size = [int(n) for n in recorded.get("size", image.GetSize())]
+        if size != list(image.GetSize()):
+            problems.append("size")
+        for key, actual, tolerance in (
+            ("spacing", image.GetSpacing(), 1e-4),
+            ("origin", image.GetOrigin(), 1e-2),
+            ("direction", image.GetDirection(), 1e-3),
+        ):
+            value = np.asarray(recorded.get(key, actual), dtype=np.float64)
+            if value.shape != (len(actual),) or np.abs(value - actual).max() > tolerance:
+                problems.append(key)
+    except (TypeError, ValueError) as err:
+        raise IntermodalError(
+            f"{result_dir / 'report.json'}: inputs.{role} is not a size, spacing, origin and "
+            f"direction ({err})"
+        ) from err
+    if problems:
+        voxels = "x".join(str(n) for n in image.GetSize())
+        registered = "x".join(str(n) for n in size)
+        raise DicomError(
+            f"{where} was registered from: its grid differs from report.json's inputs.{role} "
+            f"({', '.join(problems)}; {voxels} voxels against {registered}){hint}"
+        )
 
 
 def _description(report: dict[str, Any], deformable: bool) -> str:
@@ -195,7 +258,9 @@ def export_dicom(
     Raises:
         OutputExistsError: ``dicom/`` exists and ``overwrite`` is false.
         DicomError: see :func:`check_dicom_inputs`; a contour outside its image; the result
-            is not on the fixed series' grid. Nothing is written then.
+            is not on the fixed series' grid; the moving series is not the one registered
+            (its grid, or a series UID ``report.json`` records, differs from the result's
+            ``report.json``). Nothing is written then.
     """
     from intermodal.report import OutputDirectory
 
@@ -221,6 +286,8 @@ def export_dicom(
         structures=structures, allow_different_patients=allow_different_patients,
     )  # fmt: skip
 
+    _check_registered_series(result_dir, report, "fixed", fixed_info, None)
+
     from intermodal.io import read_image
 
     warped = read_image(result_dir / "warped.nii.gz")
@@ -235,6 +302,7 @@ def export_dicom(
     forward = sitk.ReadTransform(str(result_dir / "transform.h5"))
     moving_grid = read_image(moving_info.directory, series=moving_info.series_uid)
     check_grid_matches(moving_grid, moving_info, "the moving image")
+    _check_registered_series(result_dir, report, "moving", moving_info, moving_grid)
     landmark_rows = None
     if landmarks is not None:
         from intermodal.io import read_points
@@ -268,8 +336,18 @@ def export_dicom(
                 continue
             drawn[other][roi.name] = mask
             moved = warp_mask(mask, grid, target, transform)
+            if not moved.any():
+                logger.warning(
+                    "%s: ROI %d %r covers no voxel of the %s image once registered (it lies "
+                    "outside the image, or is thinner than its voxels); it is written without "
+                    "contours", structure_set.path, roi.number, roi.name, side,
+                )  # fmt: skip
             propagated[side][roi.name] = moved
             rois.append((roi, moved))
+        if not rois:  # a structure set needs one ROI or more (its sequences are type 1)
+            logger.warning("%s: every ROI is skipped; no structure set is written for it",
+                           structure_set.path)  # fmt: skip
+            continue
         outputs.append((structure_set, side, rois))
 
     with OutputDirectory(out, overwrite=overwrite) as staging:

@@ -70,6 +70,31 @@ def quantise(volume: np.ndarray) -> tuple[np.ndarray, float, float]:
     return stored, slope, intercept
 
 
+def check_source_series(source: SeriesInfo) -> None:
+    """Refuse a series a warped series cannot be written from, before anything is written.
+
+    Args:
+        source: the series the warped pixels come from (the moving series).
+
+    Raises:
+        DicomError: ``source`` is neither MR nor CT, or is an MR series lacking an attribute
+            the MR Image IOD requires (ScanningSequence, SequenceVariant): the message names
+            the folder and the attribute.
+    """
+    if source.modality not in _SOP_CLASS:
+        raise DicomError(
+            f"{source.directory}: Modality {source.modality!r}; a warped series can be written "
+            f"for MR or CT only"
+        )
+    if source.modality == "MR":
+        for keyword in _MR_TYPE1:
+            if not str(source.first.get(keyword, "")).strip():
+                raise DicomError(
+                    f"{source.directory}: the MR series lacks {keyword}, which the MR Image "
+                    f"IOD of the warped series needs"
+                )
+
+
 def write_image_series(
     image: sitk.Image,
     out_dir: Path,
@@ -101,22 +126,11 @@ def write_image_series(
         DicomError: ``source`` is neither MR nor CT, or lacks an MR attribute the MR Image
             IOD requires (ScanningSequence, SequenceVariant).
     """
+    check_source_series(source)
     modality = source.modality
-    if modality not in _SOP_CLASS:
-        raise DicomError(
-            f"{source.directory}: Modality {modality!r}; a warped series can be written for "
-            f"MR or CT only"
-        )
     if image.GetDimension() != 3:
         raise DicomError(f"the warped image is {image.GetDimension()}D; DICOM output needs 3D")
     header = source.first
-    if modality == "MR":
-        for keyword in _MR_TYPE1:
-            if not str(header.get(keyword, "")).strip():
-                raise DicomError(
-                    f"{source.directory}: the MR series lacks {keyword}, which the MR Image "
-                    f"IOD of the warped series needs"
-                )
     stored, slope, intercept = quantise(sitk.GetArrayViewFromImage(image))
     direction = np.array(image.GetDirection()).reshape(3, 3)
     spacing = image.GetSpacing()

@@ -13,6 +13,7 @@ import datetime as _dt
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
@@ -28,11 +29,15 @@ from intermodal.dicom._common import (
     save_dataset,
 )
 
+if TYPE_CHECKING:
+    from pydicom import Dataset
+
 logger = logging.getLogger(__name__)
 
 RT_STRUCTURE_SET = "1.2.840.10008.5.1.4.1.1.481.3"
 _STUDY_SOP_CLASS = "1.2.840.10008.3.1.2.3.1"  # as RT Referenced Study Sequence items name it
 _SLICE_TOLERANCE = 0.25  # voxels: how far off a slice plane a contour point may lie
+_DEGENERATE_WIDTH_MM = 0.01  # a contour narrower than this on average encloses nothing
 
 
 @dataclass
@@ -90,14 +95,19 @@ def read_structure_set(path: str | Path) -> StructureSet:
             f"{path}: references no image series (ReferencedFrameOfReferenceSequence > "
             f"RTReferencedStudySequence > RTReferencedSeriesSequence is empty)"
         )
+    names = {
+        int(item.ROINumber): str(item.get("ROIName", f"ROI {item.ROINumber}"))
+        for item in ds.get("StructureSetROISequence", [])
+    }
     colours, contours = {}, {}
     for item in ds.get("ROIContourSequence", []):
         number = int(item.ReferencedROINumber)
         if "ROIDisplayColor" in item:
             colours[number] = tuple(int(v) for v in item.ROIDisplayColor)
+        where = f"{path}: ROI {number} {names.get(number, f'ROI {number}')!r}"
         contours[number] = [
-            np.array([float(v) for v in contour.ContourData]).reshape(-1, 3)
-            for contour in item.get("ContourSequence", [])
+            _contour_points(contour, f"{where}, contour {index}")
+            for index, contour in enumerate(item.get("ContourSequence", []), start=1)
             if contour.get("ContourGeometricType", "CLOSED_PLANAR") == "CLOSED_PLANAR"
         ]
     types = {
@@ -117,6 +127,50 @@ def read_structure_set(path: str | Path) -> StructureSet:
     return StructureSet(path, str(ds.get("PatientID", "")), frame_uid, series_uids, rois)
 
 
+def _contour_points(contour: Dataset, where: str) -> np.ndarray:
+    """The points ``(N, 3)`` (LPS mm) of a ContourSequence item's ContourData.
+
+    Raises:
+        DicomError: ContourData holds a value that is not a finite number, or a number of
+            values that is not a multiple of 3 (``where`` names the file, ROI and contour).
+    """
+    data = contour.get("ContourData")
+    if data is None:
+        values: list = []
+    elif isinstance(data, (str, bytes)) or not hasattr(data, "__iter__"):
+        values = [data]  # a single value (VM 1) is not a list
+    else:
+        values = list(data)
+    try:
+        points = np.array([float(v) for v in values], dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise DicomError(
+            f"{where}: ContourData holds a value that is not a number ({err})"
+        ) from err
+    if points.size % 3:
+        raise DicomError(
+            f"{where}: ContourData has {points.size} values, not a multiple of 3 (x, y, z of "
+            f"each point); the structure set is malformed"
+        )
+    if not np.isfinite(points).all():
+        raise DicomError(f"{where}: ContourData holds a value that is not finite (NaN or inf)")
+    return points.reshape(-1, 3)
+
+
+def _is_degenerate(points: np.ndarray) -> bool:
+    """Whether a planar polygon ``(N, 3)`` (mm) has fewer than 3 points or encloses no area.
+
+    No area: narrower, on average, than :data:`_DEGENERATE_WIDTH_MM` over its length, so
+    that points on a line written to a few decimals still count as a line.
+    """
+    if len(points) < 3:
+        return True
+    # the vector area (mm^2) of the closed polygon, whatever the plane it lies in
+    area = 0.5 * np.linalg.norm(np.cross(points, np.roll(points, -1, axis=0)).sum(axis=0))
+    length = float(np.ptp(points, axis=0).max())
+    return area <= _DEGENERATE_WIDTH_MM * length
+
+
 def _index_of(image: sitk.Image, points: np.ndarray) -> np.ndarray:
     """Continuous voxel indices ``(N, 3)`` (x, y, z) of LPS points ``(N, 3)``."""
     direction = np.array(image.GetDirection()).reshape(3, 3)
@@ -131,30 +185,52 @@ def _to_physical(image: sitk.Image, index: np.ndarray) -> np.ndarray:
     return np.array(image.GetOrigin()) + index @ scaled.T
 
 
-def rasterise(roi: Roi, image: sitk.Image, source: Path) -> np.ndarray | None:
+def rasterise(roi: Roi, image: sitk.Image, source: Path, *, warn: bool = True) -> np.ndarray | None:
     """Fill ``roi``'s contours on ``image``'s grid.
+
+    A contour of fewer than 3 points, or one enclosing no area, outlines nothing: it is left
+    out (with a warning). An ROI left with no contour, or whose contours enclose no voxel
+    centre, is skipped.
 
     Args:
         roi: the region, its contours in LPS mm.
         image: the grid (3D); only its geometry is used.
         source: the structure set's file, named in messages.
+        warn: log a warning for each contour left out and each ROI skipped (``False`` where
+            the ROI is only being checked and will be rasterised again).
 
     Returns:
         A boolean mask ``(z, y, x)``, or ``None`` (with a warning) when the ROI has no
-        contour.
+        contour, only degenerate ones, or none that encloses a voxel centre.
 
     Raises:
         DicomError: a contour lies outside the image, or off the image's slice planes.
     """
     from skimage.draw import polygon
 
+    degenerate = [points for points in roi.contours if _is_degenerate(points)]
+    polygons = [points for points in roi.contours if not _is_degenerate(points)]
     if not roi.contours:
-        logger.warning("%s: ROI %d %r has no contour; it is skipped", source, roi.number,
-                       roi.name)  # fmt: skip
+        if warn:
+            logger.warning("%s: ROI %d %r has no contour; it is skipped", source, roi.number,
+                           roi.name)  # fmt: skip
         return None
+    if not polygons:
+        if warn:
+            logger.warning(
+                "%s: ROI %d %r has only degenerate contours (%s points, enclosing no area); "
+                "it is skipped", source, roi.number, roi.name,
+                ", ".join(str(len(points)) for points in degenerate),
+            )  # fmt: skip
+        return None
+    if degenerate and warn:
+        logger.warning(
+            "%s: ROI %d %r: %d degenerate contour(s) (fewer than 3 points or no area) left out",
+            source, roi.number, roi.name, len(degenerate),
+        )  # fmt: skip
     size = image.GetSize()
     mask = np.zeros(size[::-1], dtype=bool)
-    for points in roi.contours:
+    for points in polygons:
         index = _index_of(image, points)
         low, high = index.min(axis=0), index.max(axis=0)
         if (low < -0.5 - 1e-3).any() or (high > np.array(size) - 0.5 + 1e-3).any():
@@ -175,6 +251,11 @@ def rasterise(roi: Roi, image: sitk.Image, source: Path) -> np.ndarray | None:
         filled = np.zeros(mask.shape[1:], dtype=bool)
         filled[rows, columns] = True
         mask[round(k)] ^= filled
+    if not mask.any():
+        if warn:
+            logger.warning("%s: ROI %d %r encloses no voxel centre of the image; it is skipped",
+                           source, roi.number, roi.name)  # fmt: skip
+        return None
     return mask
 
 

@@ -33,6 +33,8 @@ from intermodal.io._itk import itk_reason
 logger = logging.getLogger(__name__)
 
 MODALITY_KEY = "intermodal:modality"
+SERIES_KEY = "intermodal:series_uid"
+"""Metadata key of the SeriesInstanceUID an image was read from (a DICOM series folder)."""
 """Metadata key under which :func:`read_image` stores the DICOM Modality (``"CT"``, ``"MR"``...)."""
 
 MAX_GAP_RATIO = 3.0
@@ -102,7 +104,7 @@ def read_dicom_series(directory: Path, series: str | None = None) -> tuple[sitk.
             others = ", ".join(f"{uid} ({len(files[uid])} slices)" for uid in uids if uid != chosen)
             logger.warning(
                 "%s: %d DICOM series found; reading %s (%d slices), the largest. Others: %s. "
-                "Pass series=UID to choose one.",
+                "Choose one with --fixed-series or --moving-series (series=UID in Python).",
                 directory, len(uids), chosen, len(files[chosen]), others,
             )  # fmt: skip
     elif series in files:
@@ -114,14 +116,16 @@ def read_dicom_series(directory: Path, series: str | None = None) -> tuple[sitk.
     paths = [Path(name) for name in files[chosen]]
     if len(paths) == 1:
         image, modality = _read_file(directory, paths[0])
-        return image, modality
-    slices = []
-    modality = None
-    for path in paths:
-        slice_, slice_modality = _read_slice(directory, path)
-        slices.append(slice_)
-        modality = modality or slice_modality
-    return _stack(directory, slices), modality
+    else:
+        slices = []
+        modality = None
+        for path in paths:
+            slice_, slice_modality = _read_slice(directory, path)
+            slices.append(slice_)
+            modality = modality or slice_modality
+        image = _stack(directory, slices)
+    image.SetMetaData(SERIES_KEY, chosen)
+    return image, modality
 
 
 def _read_file(directory: Path, path: Path) -> tuple[sitk.Image, str | None]:

@@ -14,7 +14,13 @@ from intermodal.errors import ImageReadError, IntermodalError
 from intermodal.io._atomic import atomic_write
 from intermodal.io._integrity import check_file, check_written
 from intermodal.io._itk import itk_reason
-from intermodal.io.dicom import MODALITY_KEY, clean_modality, read_dicom_series, read_modality
+from intermodal.io.dicom import (
+    MODALITY_KEY,
+    SERIES_KEY,
+    clean_modality,
+    read_dicom_series,
+    read_modality,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +76,10 @@ def read_image(path: str | os.PathLike[str], *, series: str | None = None) -> si
     path = Path(path)
     if not path.exists():
         raise ImageReadError(f"{path}: file or directory not found")
-    modality = None
+    modality = series_uid = None
     if path.is_dir():
         image, modality = read_dicom_series(path, series)
+        series_uid = image.GetMetaData(SERIES_KEY)
     else:
         if series is not None:
             raise ImageReadError(
@@ -99,7 +106,14 @@ def read_image(path: str | os.PathLike[str], *, series: str | None = None) -> si
     image = _to_float32_scalar(image, path)
     if modality:
         image.SetMetaData(MODALITY_KEY, modality)
+    if series_uid:
+        image.SetMetaData(SERIES_KEY, series_uid)
     return image
+
+
+_ORTHONORMAL_TOLERANCE = 1e-3
+"""Largest entry of ``D^T D - I`` accepted for a direction matrix ``D``: headers store
+cosines to a few decimals (DICOM's ImageOrientationPatient often to 6)."""
 
 
 def _read_failure(err: RuntimeError, ext: str) -> str:
@@ -134,6 +148,14 @@ def _to_float32_scalar(image: sitk.Image, path: Path) -> sitk.Image:
         raise ImageReadError(
             f"{path}: the direction matrix {tuple(direction.ravel())} is singular (corrupt header)"
         )
+    # a sheared grid: NIfTI's qform cannot hold it, and readers disagree about its sform
+    if np.abs(direction.T @ direction - np.eye(ndim)).max() > _ORTHONORMAL_TOLERANCE:
+        raise ImageReadError(
+            f"{path}: the direction matrix {tuple(np.round(direction.ravel(), 4))} is not "
+            "orthonormal (a sheared grid); resample the image onto an orthogonal grid first"
+        )
+    if "complex" in image.GetPixelIDTypeAsString():
+        raise ImageReadError(f"{path}: complex-valued images are not supported")
     components = image.GetNumberOfComponentsPerPixel()
     if components > 1:
         if ndim != 2 or components not in (3, 4) or "complex" in image.GetPixelIDTypeAsString():
@@ -146,7 +168,10 @@ def _to_float32_scalar(image: sitk.Image, path: Path) -> sitk.Image:
         gray.CopyInformation(image)
         image = gray
     else:
+        stored = image
         image = sitk.Cast(image, sitk.sitkFloat32)
+        if stored.GetPixelID() == sitk.sitkFloat64:
+            _check_float32_range(stored, path)
     values = sitk.GetArrayViewFromImage(image)
     bad = int(np.count_nonzero(~np.isfinite(values)))
     if bad:
@@ -159,6 +184,20 @@ def _to_float32_scalar(image: sitk.Image, path: Path) -> sitk.Image:
     if low == high:
         logger.warning("%s: every voxel has the same value %g", path, low)
     return image
+
+
+def _check_float32_range(image: sitk.Image, path: Path) -> None:
+    """Refuse float64 values that are finite but beyond float32, where they would turn infinite."""
+    values = sitk.GetArrayViewFromImage(image)
+    finite = np.isfinite(values)
+    if not finite.all():
+        return  # reported as NaN or infinite values, as in any image
+    largest = float(np.abs(values).max())
+    if largest > float(np.finfo(np.float32).max):
+        raise ImageReadError(
+            f"{path}: values up to {largest:.3g} exceed the float32 range (3.4e38) that "
+            "images are processed in; rescale the image"
+        )
 
 
 def write_image(
