@@ -272,11 +272,12 @@ def _settings_by_dimension(args: argparse.Namespace) -> dict:
     return settings
 
 
-def _check_output_dir(path: Path, overwrite: bool) -> None:
-    from intermodal.errors import OutputExistsError
+def _check_output_dir(path: Path, overwrite: bool, inputs: Sequence[str | None] = ()) -> None:
+    """Before any work: an output folder that can be written (and replaced, with --overwrite)
+    without deleting an input (:func:`intermodal.report.check_destination`)."""
+    from intermodal.report import check_destination
 
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path}: output directory exists; pass --overwrite to replace it")
+    check_destination(path, overwrite=overwrite, inputs=inputs)
 
 
 def _summary(report: dict, out: Path) -> str:
@@ -292,18 +293,30 @@ def _summary(report: dict, out: Path) -> str:
 
 def cmd_register(args: argparse.Namespace) -> int:
     from intermodal.io import read_image, read_points
+    from intermodal.io.dicom import SERIES_KEY
     from intermodal.registration import register
     from intermodal.report import save_result
 
     out = Path(args.out)
-    _check_output_dir(out, args.overwrite)
+    inputs = [args.fixed, args.moving, args.labels, args.points, args.fixed_mask,
+              args.moving_mask, args.fixed_labels, *(args.landmarks or ()),
+              *(args.structures or ())]  # fmt: skip
+    _check_output_dir(out, args.overwrite, inputs)
     settings = _settings_by_dimension(args)  # checked before any file is read
     fixed = read_image(args.fixed, series=args.fixed_series)
     moving = read_image(args.moving, series=args.moving_series)
+    _check_pair(args.fixed, fixed, args.moving, moving)
     labels = read_image(args.labels) if args.labels else None
     points = read_points(args.points) if args.points else None
+    ndim = fixed.GetDimension()
+    if labels is not None:
+        _check_dimension(args.labels, labels.GetDimension(), ndim, "label map")
+    if points is not None:
+        _check_dimension(args.points, points.shape[1], ndim, "points file")
     fixed_labels = _read_fixed_labels(args.fixed_labels, labels, fixed)
     landmarks = _read_landmarks(args.landmarks)
+    for path, listed in zip(args.landmarks or (), landmarks or (), strict=True):
+        _check_dimension(path, listed.shape[1], ndim, "landmarks file")
     masks = {
         f"{name}_mask": _read_mask(path, image)
         for name, path, image in (
@@ -329,7 +342,12 @@ def cmd_register(args: argparse.Namespace) -> int:
         "inputs_paths": {
             role: None if path is None else str(Path(path).absolute())
             for role, path in named.items()
-        }
+        },
+        # the DICOM series read, so that export-dicom refuses another one of the same grid
+        "inputs_series": {
+            role: image.GetMetaData(SERIES_KEY) if image.HasMetaDataKey(SERIES_KEY) else None
+            for role, image in (("fixed", fixed), ("moving", moving))
+        },
     }
     save_result(
         result, out, overwrite=args.overwrite, labels=labels, points=points, extra_report=extra
@@ -340,6 +358,27 @@ def cmd_register(args: argparse.Namespace) -> int:
     if args.dicom:
         _export_dicom(args, out, overwrite=False)
     return 0
+
+
+def _check_pair(fixed_path: str, fixed, moving_path: str, moving) -> None:
+    """Before registering: two images of one dimension, the fixed one with 2 voxels or more
+    along each axis (its grid carries the field's derivatives)."""
+    from intermodal.errors import IntermodalError
+
+    if min(fixed.GetSize()) < 2:
+        raise IntermodalError(
+            f"{fixed_path}: {fixed.GetSize()} voxels; the fixed image needs 2 or more along "
+            "each axis (store a single slice as a 2D image)"
+        )
+    _check_dimension(moving_path, moving.GetDimension(), fixed.GetDimension(), "image")
+
+
+def _check_dimension(path: str, found: int, ndim: int, what: str) -> None:
+    """A ``found``-D input beside ``ndim``-D images: refused, naming the file."""
+    from intermodal.errors import IntermodalError
+
+    if found != ndim:
+        raise IntermodalError(f"{path}: a {found}D {what}, but the fixed image is {ndim}D")
 
 
 def _read_fixed_labels(path: str | None, labels, fixed):
@@ -472,7 +511,7 @@ def _export_dicom(args: argparse.Namespace, out: Path, *, overwrite: bool) -> No
     print(
         f"DICOM in {summary.folder}: {len(summary.series_files)} slices, a {kind} spatial "
         f"registration, {len(summary.structure_sets)} structure set(s)"
-        + (f"; skipped ROIs without contours: {', '.join(summary.skipped_rois)}"
+        + (f"; skipped ROIs without usable contours: {', '.join(summary.skipped_rois)}"
            if summary.skipped_rois else "")
     )  # fmt: skip
 

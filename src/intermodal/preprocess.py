@@ -196,6 +196,11 @@ def default_spacing(fixed: sitk.Image) -> tuple[float, ...]:
     return (max(fixed.GetSpacing()),) * fixed.GetDimension()
 
 
+MAX_GRID_VOXELS = 4e9
+"""Voxels beyond which a working grid is refused outright, before any memory is taken: 16 GB of
+float32 for the grid alone (a 0.3 mm grid over a 500 mm cube is 4.6e9)."""
+
+
 def working_grid(
     fixed: sitk.Image, spacing: float | Sequence[float] | None = None, multiple: int = 1
 ) -> sitk.Image:
@@ -231,6 +236,12 @@ def working_grid(
     extent = [n * s for n, s in zip(fixed.GetSize(), fixed.GetSpacing())]
     size = [max(1, math.ceil(e / s - 1e-6)) for e, s in zip(extent, spacing)]
     size = [math.ceil(n / multiple) * multiple for n in size]
+    if math.prod(size) > MAX_GRID_VOXELS:
+        raise IntermodalError(
+            f"a working spacing of {spacing} mm gives a grid of {size} voxels over the fixed "
+            f"image's {tuple(round(e, 1) for e in extent)} mm, more than {MAX_GRID_VOXELS:.0e}; "
+            "choose a coarser spacing"
+        )
     # Keep the corner of the first voxel where the fixed image's is, so the two grids share
     # their physical extent even when the spacings differ.
     direction = np.asarray(fixed.GetDirection()).reshape(ndim, ndim)

@@ -190,8 +190,15 @@ class Settings:
             raise IntermodalError(
                 f"velocity smoothing must be 0 to 8 voxels, not {self.velocity_smoothing}"
             )
-        if not self.volume_penalty >= 0:
-            raise IntermodalError(f"volume penalty must be 0 or more, not {self.volume_penalty}")
+        for name, value in (
+            ("smoothness", self.smoothness), ("volume penalty", self.volume_penalty)
+        ):  # fmt: skip
+            if not 0 <= value < math.inf:  # NaN fails too
+                raise IntermodalError(f"{name} must be a finite number, 0 or more, not {value}")
+        if not 0 < self.learning_rate < math.inf:
+            raise IntermodalError(
+                f"learning rate must be a finite positive number, not {self.learning_rate}"
+            )
         if not 0 <= self.mi_weight <= 100:
             raise IntermodalError(f"MI weight must be 0 to 100, not {self.mi_weight}")
         if not 0 < self.sampling <= 1:
@@ -899,6 +906,13 @@ def _resample(
         )
     network_voxels = 0 if network_grid is None else math.prod(network_grid.GetSize())
     grid, memory = _grid_in_memory(fixed, grid, inputs.multiple, device, network_voxels)
+    size = grid.GetSize()
+    if min(size) < 2 * settings.velocity_stride:
+        raise IntermodalError(
+            f"the working grid has {size} voxels of {grid.GetSpacing()} mm over the fixed "
+            f"image; the deformation needs {2 * settings.velocity_stride} or more along each "
+            "axis: choose a finer --spacing, or register a fixed image that is thicker"
+        )
 
     def on_grid(image: sitk.Image, transform: sitk.Transform | None = None) -> torch.Tensor:
         return image_to_tensor(preprocess.resample(image, grid, transform)).to(device)

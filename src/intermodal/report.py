@@ -239,6 +239,72 @@ def remove_stale_staging(destination: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def check_destination(
+    destination: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    inputs: Sequence[str | os.PathLike | None] = (),
+) -> Path:
+    """Refuse, before any work is done, an output folder that could not be written or replaced.
+
+    The checks :class:`OutputDirectory` relies on, made up front so that a long registration
+    does not end in an error: the folder must not exist (unless ``overwrite``) or must be a
+    folder; it must not be the current folder or one that holds it (replacing it would pull
+    the ground from under the process); its parent must be a folder in which a staging folder
+    can be made (tried, then removed); and with ``overwrite``, no input may lie inside it,
+    since replacing the folder would delete that input.
+
+    Args:
+        destination: the output folder.
+        overwrite: an existing folder may be replaced.
+        inputs: paths read by the run (``None`` entries are skipped).
+
+    Returns:
+        ``destination`` as an absolute path, ``.`` and ``..`` removed (symbolic links kept).
+
+    Raises:
+        OutputExistsError: the folder exists and ``overwrite`` is false.
+        IntermodalError: any other reason the folder cannot be written.
+    """
+    if not str(destination).strip():
+        raise IntermodalError("the output folder's name is empty")
+    given = Path(destination)
+    target = Path(os.path.abspath(given))
+    try:
+        exists = target.exists()
+    except OSError as error:  # e.g. a name too long for the file system
+        raise IntermodalError(f"{given}: cannot write there ({error.strerror})") from error
+    if exists and not target.is_dir():
+        raise IntermodalError(f"{given}: exists and is not a directory")
+    if exists and not overwrite:
+        raise OutputExistsError(f"{given}: output directory exists; pass --overwrite to replace it")
+    resolved, here = target.resolve(), Path.cwd().resolve()
+    if resolved == here or resolved in here.parents:
+        raise IntermodalError(
+            f"{given}: is the current folder or holds it, which cannot be replaced; "
+            "write the outputs into a folder inside it"
+        )
+    parent = target.parent
+    if not parent.is_dir():
+        problem = "does not exist" if not parent.exists() else "is not a directory"
+        raise IntermodalError(f"{given}: parent directory {parent} {problem}")
+    if exists:
+        for path in inputs:
+            if path is None:
+                continue
+            found = Path(path).resolve()
+            if found == resolved or resolved in found.parents:
+                raise IntermodalError(
+                    f"{path}: lies inside the output folder {given}, which --overwrite would "
+                    "replace; write the outputs elsewhere"
+                )
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f".{target.name}.", dir=parent))
+    except OSError as error:
+        raise IntermodalError(f"{given}: cannot write in {parent} ({error.strerror})") from error
+    return target
+
+
 class OutputDirectory:
     """An output folder that appears complete or not at all.
 
@@ -254,20 +320,12 @@ class OutputDirectory:
     """
 
     def __init__(self, destination: str | os.PathLike, *, overwrite: bool = False) -> None:
-        self.destination = Path(destination)
+        self.destination = check_destination(destination, overwrite=overwrite)
         self.overwrite = overwrite
-        if self.destination.exists() and not overwrite:
-            raise OutputExistsError(
-                f"{self.destination}: output directory exists; pass --overwrite to replace it"
-            )
-        if self.destination.exists() and not self.destination.is_dir():
-            raise IntermodalError(f"{self.destination}: exists and is not a directory")
         self.staging: Path | None = None
 
     def __enter__(self) -> Path:
-        parent = self.destination.absolute().parent
-        if not parent.is_dir():
-            raise IntermodalError(f"{self.destination}: parent directory {parent} does not exist")
+        parent = self.destination.parent
         for path in remove_stale_staging(self.destination):
             logger.info("removed %s, left by a run that was killed", path)
         self.staging = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.", dir=parent))

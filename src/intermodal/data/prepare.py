@@ -305,7 +305,8 @@ def _claim_folder(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
         if previous.get("source") != settings["source"]:
             raise OutputExistsError(
                 f"{out}: holds a dataset prepared from {previous.get('source', 'another manifest')}"
-                f", not {settings['source']} (pass overwrite=True or choose another folder)"
+                f", not {settings['source']} "
+                f"(pass --overwrite, overwrite=True in Python, or choose another folder)"
             )
         changed = [k for k in ("spacing", "shape", "deformable") if previous.get(k) != settings[k]]
         if changed:
@@ -313,12 +314,13 @@ def _claim_folder(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
             now = ", ".join(f"{k}={settings[k]}" for k in changed)
             raise OutputExistsError(
                 f"{out}: was prepared with {was}, now asked for {now}; resuming would mix subjects "
-                f"prepared two ways (pass overwrite=True or choose another folder)"
+                f"prepared two ways "
+                f"(pass --overwrite, overwrite=True in Python, or choose another folder)"
             )
     elif not overwrite and out.is_dir() and any(out.iterdir()):
         raise OutputExistsError(
             f"{out}: folder is not empty and holds no earlier preparation "
-            f"(pass overwrite=True to write into it)"
+            f"(pass --overwrite, overwrite=True in Python, to write into it)"
         )
     write_text_atomic(run_file, json.dumps(settings, indent=2) + "\n")
 

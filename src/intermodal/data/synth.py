@@ -811,7 +811,8 @@ def write_dataset(
         raise IntermodalError(f"{out}: out_dir is a file, expected a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise OutputExistsError(
-            f"{out}: folder exists and is not empty (pass overwrite=True to write into it)"
+            f"{out}: folder exists and is not empty "
+            f"(pass --overwrite, overwrite=True in Python, to write into it)"
         )
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,9 @@ def check_output_path(path: Path, *, overwrite: bool) -> None:
     if path.is_dir():
         raise IntermodalError(f"{path}: is a directory, expected a file name")
     if not overwrite and path.exists():
-        raise OutputExistsError(f"{path}: already exists (pass overwrite=True to replace it)")
+        raise OutputExistsError(
+            f"{path}: already exists (pass --overwrite, overwrite=True in Python, to replace it)"
+        )
 
 
 def atomic_write(
@@ -45,7 +47,8 @@ def atomic_write(
                 os.link(tmp, path)
             except FileExistsError:
                 raise OutputExistsError(
-                    f"{path}: already exists (pass overwrite=True to replace it)"
+                    f"{path}: already exists "
+                    f"(pass --overwrite, overwrite=True in Python, to replace it)"
                 ) from None
             except OSError:
                 # Filesystems without hard links: fall back to check-then-replace.
