@@ -361,8 +361,10 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 
 def _check_pair(fixed_path: str, fixed, moving_path: str, moving) -> None:
-    """Before registering: two images of one dimension, the fixed one with 2 voxels or more
-    along each axis (its grid carries the field's derivatives)."""
+    """Before registering: two images of one dimension, neither constant, the fixed one with 2
+    voxels or more along each axis (its grid carries the field's derivatives)."""
+    import SimpleITK as sitk
+
     from intermodal.errors import IntermodalError
 
     if min(fixed.GetSize()) < 2:
@@ -371,6 +373,12 @@ def _check_pair(fixed_path: str, fixed, moving_path: str, moving) -> None:
             "each axis (store a single slice as a 2D image)"
         )
     _check_dimension(moving_path, moving.GetDimension(), fixed.GetDimension(), "image")
+    for path, image in ((fixed_path, fixed), (moving_path, moving)):
+        values = sitk.GetArrayViewFromImage(image)
+        if values.min() == values.max():
+            raise IntermodalError(
+                f"{path}: every voxel has the value {values.min():g}; it shows nothing to register"
+            )
 
 
 def _check_dimension(path: str, found: int, ndim: int, what: str) -> None:
@@ -555,13 +563,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     import SimpleITK as sitk
 
+    from intermodal.checkpoint import load_model
     from intermodal.data.synth import LABELS, SEED_STRIDE, generate_subject
     from intermodal.metrics import dice_per_label
+    from intermodal.models import resolve_model
     from intermodal.registration import Settings, register
     from intermodal.report import save_result
 
     out = Path(args.out)
     _check_output_dir(out, args.overwrite)
+    refine = args.refine if args.refine is not None else Settings.refine
+    model = None if args.model.lower() == "none" else args.model
+    device = Settings.device if args.device is None else args.device
+    settings = Settings(model=model, refine=refine, device=device)
+    settings.validate()  # before the data are made, which takes seconds
+    if (path := resolve_model(model, 3)) is not None:
+        load_model(path, device="cpu")  # a missing or bad model file: refused now
     start = time.perf_counter()
     # The user's case: one patient's CT, and an MR of the same patient taken another day, in
     # another pose (a known rotation and shift) and with the body changed (a known smooth
@@ -570,10 +587,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     subject = generate_subject(args.seed * SEED_STRIDE, dim=3)
     ct, ct_labels = subject.ct, subject.ct_labels
     mr, mr_labels = _moved_another_day(subject.mr, subject.mr_labels, args.seed)
-    refine = args.refine if args.refine is not None else Settings.refine
-    model = None if args.model.lower() == "none" else args.model
-    device = Settings.device if args.device is None else args.device
-    settings = Settings(model=model, refine=refine, device=device)
     reporter = _Reporter(args.quiet)
     organs = {name: LABELS[name] for name in ("bone", "bladder", "prostate", "rectum")}
     identity = sitk.Transform(3, sitk.sitkIdentity)

@@ -175,3 +175,14 @@ def test_gui_help_does_not_import_qt_or_torch():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip().endswith("[]"), done.stderr
+
+
+def test_a_missing_result_folder_is_one_line_once(tmp_path):
+    done = _gui(
+        ["--result", str(tmp_path / "none"), "--screenshot", str(tmp_path / "s.png")], tmp_path
+    )
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "error:" in lines[0] and "result folder not found" in lines[0], (
+        done.stderr
+    )

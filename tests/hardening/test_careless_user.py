@@ -192,3 +192,34 @@ def test_an_absurd_working_spacing_is_refused_before_any_memory_is_taken(small_p
 def test_non_finite_or_negative_weights_are_refused(name, value):
     with pytest.raises(IntermodalError, match=name.replace("_", " ")):
         Settings(**{name: value}).validate()
+
+
+def test_a_constant_image_and_an_empty_mask_give_one_line_naming_the_file(
+    tmp_path, capsys, small_pair_files
+):
+    ct = sitk.ReadImage(str(small_pair_files["ct"]))
+    flat = _save(tmp_path, "flat.nii.gz", ct * 0)
+    out = tmp_path / "out"
+    code, err = _run(
+        capsys, "register", "--fixed", small_pair_files["ct"], "--moving", flat, "--out", out,
+        *FAST,
+    )  # fmt: skip
+    assert code == 2
+    _one_error_line(err, "flat.nii.gz", "shows nothing to register")
+    empty = _save(tmp_path, "empty_mask.nii.gz", sitk.Cast(ct * 0, sitk.sitkUInt8))
+    code, err = _run(
+        capsys, "register", "--fixed", small_pair_files["ct"], "--moving", small_pair_files["mr"],
+        "--fixed-mask", empty, "--out", out, *FAST,
+    )  # fmt: skip
+    assert code == 2
+    _one_error_line(err, "empty_mask.nii.gz", "no foreground")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("option", [["--refine", "-1"], ["--model", "nonsense"]])
+def test_the_demo_refuses_bad_options_before_making_its_data(tmp_path, capsys, option):
+    out = tmp_path / "demo"
+    code, err = _run(capsys, "demo", "--out", out, *option)
+    assert code == 2
+    _one_error_line(err, option[1])
+    assert not out.exists()

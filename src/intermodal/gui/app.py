@@ -128,6 +128,7 @@ def _screenshot(app, window, fixed, moving, labels, result, screenshot, register
 
     errors: list[str] = []
     window.error_handler = errors.append
+    window.log_errors = False  # an error that ends the run is raised: one line, not two
     window.show()
     app.processEvents()
     for role, path in (("fixed", fixed), ("moving", moving)):

@@ -105,6 +105,8 @@ class MainWindow(QMainWindow):
         self.job: JobThread | None = None
         self.last_error: str | None = None
         self.error_handler: Callable[[str], None] = self._error_dialog
+        # show_error logs each message too, unless the caller reports it another way
+        self.log_errors = True
         self._outcome = ""
         self._failure = ""
 
@@ -184,7 +186,8 @@ class MainWindow(QMainWindow):
     def show_error(self, message: str) -> None:
         """Report a problem in one line (a dialog by default) and log it."""
         self.last_error = message
-        logger.warning("%s", message)
+        if self.log_errors:
+            logger.warning("%s", message)
         self.statusBar().showMessage(message, 10000)
         self.error_handler(message)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,6 @@ from intermodal.io.dicom import (
     read_dicom_series,
     read_modality,
 )
-
-logger = logging.getLogger(__name__)
 
 VOLUME_EXTENSIONS = (".nii", ".nii.gz", ".mha", ".mhd", ".nrrd", ".nhdr", ".dcm")
 PICTURE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -180,9 +177,8 @@ def _to_float32_scalar(image: sitk.Image, path: Path) -> sitk.Image:
             f"{path}: {bad} of {values.size} voxels are not finite ({nan} NaN, {bad - nan} "
             f"infinite)"
         )
-    low, high = float(values.min()), float(values.max())
-    if low == high:
-        logger.warning("%s: every voxel has the same value %g", path, low)
+    # a constant image is read as it is: a mask may hold only ones, and register refuses a
+    # constant image to register, naming it
     return image
 
 
