@@ -532,24 +532,13 @@ def cmd_export_dicom(args: argparse.Namespace) -> int:
 def cmd_warp(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
-    from intermodal.errors import IntermodalError
-    from intermodal.io import read_image, write_image
+    from intermodal.io import read_image, read_transform, write_image
     from intermodal.registration import apply_transform
 
-    transform_path = Path(args.transform)
-    if not transform_path.is_file():
-        raise IntermodalError(f"{transform_path}: transform file not found")
     fixed = read_image(args.fixed)
     image = read_image(args.image)
-    try:
-        transform = sitk.ReadTransform(str(transform_path))
-    except RuntimeError:
-        raise IntermodalError(f"{transform_path}: not a readable ITK transform file") from None
-    if transform.GetDimension() != fixed.GetDimension():
-        raise IntermodalError(
-            f"{transform_path}: transform is {transform.GetDimension()}D, "
-            f"fixed image is {fixed.GetDimension()}D"
-        )
+    transform = read_transform(args.transform, fixed.GetDimension())
+    _check_dimension(args.image, image.GetDimension(), fixed.GetDimension(), "image")
     if args.labels:
         image = sitk.Cast(image, sitk.sitkInt32)
     warped = apply_transform(transform, fixed, image, labels=args.labels)

@@ -60,7 +60,7 @@ from intermodal.batch import (
     run_batch,
 )
 from intermodal.errors import IntermodalError, OutputExistsError
-from intermodal.io import write_bytes_atomic, write_text_atomic
+from intermodal.io import read_transform, write_bytes_atomic, write_text_atomic
 
 CSV_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.md"
@@ -135,18 +135,6 @@ def _read_labels(path: Path) -> sitk.Image:
     from intermodal.io import read_image
 
     return sitk.Cast(sitk.Round(read_image(path)), sitk.sitkInt32)
-
-
-def _read_transform(path: Path, ndim: int) -> sitk.Transform:
-    try:
-        transform = sitk.ReadTransform(str(path))
-    except RuntimeError:
-        raise IntermodalError(f"{path}: not a readable ITK transform file") from None
-    if transform.GetDimension() != ndim:
-        raise IntermodalError(
-            f"{path}: transform is {transform.GetDimension()}D, the fixed image is {ndim}D"
-        )
-    return transform
 
 
 def _read_runtime(folder: Path) -> float:
@@ -239,7 +227,7 @@ def evaluate_pair(
     folder = Path(folder)
     fixed = read_image(pair.fixed)
     moving = read_image(pair.moving)
-    transform = _read_transform(folder / REQUIRED_OUTPUT, fixed.GetDimension())
+    transform = read_transform(folder / REQUIRED_OUTPUT, fixed.GetDimension())
     if moving.GetDimension() != fixed.GetDimension():
         raise IntermodalError(
             f"pair {pair.name}: fixed {pair.fixed} is {fixed.GetDimension()}D but moving "

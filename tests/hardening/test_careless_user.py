@@ -223,3 +223,35 @@ def test_the_demo_refuses_bad_options_before_making_its_data(tmp_path, capsys, o
     assert code == 2
     _one_error_line(err, option[1])
     assert not out.exists()
+
+
+def test_a_truncated_transform_file_is_one_line_without_hdf5_diagnostics(
+    tmp_path, capfd, small_pair_files
+):
+    from intermodal.io import read_transform
+
+    good = tmp_path / "good.h5"
+    sitk.WriteTransform(sitk.TranslationTransform(3, (1.0, 2.0, 3.0)), str(good))
+    assert read_transform(good, 3).GetDimension() == 3
+    broken = tmp_path / "transform.h5"
+    broken.write_bytes(good.read_bytes()[:300])
+    code = main(["warp", "--fixed", str(small_pair_files["ct"]), "--image",
+                 str(small_pair_files["mr"]), "--transform", str(broken), "--out",
+                 str(tmp_path / "w.nii.gz")])  # fmt: skip
+    err = capfd.readouterr().err
+    assert code == 2 and "HDF5" not in err
+    _one_error_line(err, "transform.h5", "not a readable ITK transform")
+    with pytest.raises(IntermodalError, match="transform is 3D"):
+        read_transform(good, 2)
+
+
+def test_warp_names_an_image_of_another_dimension(tmp_path, capsys, small_pair_files):
+    picture = _save(tmp_path, "slice.nii.gz", sitk.ReadImage(str(small_pair_files["mr"]))[:, :, 5])
+    transform = tmp_path / "t.h5"
+    sitk.WriteTransform(sitk.TranslationTransform(3), str(transform))
+    code, err = _run(
+        capsys, "warp", "--fixed", small_pair_files["ct"], "--image", picture, "--transform",
+        transform, "--out", tmp_path / "w.nii.gz",
+    )  # fmt: skip
+    assert code == 2
+    _one_error_line(err, "slice.nii.gz", "2D image")

@@ -20,6 +20,7 @@ from intermodal.io.tensors import (
     image_to_tensor,
     tensor_to_image,
 )
+from intermodal.io.transforms import read_transform
 
 __all__ = [
     "MODALITY_KEY",
@@ -31,6 +32,7 @@ __all__ = [
     "image_to_tensor",
     "read_image",
     "read_points",
+    "read_transform",
     "tensor_to_image",
     "write_bytes_atomic",
     "write_image",
