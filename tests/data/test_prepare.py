@@ -308,3 +308,25 @@ def test_prepare_command_takes_jobs(capsys, tmp_path):
     assert code == 2 and len(stderr.strip().splitlines()) == 1
     assert "jobs must be a whole number of processes, 1 or more, not 0" in stderr
     assert not (tmp_path / "other").exists()
+
+
+def test_an_mr_stored_turned_is_found_and_warned_about(tmp_path, small_pair, caplog):
+    # register's multi-start, which tries the half-turns, pre-aligns; a plain MI affine
+    # started from the headers aligned the real pair's turned MR by its outline instead
+    from intermodal.data.realistic import turned_mr
+
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    sitk.WriteImage(small_pair.ct, str(folder / "ct.nii.gz"))
+    sitk.WriteImage(turned_mr(small_pair.mr), str(folder / "mr.nii.gz"))
+    manifest = folder / "dataset.json"
+    subject = {"id": "T", "ct": "ct.nii.gz", "mr": "mr.nii.gz"}
+    manifest.write_text(
+        json.dumps({"name": "t", "subjects": [subject], "training": ["T"]}), encoding="utf-8"
+    )
+    with caplog.at_level("WARNING", logger="intermodal.data.prepare"):
+        prepare_dataset(manifest, tmp_path / "out", deformable="none", spacing=5.0)
+    record = json.loads((tmp_path / "out" / "T" / "done.json").read_text(encoding="utf-8"))
+    assert record["half_turn_deg"] is not None and 180.0 in record["half_turn_deg"]
+    assert "turned 180 degrees" in caplog.text and "mr.nii.gz" in caplog.text
+    assert record["nmi_affine"] > record["nmi_before"]
