@@ -68,3 +68,19 @@ def test_bad_output_is_refused_in_one_line_before_writing(
         assert (out / "history.json").read_text() == "my notes\n"
     else:
         assert out.read_text() == "my notes\n"
+
+
+def test_bad_validation_labels_are_refused_in_one_line_before_writing(
+    capsys, prepared_manifest, tmp_path
+):
+    out = tmp_path / "run"
+    code = main(["train", "--set", f"data.manifest={json.dumps(str(prepared_manifest))}",
+                 "--set", "data.dim=2", "--set", f"out={json.dumps(str(out))}",
+                 "--set", "data.validation_labels=[99]", "--set", "train.steps=1",
+                 "--set", "device='cpu'", "--quiet"])  # fmt: skip
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert "error: " in stderr and "data.validation_labels [99]" in stderr
+    assert str(prepared_manifest) in stderr
+    assert not out.exists()

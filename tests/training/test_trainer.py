@@ -192,6 +192,132 @@ def test_output_folder_with_hidden_files_only_is_used(tiny_config):
     assert (out / "model.safetensors").is_file() and (out / ".DS_Store").read_text() == "finder"
 
 
+def _manifest_variant(prepared_manifest, folder, **changes):
+    """A copy of the tiny manifest (paths made absolute) with some entries replaced."""
+    raw = json.loads(prepared_manifest.read_text(encoding="utf-8"))
+    root = prepared_manifest.parent
+    for subject in raw["subjects"]:
+        for key in ("ct", "mr", "labels"):
+            if subject.get(key):
+                subject[key] = str(root / subject[key])
+    for key, value in changes.items():
+        if key == "unlabeled":
+            for subject in raw["subjects"]:
+                if subject["id"] in value:
+                    del subject["labels"]
+        else:
+            raw[key] = value
+    path = folder / "variant.json"
+    path.write_text(json.dumps(raw), encoding="utf-8")
+    return path
+
+
+class _EventWriter:
+    """A stand-in for TensorBoard's SummaryWriter that leaves one event file per run."""
+
+    runs = 0
+
+    def __init__(self, log_dir):
+        _EventWriter.runs += 1
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        (Path(log_dir) / f"events.out.tfevents.run{_EventWriter.runs}").write_text("events")
+
+    def add_scalar(self, name, value, step):
+        pass
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_overwrite_leaves_no_file_of_the_earlier_run(
+    tiny_config, prepared_manifest, tmp_path, monkeypatch
+):
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = _EventWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    _EventWriter.runs = 0
+    earlier = tiny_config("train.steps=2", "train.validate_every=1")
+    out = Path(earlier.out)
+    train(earlier)
+    assert (out / "best.safetensors").is_file() and (out / "best.json").is_file()
+    (out / "notes.txt").write_text("mine\n")
+    (out / "tensorboard" / "layout.txt").write_text("mine\n")
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    # refused configurations leave the earlier run whole
+    with pytest.raises(IntermodalError, match="data.validation_labels"):
+        train(tiny_config("data.validation_labels=[99]"), overwrite=True)
+    with pytest.raises(IntermodalError, match="multiple of 128"):
+        train(
+            tiny_config("model.features=[4, 4, 4, 4, 4, 4, 4, 4]", "model.output_stride=1"),
+            overwrite=True,
+        )
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+
+    # a run without validation writes no best.*: the earlier run's must not stay beside it
+    no_validation = _manifest_variant(prepared_manifest, tmp_path, validation=[])
+    later = tiny_config(
+        "train.steps=1",
+        "model.features=[8, 8, 8]",
+        f"data.manifest={json.dumps(str(no_validation))}",
+    )
+    train(later, overwrite=True)
+    assert not (out / "best.safetensors").exists() and not (out / "best.json").exists()
+    _, card = load_model(out / "model.safetensors")
+    assert card["network"]["features"] == [8, 8, 8] and card["training"]["steps"] == 1
+    assert json.loads((out / "trainer_state.json").read_text(encoding="utf-8"))["step"] == 1
+    assert [e["step"] for e in json.loads((out / "history.json").read_text())] == [1]
+    assert json.loads((out / "config.json").read_text())["train"]["steps"] == 1
+    assert sorted(p.name for p in (out / "tensorboard").iterdir()) == [
+        "events.out.tfevents.run2",
+        "layout.txt",
+    ]
+    assert (out / "notes.txt").read_text() == "mine\n"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "changes", "expected"),
+    [
+        (["data.validation_labels=[99]"], {}, r"data.validation_labels \[99\] names label 99,"),
+        (["data.validation_labels=[2, 98, 99]"], {}, r"names labels 98, 99, .*hold \[1, 2, 3"),
+        (["data.validation_labels=[]"], {}, r"data.validation_labels must be a non-empty list"),
+        ([], {"unlabeled": ["s05"]}, r"subject 's05' of the 'validation' split has no labels"),
+        (["train.best_metric=similarity"], {}, r"train.best_metric must be 'dice' with"),
+    ],
+    ids=["absent-label", "some-absent", "empty", "unlabeled", "similarity"],
+)  # fmt: skip
+def test_bad_validation_is_refused_before_writing(
+    tiny_config, prepared_manifest, tmp_path, overrides, changes, expected
+):
+    """Each of these used to switch validation (and best.*) off without a word."""
+    if changes:
+        variant = _manifest_variant(prepared_manifest, tmp_path, **changes)
+        overrides = [*overrides, f"data.manifest={json.dumps(str(variant))}"]
+    with pytest.raises(IntermodalError, match=expected) as err:
+        train(tiny_config("train.steps=1", *overrides))
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_validation_split_of_one_subject_trains_without_validation_and_says_so(
+    tiny_config, prepared_manifest, tmp_path, caplog
+):
+    # intermodal synth gives 3 to 9 subjects one validation subject: a warning, not an error
+    variant = _manifest_variant(
+        prepared_manifest, tmp_path,
+        training=["s00", "s01", "s02", "s03", "s04"], validation=["s05"],
+    )  # fmt: skip
+    config = tiny_config("train.steps=1", f"data.manifest={json.dumps(str(variant))}")
+    with caplog.at_level("WARNING", logger="intermodal.training.trainer"):
+        train(config)
+    assert "'validation' split has 1 subject" in caplog.text and "no best.*" in caplog.text
+    assert (tmp_path / "run" / "model.safetensors").exists()
+    assert not (tmp_path / "run" / "best.safetensors").exists()
+
+
 @pytest.mark.parametrize("resume", [False, True])
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_bad_output_that_is_a_file(tiny_config, tmp_path, resume, overwrite):

@@ -78,7 +78,8 @@ class DataConfig:
             its ``validation`` split (if any) is used for validation Dice.
         dim: 2 or 3, the dimension of the images.
         validation_labels: label values averaged in the validation Dice of a manifest's
-            validation split, those present (generated pairs score every label but 0).
+            validation split; each must occur in its label maps (a pair scores those present
+            in either of its maps). Generated pairs score every label but 0.
     """
 
     source: str = "manifest"
@@ -163,7 +164,8 @@ class TrainingConfig:
         amp: mixed precision (bfloat16): ``"auto"`` (on with CUDA), ``true`` or ``false``.
             Only ever used on CUDA.
         best_metric: what picks ``best.safetensors`` among the validations: ``dice`` or
-            ``similarity`` (the intra-modality loss on the validation pairs).
+            ``similarity`` (the intra-modality loss on the validation pairs; generated data
+            only, a manifest's validation scores the Dice).
         threads: torch threads of the training process on the CPU; 0: the CPU count less
             the generator's worker processes (at least 1), or torch's default when the data
             comes from a manifest. More threads than free cores make every step slower, not
@@ -314,6 +316,18 @@ class TrainConfig:
             t.best_metric in BEST_METRICS,
             "train.best_metric",
             f"one of {BEST_METRICS}",
+            t.best_metric,
+        )
+        _check(
+            len(self.data.validation_labels) > 0,
+            "data.validation_labels",
+            "a non-empty list of label values",
+            self.data.validation_labels,
+        )
+        _check(
+            t.best_metric != "similarity" or self.data.source == "generator",
+            "train.best_metric",
+            "'dice' with data.source = 'manifest' (its validation scores the Dice only)",
             t.best_metric,
         )
         a = self.augment

@@ -15,6 +15,9 @@ and minimises the loss of :mod:`intermodal.training.objectives`. The run's folde
 - ``config.json``: the resolved configuration;
 - ``tensorboard/``: the same scalars, when ``tensorboard`` is installed.
 
+With ``overwrite`` these files of an earlier run in the folder are removed before the new
+run writes its first, so none of them (a ``best.safetensors`` above all) can outlive it.
+
 The card records the data (the manifest, or the generator's settings and seeds), the steps,
 the wall time, the steps per second and the time a step waited for its data, the machine,
 the validation scores (with those of no registration, for generated pairs), the best
@@ -33,12 +36,12 @@ import platform
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from intermodal.checkpoint import save_model
+from intermodal.checkpoint import card_path, save_model
 from intermodal.data.generator import GeneratedPairs, collate_pairs, worker_init
 from intermodal.errors import IntermodalError, OutputExistsError
 from intermodal.networks import RegistrationModel, RegistrationOutput
@@ -59,12 +62,24 @@ from intermodal.training.pairs import (
 from intermodal.training.state import STATE_FILE, load_state, save_state, set_rng_states, write_json
 from intermodal.training.volumes import Volumes, load_volumes
 
+if TYPE_CHECKING:
+    from intermodal.data.manifest import Manifest
+
 __all__ = ["BEST_FILE", "MODEL_FILE", "score_batches", "train", "validation_dice"]
 
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
 BEST_FILE = "best.safetensors"
+_HISTORY_FILE = "history.json"
+_CONFIG_FILE = "config.json"
+_TENSORBOARD_DIR = "tensorboard"
+_RUN_FILES = tuple(
+    name
+    for weights in (MODEL_FILE, BEST_FILE, STATE_FILE)
+    for name in (weights, card_path(weights).name)
+) + (_HISTORY_FILE, _CONFIG_FILE)
+"""Every file the trainer writes at the top of its folder (``tensorboard/`` aside)."""
 
 StepReport = Callable[[dict[str, Any]], None]
 """Called after every training step with that step's report (see :func:`train`)."""
@@ -208,6 +223,57 @@ _DEFAULT_NORMALISATION = {
 }
 
 
+def _check_validation_split(manifest: Manifest) -> None:
+    """Refuse a validation split with a subject without labels; warn about one of one subject.
+
+    Either would switch the validation Dice off, and with it ``best.*``. One subject is a
+    warning, not an error: ``intermodal synth`` gives a split of 3 to 9 subjects one
+    validation subject, and such a dataset trains, without validation.
+    """
+    subjects = manifest.split("validation")
+    if not subjects:
+        return
+    if len(subjects) < 2:
+        logger.warning(
+            "%s: the 'validation' split has 1 subject, but validation registers pairs of 2 "
+            "different subjects: training runs without validation and writes no best.*; add "
+            "a subject to the split to validate",
+            manifest.path,
+        )
+        return
+    unlabeled = [s.id for s in subjects if s.labels is None]
+    if unlabeled:
+        raise IntermodalError(
+            f"{manifest.path}: subject {unlabeled[0]!r} of the 'validation' split has no "
+            f"labels, but the validation Dice (data.validation_labels) needs a label map for "
+            f"every validation subject"
+        )
+
+
+def _load_validation(manifest: Manifest, config: TrainConfig, reference: Volumes) -> Volumes:
+    """The validation split, refused if ``data.validation_labels`` names a label it lacks.
+
+    A label that no validation subject holds is never scored: all of them missing would
+    leave no validation at all, and some missing would report a mean over fewer organs than
+    the configuration names.
+    """
+    validation = load_volumes(
+        manifest, "validation", dim=config.data.dim, labels="required", reference=reference
+    )
+    labels = validation.labels
+    present = set() if labels is None else {int(v) for v in labels.unique()}
+    wanted = config.data.validation_labels
+    missing = [v for v in wanted if v not in present]
+    if missing:
+        names = f"label{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))}"
+        raise IntermodalError(
+            f"config: data.validation_labels {wanted} names {names}, which no subject of the "
+            f"'validation' split of {manifest.path} holds (its label maps hold "
+            f"{sorted(present - {0})}); name labels it has"
+        )
+    return validation
+
+
 class _ManifestData:
     """Pairs of a prepared dataset's training split; validation on its validation split."""
 
@@ -224,6 +290,7 @@ class _ManifestData:
         manifest = load_manifest(config.data.manifest)
         dim = config.data.dim
         labels = "required" if config.loss.dice > 0 else "if_all"
+        _check_validation_split(manifest)
         volumes = load_volumes(manifest, "training", dim=dim, labels=labels)
         if len(volumes) < 2:
             raise IntermodalError(
@@ -232,9 +299,7 @@ class _ManifestData:
             )
         validation = None
         if manifest.splits.get("validation"):
-            validation = load_volumes(
-                manifest, "validation", dim=dim, labels="if_all", reference=volumes
-            )
+            validation = _load_validation(manifest, config, volumes)
         label_values = [int(k) for k in manifest.labels] or [0]
         if volumes.labels is not None:
             label_values.append(int(volumes.labels.max()))
@@ -449,7 +514,7 @@ class _Logger:
         except (ImportError, AttributeError):
             logger.info("tensorboard is not installed; metrics go to history.json only")
         else:
-            self.writer = SummaryWriter(log_dir=str(out / "tensorboard"))
+            self.writer = SummaryWriter(log_dir=str(out / _TENSORBOARD_DIR))
 
     def log(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
@@ -462,7 +527,7 @@ class _Logger:
     def flush(self) -> None:
         if not self.enabled:
             return
-        write_json(self.out / "history.json", self.history)
+        write_json(self.out / _HISTORY_FILE, self.history)
         if self.writer is not None:
             self.writer.flush()
 
@@ -503,6 +568,28 @@ def _check_output(out: Path, resume: bool, overwrite: bool) -> None:
             f"{out}: folder is not empty and holds no training run ({STATE_FILE}); choose "
             f"another output folder, or pass --overwrite to write into it"
         )
+
+
+def _remove_earlier_run(out: Path) -> None:
+    """Delete what an earlier run wrote in ``out``: its files and its TensorBoard events.
+
+    Without this, an ``overwrite`` run that never beats a validation (or has none) would
+    leave the earlier run's ``best.safetensors`` beside its own ``model.safetensors``. Other
+    files are kept; so is ``tensorboard/`` itself when it holds anything but event files.
+    """
+    paths = [out / name for name in _RUN_FILES]
+    tensorboard = out / _TENSORBOARD_DIR
+    if tensorboard.is_dir():
+        paths += sorted(tensorboard.glob("events.out.tfevents.*"))
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as err:
+            raise IntermodalError(
+                f"{path}: cannot remove this file of the earlier run: {err.strerror}"
+            ) from err
+    if tensorboard.is_dir() and not any(tensorboard.iterdir()):
+        tensorboard.rmdir()
 
 
 def _use_amp(config: TrainConfig, device: torch.device) -> bool:
@@ -551,8 +638,10 @@ def train(
         resume: continue the run in ``config.out`` from its last checkpoint, up to
             ``config.train.steps``. With the same configuration the result equals that of an
             uninterrupted run (on the CPU bit for bit).
-        overwrite: start afresh even if ``config.out`` already holds a run or other files
-            (those named like the run's files are replaced).
+        overwrite: start afresh even if ``config.out`` already holds a run or other files:
+            the files a run writes (``model.*``, ``best.*``, ``trainer_state.*``,
+            ``history.json``, ``config.json``, ``tensorboard/`` events) are removed first,
+            once the configuration and data have passed their checks; other files are kept.
         progress: called after every step (on rank 0) with ``step`` (completed steps),
             ``steps``, ``loss``, the loss terms, ``steps_per_s``, ``lr``, ``wait_s`` (time
             the step waited for its data), ``generation_s`` (mean time to generate one of its
@@ -664,7 +753,7 @@ def _train(
         wall_time = float(meta.get("wall_time_s", 0.0))
         last_validation = meta.get("validation_dice")
         best = meta.get("best")
-        history_file = out / "history.json"
+        history_file = out / _HISTORY_FILE
         if history_file.is_file():
             history = [
                 e
@@ -680,7 +769,11 @@ def _train(
             out.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise IntermodalError(f"{out}: cannot create the folder: {err.strerror}") from err
-        write_json(out / "config.json", config.resolved())
+        if overwrite and not resume:
+            # Only now, once the data and the network have passed their checks, so a refused
+            # configuration leaves the earlier run whole.
+            _remove_earlier_run(out)
+        write_json(out / _CONFIG_FILE, config.resolved())
     log = _Logger(out, main, history)
     if distributed.enabled:
         network: torch.nn.Module = torch.nn.parallel.DistributedDataParallel(
