@@ -255,3 +255,17 @@ def test_warp_names_an_image_of_another_dimension(tmp_path, capsys, small_pair_f
     )  # fmt: skip
     assert code == 2
     _one_error_line(err, "slice.nii.gz", "2D image")
+
+
+def test_an_object_too_small_for_millimetre_stages_is_warned_about(small_pair):
+    # the phantom at a tenth of its size (40 mm), as a preclinical scan or a unit mistake gives
+    small = []
+    for image in (small_pair.ct, small_pair.mr):
+        copy = sitk.Image(image)
+        copy.SetSpacing([s / 10 for s in image.GetSpacing()])
+        copy.SetOrigin([o / 10 for o in image.GetOrigin()])
+        small.append(copy)
+    result = register(*small, Settings(refine=0, model=None, spacing=0.5))
+    assert any("spacing is in mm" in w for w in result.report["warnings"])
+    normal = register(small_pair.ct, small_pair.mr, Settings(refine=0, model=None))
+    assert not any("spacing is in mm" in w for w in normal.report["warnings"])
