@@ -111,8 +111,11 @@ def test_warp_command_reproduces_warped_labels(capsys, registered, small_pair_fi
         out,
     )
     assert code == 0 and str(out) in stdout
-    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(registered / "warped_labels.nii.gz")))
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out))), reference)
+    reference = sitk.ReadImage(str(registered / "warped_labels.nii.gz"))
+    warped = sitk.ReadImage(str(out))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(warped), sitk.GetArrayFromImage(reference))
+    # both written as integers, which viewers load as a label map
+    assert reference.GetPixelID() == warped.GetPixelID() == sitk.sitkInt32
 
 
 def test_register_summary_and_overwrite(capsys, small_pair_files, tmp_path):
