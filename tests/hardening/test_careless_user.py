@@ -269,3 +269,16 @@ def test_an_object_too_small_for_millimetre_stages_is_warned_about(small_pair):
     assert any("spacing is in mm" in w for w in result.report["warnings"])
     normal = register(small_pair.ct, small_pair.mr, Settings(refine=0, model=None))
     assert not any("spacing is in mm" in w for w in normal.report["warnings"])
+
+
+def test_a_folder_of_non_dicom_files_is_one_line_without_gdcm_warnings(tmp_path, capfd):
+    folder = tmp_path / "junk"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("hello\n")
+    (folder / "b.dcm").write_text("x\n")
+    code = main(["register", "--fixed", str(folder), "--moving", str(folder), "--out",
+                 str(tmp_path / "out")])  # fmt: skip
+    err = capfd.readouterr().err
+    assert code == 2 and "GDCM" not in err and "WARNING" not in err
+    _one_error_line(err, "junk", "no DICOM series")
+    assert sitk.ProcessObject.GetGlobalWarningDisplay()  # switched back on

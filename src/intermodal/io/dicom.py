@@ -86,6 +86,9 @@ def read_dicom_series(directory: Path, series: str | None = None) -> tuple[sitk.
         raise ImageReadError(f"{directory}: cannot list the directory ({err.strerror})") from err
     if not has_files:
         raise ImageReadError(f"{directory}: no DICOM series found (the directory has no files)")
+    # GDCM prints a two-line "No Series were found" warning of its own; the error below says it
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
         uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(directory)))
         files = {
@@ -94,6 +97,8 @@ def read_dicom_series(directory: Path, series: str | None = None) -> tuple[sitk.
         }
     except RuntimeError as err:
         raise ImageReadError(f"{directory}: cannot list DICOM series ({itk_reason(err)})") from err
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
     files = {uid: names for uid, names in files.items() if names}
     uids = list(files)
     if not uids:
