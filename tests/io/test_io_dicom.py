@@ -126,3 +126,82 @@ def test_bad_directory_without_dicom(tmp_path):
     with pytest.raises(ImageReadError) as err:
         read_image(folder)
     assert_one_line_naming(err, "not_dicom")
+
+
+def _multiframe(path: Path, along: list[float], rescales=None) -> Path:
+    """A multi-frame (enhanced) header, no pixels: frames at ``along`` mm on the z axis."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    def item(**values) -> Dataset:
+        entry = Dataset()
+        for keyword, value in values.items():
+            setattr(entry, keyword, value)
+        return entry
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT
+    ds.file_meta.MediaStorageSOPInstanceUID = f"{UID_ROOT}.77"
+    ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, f"{UID_ROOT}.77"
+    ds.Modality, ds.PhotometricInterpretation = "CT", "MONOCHROME2"
+    ds.NumberOfFrames = len(along)
+    ds.SharedFunctionalGroupsSequence = [
+        item(PlaneOrientationSequence=[item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])])
+    ]
+    ds.PerFrameFunctionalGroupsSequence = [
+        item(
+            PlanePositionSequence=[item(ImagePositionPatient=[0.0, 0.0, z])],
+            PixelValueTransformationSequence=[
+                item(RescaleSlope=slope, RescaleIntercept=intercept, RescaleType="HU")
+            ],
+        )
+        for z, (slope, intercept) in zip(along, rescales or [(1, -1024)] * len(along))
+    ]
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("along", "rescales", "expected"),
+    [
+        ([0, 5, 2.5, 7.5], None, "not stored in the order of their positions"),
+        ([0, 2.5, 7.5, 10], None, "2.5 to 5 mm apart"),
+        ([0, 0, 2.5, 2.5], None, "several frames lie at one position"),
+        ([0, 2.5, 5, 7.5], [(1, -1024), (2, -1024), (1, 0), (1, -1024)], "3 different rescale"),
+    ],
+    ids=["interleaved", "uneven", "two-echoes", "per-frame-rescale"],
+)
+def test_bad_multiframe_file_that_would_be_stacked_wrongly(tmp_path, along, rescales, expected):
+    # a tester's enhanced files of each kind were read by GDCM without a word: scrambled
+    # slices, 1 mm spacings, two echoes as one volume, the first frame's rescale for all
+    from intermodal.io.dicom import check_dicom_file
+
+    path = _multiframe(tmp_path / "enhanced.dcm", along, rescales)
+    with pytest.raises(ImageReadError, match=expected) as err:
+        check_dicom_file(path)
+    assert_one_line_naming(err, "enhanced.dcm")
+
+
+@pytest.mark.parametrize("along", [[0, 2.5, 5, 7.5], [7.5, 5, 2.5, 0]])
+def test_multiframe_file_in_order_passes_the_check(tmp_path, along):
+    from intermodal.io.dicom import check_dicom_file
+
+    check_dicom_file(_multiframe(tmp_path / "enhanced.dcm", along))
+
+
+def test_bad_monochrome1_is_refused_in_a_series_and_a_file(tmp_path):
+    import pydicom
+
+    write_series(tmp_path / "s", make_volume(3, oblique=False), uid=f"{UID_ROOT}.9", modality="CT")
+    for path in (tmp_path / "s").iterdir():
+        ds = pydicom.dcmread(path)
+        ds.PhotometricInterpretation = "MONOCHROME1"
+        ds.save_as(path)
+    with pytest.raises(ImageReadError, match="MONOCHROME1") as err:
+        read_image(tmp_path / "s")
+    assert_one_line_naming(err, "s")
+    with pytest.raises(ImageReadError, match="MONOCHROME1"):
+        read_image(tmp_path / "s" / "slice000.dcm")

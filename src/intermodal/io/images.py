@@ -16,6 +16,7 @@ from intermodal.io._itk import itk_reason
 from intermodal.io.dicom import (
     MODALITY_KEY,
     SERIES_KEY,
+    check_dicom_file,
     clean_modality,
     read_dicom_series,
     read_modality,
@@ -89,6 +90,8 @@ def read_image(path: str | os.PathLike[str], *, series: str | None = None) -> si
                 f"{', '.join(READ_EXTENSIONS)} or a DICOM directory"
             )
         check_file(path, ext)
+        if ext == ".dcm":
+            check_dicom_file(path)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as err:
