@@ -61,11 +61,13 @@ def read_image(path: str | os.PathLike[str], *, series: str | None = None) -> si
         ImageReadError: a missing, truncated, corrupt or unsupported file; a header that
             contradicts itself or declares more voxels than the file can hold; an empty, 4D
             or multi-component image; NaN or infinite values; zero or negative spacing; a
-            non-finite or singular orientation; a DICOM series whose slices cannot be
-            stacked faithfully (see :mod:`intermodal.io.dicom`: mixed orientations, gantry
-            tilt, conflicting duplicates, a gap too wide to interpolate). An uneven DICOM
-            series is resampled onto a regular grid with a logged warning naming the gaps.
-            The message is one line and names the file.
+            non-finite, singular or sheared orientation; complex values, or float64 values
+            beyond float32; a DICOM series whose slices cannot be stacked faithfully (see
+            :mod:`intermodal.io.dicom`: mixed orientations, gantry tilt, conflicting
+            duplicates, a gap too wide to interpolate); a multi-frame DICOM file whose frames
+            are out of order, uneven, doubled or of several rescales; MONOCHROME1 pixels.
+            An uneven DICOM series is resampled onto a regular grid with a logged warning
+            naming the gaps. The message is one line and names the file.
 
     Example:
         >>> fixed = read_image("ct.nii.gz")
