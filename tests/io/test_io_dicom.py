@@ -205,3 +205,11 @@ def test_bad_monochrome1_is_refused_in_a_series_and_a_file(tmp_path):
     assert_one_line_naming(err, "s")
     with pytest.raises(ImageReadError, match="MONOCHROME1"):
         read_image(tmp_path / "s" / "slice000.dcm")
+
+
+def test_bad_folder_holding_only_a_series_folder_names_it(tmp_path):
+    write_series(tmp_path / "CT_1" / "series", make_volume(2, oblique=False),
+                 uid=f"{UID_ROOT}.11", modality="CT")  # fmt: skip
+    with pytest.raises(ImageReadError, match="holds the folder.s. series: pass the one") as err:
+        read_image(tmp_path / "CT_1")
+    assert_one_line_naming(err, "CT_1")

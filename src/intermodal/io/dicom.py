@@ -85,7 +85,16 @@ def read_dicom_series(directory: Path, series: str | None = None) -> tuple[sitk.
     except OSError as err:
         raise ImageReadError(f"{directory}: cannot list the directory ({err.strerror})") from err
     if not has_files:
-        raise ImageReadError(f"{directory}: no DICOM series found (the directory has no files)")
+        inner = sorted(p.name for p in directory.iterdir() if p.is_dir())
+        hint = (
+            f"; it holds the folder(s) {', '.join(inner[:3])}{', ...' if len(inner) > 3 else ''}"
+            ": pass the one that holds the series' files"
+            if inner
+            else ""
+        )
+        raise ImageReadError(
+            f"{directory}: no DICOM series found (the directory has no files{hint})"
+        )
     # GDCM prints a two-line "No Series were found" warning of its own; the error below says it
     warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
