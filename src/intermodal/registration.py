@@ -317,7 +317,8 @@ def apply_transform(
     """Resample ``image`` onto ``reference``'s grid through ``transform`` (fixed -> moving).
 
     Linear interpolation with the image's minimum outside the field of view, or nearest
-    neighbour with background 0 for label maps (``labels=True``, integer values kept).
+    neighbour with background 0 for label maps (``labels=True``, integer values kept; a map
+    of whole values comes out as int32, which viewers load as a label map).
     """
     if image.GetDimension() != reference.GetDimension():
         raise IntermodalError(
@@ -325,6 +326,9 @@ def apply_transform(
             f"{reference.GetDimension()}D"
         )
     if labels:
+        values = sitk.GetArrayViewFromImage(image)
+        if np.array_equal(values, np.round(values)):
+            image = sitk.Cast(image, sitk.sitkInt32)
         return sitk.Resample(image, reference, transform, sitk.sitkNearestNeighbor, 0.0)
     low = float(sitk.GetArrayViewFromImage(image).min())
     return sitk.Resample(image, reference, transform, sitk.sitkLinear, low, image.GetPixelID())

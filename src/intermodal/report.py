@@ -398,11 +398,6 @@ def save_result(
             "report.json",
         ]
         if labels is not None:
-            values = sitk.GetArrayViewFromImage(labels)
-            if np.array_equal(values, np.round(values)):
-                # whole label values are written as integers, as `intermodal warp --labels`
-                # writes them, so that viewers load the file as a label map
-                labels = sitk.Cast(labels, sitk.sitkInt32)
             warped_labels = result.warp_image(labels, labels=True)
             sitk.WriteImage(
                 warped_labels, str(staging / "warped_labels.nii.gz"), useCompression=True
