@@ -288,18 +288,19 @@ def export_dicom(
 
     _check_registered_series(result_dir, report, "fixed", fixed_info, None)
 
-    from intermodal.io import read_image
+    from intermodal.io import read_image, read_transform
 
     warped = read_image(result_dir / "warped.nii.gz")
     check_grid_matches(warped, fixed_info, "warped.nii.gz")
     displacement = sitk.ReadImage(str(result_dir / "displacement.nii.gz"), sitk.sitkVectorFloat64)
-    affine = affine_matrix(sitk.ReadTransform(str(result_dir / "affine.mat")))
+    affine_transform = read_transform(result_dir / "affine.mat", 3)
+    affine = affine_matrix(affine_transform)
     largest = float(np.abs(sitk.GetArrayViewFromImage(displacement)).max())
     deformable = largest > DEFORMABLE_TOLERANCE_MM
     description = _description(report, deformable)
 
     # Everything that can fail on the inputs is done before the first file is written.
-    forward = sitk.ReadTransform(str(result_dir / "transform.h5"))
+    forward = read_transform(result_dir / "transform.h5", 3)
     moving_grid = read_image(moving_info.directory, series=moving_info.series_uid)
     check_grid_matches(moving_grid, moving_info, "the moving image")
     _check_registered_series(result_dir, report, "moving", moving_info, moving_grid)
@@ -318,7 +319,7 @@ def export_dicom(
         str(result_dir / "inverse_displacement.nii.gz"), sitk.sitkVectorFloat64
     )
     inverse.AddTransform(sitk.DisplacementFieldTransform(inverse_field))
-    inverse.AddTransform(sitk.ReadTransform(str(result_dir / "affine.mat")).GetInverse())
+    inverse.AddTransform(affine_transform.GetInverse())
     propagated: dict[str, dict[str, np.ndarray]] = {"fixed": {}, "moving": {}}
     drawn: dict[str, dict[str, np.ndarray]] = {"fixed": {}, "moving": {}}
     outputs: list[tuple[StructureSet, str, list]] = []
