@@ -224,29 +224,19 @@ _DEFAULT_NORMALISATION = {
 
 
 def _check_validation_split(manifest: Manifest) -> None:
-    """Refuse a validation split with a subject without labels; warn about one of one subject.
+    """Warn about a validation split of one subject: it switches the validation Dice off, and
+    with it ``best.*``.
 
-    Either would switch the validation Dice off, and with it ``best.*``. One subject is a
-    warning, not an error: ``intermodal synth`` gives a split of 3 to 9 subjects one
-    validation subject, and such a dataset trains, without validation.
+    A warning, not an error: ``intermodal synth`` gives a split of 3 to 9 subjects one
+    validation subject, and such a dataset trains, without validation. (A validation subject
+    without labels is refused where the split is loaded, :func:`_load_validation`.)
     """
-    subjects = manifest.split("validation")
-    if not subjects:
-        return
-    if len(subjects) < 2:
+    if len(manifest.split("validation")) == 1:
         logger.warning(
             "%s: the 'validation' split has 1 subject, but validation registers pairs of 2 "
             "different subjects: training runs without validation and writes no best.*; add "
             "a subject to the split to validate",
             manifest.path,
-        )
-        return
-    unlabeled = [s.id for s in subjects if s.labels is None]
-    if unlabeled:
-        raise IntermodalError(
-            f"{manifest.path}: subject {unlabeled[0]!r} of the 'validation' split has no "
-            f"labels, but the validation Dice (data.validation_labels) needs a label map for "
-            f"every validation subject"
         )
 
 
@@ -258,8 +248,9 @@ def _load_validation(manifest: Manifest, config: TrainConfig, reference: Volumes
     the configuration names.
     """
     validation = load_volumes(
-        manifest, "validation", dim=config.data.dim, labels="required", reference=reference
-    )
+        manifest, "validation", dim=config.data.dim, labels="required", reference=reference,
+        labels_for="the validation Dice (data.validation_labels)",
+    )  # fmt: skip
     labels = validation.labels
     present = set() if labels is None else {int(v) for v in labels.unique()}
     wanted = config.data.validation_labels

@@ -58,6 +58,7 @@ def load_volumes(
     dim: int,
     labels: str = "if_all",
     reference: Volumes | None = None,
+    labels_for: str = "the Dice loss",
 ) -> Volumes:
     """Read every subject of ``split`` and check that they share one grid.
 
@@ -68,6 +69,7 @@ def load_volumes(
         labels: ``"required"`` (every subject must have labels), ``"if_all"`` (load them when
             every subject has them) or ``"never"``.
         reference: volumes whose grid (shape and spacing) this split must share.
+        labels_for: what needs the labels, named when ``"required"`` ones are missing.
 
     Returns:
         :class:`Volumes` on the CPU.
@@ -84,7 +86,7 @@ def load_volumes(
     if labels == "required" and missing:
         raise IntermodalError(
             f"{manifest.path}: subject {missing[0]!r} of the {split!r} split has no labels, but "
-            f"the Dice loss needs them for every subject"
+            f"{labels_for} needs them for every subject"
         )
     with_labels = labels == "required" or (labels == "if_all" and not missing)
 
