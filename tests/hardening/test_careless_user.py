@@ -33,6 +33,13 @@ def _one_error_line(err: str, *names: str) -> str:
     return lines[0]
 
 
+def _refused(capsys, argv: list, *names: str) -> str:
+    """Run the CLI with ``argv``: exit 2 and one error line naming each of ``names``."""
+    code, err = _run(capsys, *argv)
+    assert code == 2
+    return _one_error_line(err, *names)
+
+
 # ------------------------------------------------------------------------- output folders
 
 
@@ -40,12 +47,8 @@ def test_overwrite_refuses_an_output_folder_that_holds_an_input(tmp_path, capsys
     out = tmp_path / "same"
     out.mkdir()
     fixed, moving = (shutil.copy(small_pair_files[k], out) for k in ("ct", "mr"))
-    code, err = _run(
-        capsys, "register", "--fixed", fixed, "--moving", moving, "--out", out, "--overwrite",
-        *FAST,
-    )  # fmt: skip
-    assert code == 2
-    _one_error_line(err, "inside the output folder")
+    argv = ["register", "--fixed", fixed, "--moving", moving, "--out", out, "--overwrite", *FAST]
+    _refused(capsys, argv, "inside the output folder")
     assert sorted(p.name for p in out.iterdir()) == ["ct.nii.gz", "mr.nii.gz"]
 
 
@@ -86,12 +89,9 @@ def test_an_existing_folder_is_still_refused_without_overwrite(tmp_path):
 
 
 def test_the_cli_checks_the_output_before_reading_and_registering(tmp_path, capsys):
-    code, err = _run(
-        capsys, "register", "--fixed", tmp_path / "no.nii.gz", "--moving", tmp_path / "no.nii.gz",
-        "--out", tmp_path / "missing" / "out",
-    )  # fmt: skip
-    assert code == 2
-    _one_error_line(err, "does not exist", "missing")
+    missing, out = tmp_path / "no.nii.gz", tmp_path / "missing" / "out"
+    argv = ["register", "--fixed", missing, "--moving", missing, "--out", out]
+    _refused(capsys, argv, "does not exist", "missing")
 
 
 # ------------------------------------------------------------------------- images
@@ -147,20 +147,13 @@ def test_a_single_slice_fixed_volume_and_a_mismatched_points_file_name_the_file(
     ct = sitk.ReadImage(str(small_pair_files["ct"]))
     thin = _save(tmp_path, "thin.nii.gz", ct[:, :, 3:4])
     out = tmp_path / "out"
-    code, err = _run(
-        capsys, "register", "--fixed", thin, "--moving", small_pair_files["mr"], "--out", out,
-        *FAST,
-    )  # fmt: skip
-    assert code == 2
-    _one_error_line(err, "thin.nii.gz", "2D image")
+    ct_path, mr_path = small_pair_files["ct"], small_pair_files["mr"]
+    argv = ["register", "--fixed", thin, "--moving", mr_path, "--out", out, *FAST]
+    _refused(capsys, argv, "thin.nii.gz", "2D image")
     points = tmp_path / "points_2d.csv"
     points.write_text("x,y\n1,2\n")
-    code, err = _run(
-        capsys, "register", "--fixed", small_pair_files["ct"], "--moving", small_pair_files["mr"],
-        "--points", points, "--out", out, *FAST,
-    )  # fmt: skip
-    assert code == 2
-    _one_error_line(err, "points_2d.csv", "2D points file")
+    argv = ["register", "--fixed", ct_path, "--moving", mr_path, "--points", points, "--out", out]
+    _refused(capsys, [*argv, *FAST], "points_2d.csv", "2D points file")
     assert not out.exists()
 
 
@@ -200,28 +193,29 @@ def test_a_constant_image_and_an_empty_mask_give_one_line_naming_the_file(
     ct = sitk.ReadImage(str(small_pair_files["ct"]))
     flat = _save(tmp_path, "flat.nii.gz", ct * 0)
     out = tmp_path / "out"
-    code, err = _run(
-        capsys, "register", "--fixed", small_pair_files["ct"], "--moving", flat, "--out", out,
-        *FAST,
-    )  # fmt: skip
-    assert code == 2
-    _one_error_line(err, "flat.nii.gz", "shows nothing to register")
+    ct_path, mr_path = small_pair_files["ct"], small_pair_files["mr"]
+    argv = ["register", "--fixed", ct_path, "--moving", flat, "--out", out, *FAST]
+    _refused(capsys, argv, "flat.nii.gz", "shows nothing to register")
     empty = _save(tmp_path, "empty_mask.nii.gz", sitk.Cast(ct * 0, sitk.sitkUInt8))
-    code, err = _run(
-        capsys, "register", "--fixed", small_pair_files["ct"], "--moving", small_pair_files["mr"],
-        "--fixed-mask", empty, "--out", out, *FAST,
-    )  # fmt: skip
-    assert code == 2
-    _one_error_line(err, "empty_mask.nii.gz", "no foreground")
+    argv = [
+        "register",
+        "--fixed",
+        ct_path,
+        "--moving",
+        mr_path,
+        "--fixed-mask",
+        empty,
+        "--out",
+        out,
+    ]
+    _refused(capsys, [*argv, *FAST], "empty_mask.nii.gz", "no foreground")
     assert not out.exists()
 
 
 @pytest.mark.parametrize("option", [["--refine", "-1"], ["--model", "nonsense"]])
 def test_the_demo_refuses_bad_options_before_making_its_data(tmp_path, capsys, option):
     out = tmp_path / "demo"
-    code, err = _run(capsys, "demo", "--out", out, *option)
-    assert code == 2
-    _one_error_line(err, option[1])
+    _refused(capsys, ["demo", "--out", out, *option], option[1])
     assert not out.exists()
 
 
@@ -249,12 +243,8 @@ def test_warp_names_an_image_of_another_dimension(tmp_path, capsys, small_pair_f
     picture = _save(tmp_path, "slice.nii.gz", sitk.ReadImage(str(small_pair_files["mr"]))[:, :, 5])
     transform = tmp_path / "t.h5"
     sitk.WriteTransform(sitk.TranslationTransform(3), str(transform))
-    code, err = _run(
-        capsys, "warp", "--fixed", small_pair_files["ct"], "--image", picture, "--transform",
-        transform, "--out", tmp_path / "w.nii.gz",
-    )  # fmt: skip
-    assert code == 2
-    _one_error_line(err, "slice.nii.gz", "2D image")
+    argv = ["warp", "--fixed", small_pair_files["ct"], "--image", picture, "--transform", transform]
+    _refused(capsys, [*argv, "--out", tmp_path / "w.nii.gz"], "slice.nii.gz", "2D image")
 
 
 def test_an_object_too_small_for_millimetre_stages_is_warned_about(small_pair):
